@@ -1,0 +1,73 @@
+"""A table of prompts and the model's current responses, written to TensorBoard's text tab."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from rlhf_lightning.models.generation import GenerationConfig, generate
+
+
+@dataclass
+class SampleConfig:
+    """At the start, every ``every_n_steps`` optimizer steps and at the end, generate responses to a few validation
+    prompts and log them as a table in TensorBoard (TEXT tab, tag ``samples``)."""
+
+    every_n_steps: int = 50
+    """0 turns the table off."""
+    num_prompts: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    """0 is greedy: successive tables then differ only because the model changed."""
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>") or " "
+
+
+def samples_markdown(rows: list[tuple[str, str]]) -> str:
+    lines = ["| # | prompt | response |", "|---|---|---|"]
+    lines += [f"| {i} | {_cell(p)} | {_cell(r)} |" for i, (p, r) in enumerate(rows)]
+    return "\n".join(lines)
+
+
+class GenerationSamples(L.Callback):
+    """Needs ``pl_module.model`` and ``pl_module.tokenizer``, and ``sample_prompts(n)`` on the DataModule."""
+
+    def __init__(self, config: SampleConfig) -> None:
+        self.config = config
+        self._last_step = -1
+
+    @rank_zero_only
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        step = trainer.global_step
+        if step == self._last_step or not isinstance(trainer.logger, TensorBoardLogger):
+            return
+        self._last_step = step
+        tokenizer = pl_module.tokenizer
+        prompts = trainer.datamodule.sample_prompts(self.config.num_prompts)
+        if not prompts:
+            return
+        gen = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature)
+        responses = generate(pl_module.model, prompts, gen, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+        rows = [
+            (tokenizer.decode(p, skip_special_tokens=False), tokenizer.decode(r, skip_special_tokens=False))
+            for p, r in zip(prompts, responses)
+        ]
+        trainer.logger.experiment.add_text("samples", samples_markdown(rows), global_step=step)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.config.every_n_steps > 0:
+            self._log(trainer, pl_module)  # the starting point, to compare later tables against
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self.config.every_n_steps
+        if every > 0 and trainer.global_step % every == 0:
+            self._log(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.config.every_n_steps > 0:
+            self._log(trainer, pl_module)

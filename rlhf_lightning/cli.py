@@ -1,0 +1,89 @@
+"""The ``rlhf-lightning`` command: LightningCLI for the stages (``fit``, ``validate``, ...).
+
+Each run writes one folder, ``trainer.default_root_dir``:
+
+    config.yaml          the resolved configuration
+    events.out.tfevents  TensorBoard logs (``tensorboard --logdir runs``)
+    checkpoints/         adapter-only Lightning checkpoints, ``last.ckpt`` among them
+    final/               the trained adapter in peft format, tokenizer, rlhf_lightning.json
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+DEFAULT_RUN_DIR = "runs/default"
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class RLHFLightningCLI(LightningCLI):
+    """LightningCLI with this project's run-folder layout, checkpointing and progress bar."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resumed runs rewrite config.yaml
+        kwargs.setdefault("trainer_defaults", {"default_root_dir": DEFAULT_RUN_DIR})
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.save_last": True, "checkpoint.filename": "step{step:06d}"})
+        parser.set_defaults({"checkpoint.auto_insert_metric_name": False})
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            # Our checkpoints carry the config dataclasses and RNG states, which torch's weights-only
+            # unpickler refuses. They are files the user's own runs wrote.
+            parser.set_defaults(weights_only=False)
+        return parser
+
+    def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
+        root = config.get("default_root_dir") or DEFAULT_RUN_DIR
+        config["default_root_dir"] = root
+        if config.get("logger") in (None, True):
+            config["logger"] = TensorBoardLogger(save_dir=root, name="", version="", default_hp_metric=False)
+        has_bar = any(isinstance(c, ProgressBar) for c in [*callbacks, *(config.get("callbacks") or [])])
+        if config.get("enable_progress_bar", True) is not False and not has_bar:
+            callbacks.append(RichProgressBar())
+        return super()._instantiate_trainer(config, callbacks)
+
+    def before_fit(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        last = Path(self.trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+        if ckpt_path is None and last.exists():
+            sys.exit(
+                f"error: {self.trainer.default_root_dir} already holds a run ({last}).\n"
+                "Resume it with --ckpt_path last, or start a new run with --trainer.default_root_dir OTHER_DIR."
+            )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    _quiet_libraries()
+    RLHFLightningCLI(args=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,16 @@
+"""The one error type for bad input data: it always says which file, which row and which field."""
+
+from __future__ import annotations
+
+
+class DataFormatError(ValueError):
+    """A row of an input file cannot be used. The message names the file, the row and the field."""
+
+    def __init__(self, source: str, row: int | None, field: str | None, problem: str) -> None:
+        where = source
+        if row is not None:
+            where += f", row {row}"
+        if field is not None:
+            where += f", field '{field}'"
+        super().__init__(f"{where}: {problem}")
+        self.source, self.row, self.field, self.problem = source, row, field, problem

@@ -1,0 +1,202 @@
+"""Loading a causal LM with its tokenizer: dtype, bitsandbytes quantization, peft LoRA, checkpointing."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from rlhf_lightning.models.config import LoraConfig, ModelConfig
+from rlhf_lightning.models.embedded import resolve_model_path
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# GPT-2 style configs name their dropouts *pdrop; most others contain "dropout".
+_DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def _distinct_pad_token(tokenizer) -> str | None:
+    for candidate in ("<|endoftext|>", "<pad>", "<|finetune_right_pad_id|>", tokenizer.unk_token):
+        if candidate is None:
+            continue
+        token_id = tokenizer.convert_tokens_to_ids(candidate)
+        is_known = token_id is not None and (token_id != tokenizer.unk_token_id or candidate == tokenizer.unk_token)
+        if is_known and token_id != tokenizer.eos_token_id:
+            return candidate
+    return None
+
+
+def load_tokenizer(name_or_path: str, revision: str | None = None, trust_remote_code: bool = False):
+    """Load a tokenizer and give it a pad token that is not its EOS token when the vocabulary allows.
+
+    Every mask in this project is built from sequence lengths, never from ``ids == pad``, so a pad equal to
+    EOS would still be correct; a distinct pad just makes batches easier to read and debug.
+    """
+    path = resolve_model_path(name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.pad_token = _distinct_pad_token(tokenizer) or tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"the tokenizer of {name_or_path} has no EOS token; completions could never end")
+    return tokenizer
+
+
+def _disable_dropout_in_config(config) -> None:
+    for key, value in list(vars(config).items()):
+        if isinstance(value, float) and key.endswith(_DROPOUT_SUFFIXES):
+            setattr(config, key, 0.0)
+    for sub in ("text_config", "decoder"):
+        if hasattr(config, sub) and getattr(config, sub) is not None:
+            _disable_dropout_in_config(getattr(config, sub))
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Zero every ``nn.Dropout`` (functional dropouts read the config, zeroed before the model is built)."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def _quantization_config(cfg: ModelConfig) -> BitsAndBytesConfig | None:
+    if cfg.quantization == "none":
+        return None
+    if cfg.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.quantization,
+        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_compute_dtype=torch_dtype(cfg.dtype),
+    )
+
+
+def load_causal_lm(cfg: ModelConfig, lora: LoraConfig | None, device: torch.device | str | None = None) -> nn.Module:
+    """Load the base model, quantize it if asked, and wrap it with trainable LoRA adapters.
+
+    Returns a ``peft.PeftModel`` when LoRA is on (or ``cfg.adapter`` is given), else the plain model with
+    every parameter trainable. The base weights of a LoRA model are frozen.
+    """
+    if cfg.quantization != "none" and (lora is None or not lora.enabled) and cfg.adapter is None:
+        raise ValueError("a quantized base model cannot be trained in full: enable LoRA (lora.enabled: true)")
+    path = resolve_model_path(cfg.name_or_path)
+    config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if cfg.disable_dropout:
+        _disable_dropout_in_config(config)
+    kwargs: dict = {}
+    quant = _quantization_config(cfg)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        kwargs["device_map"] = {"": str(device) if device is not None else "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        config=config,
+        dtype=torch_dtype(cfg.dtype),
+        revision=cfg.revision,
+        trust_remote_code=cfg.trust_remote_code,
+        **kwargs,
+    )
+    if cfg.disable_dropout:
+        disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        # Non-reentrant checkpointing works with frozen embeddings (no need for input grads).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False  # training; generation passes use_cache=True explicitly
+
+    if cfg.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+    elif lora is not None and lora.enabled:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        peft_config = PeftLoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            use_rslora=lora.use_rslora,
+            modules_to_save=lora.modules_to_save or None,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, peft_config)  # its dropout layers follow lora.dropout
+    return model
+
+
+def unwrap_causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected in it)."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """Split a causal LM into the decoder (returns final hidden states) and its LM head."""
+    causal_lm = unwrap_causal_lm(model)
+    decoder = getattr(causal_lm, causal_lm.base_model_prefix)
+    head = causal_lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(causal_lm).__name__} has no output embeddings (LM head)")
+    if getattr(causal_lm.config, "final_logit_softcapping", None):
+        raise NotImplementedError("models with final logit soft-capping (Gemma 2) are not supported yet")
+    return decoder, head
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only real tokens, so left- and right-padded rows get the same positions."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def final_hidden_states(decoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(b, t, d)`` hidden states after the final norm, with padding-independent positions."""
+    out = decoder(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        use_cache=False,
+    )
+    return out.last_hidden_state
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights are counted as stored elements x 2."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.__class__.__name__ == "Params4bit" else 1)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def save_model_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+    """Save the adapter (peft format) or the full model, plus the tokenizer, into ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def lm_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The ``(weight, bias)`` that an LM head applies, looking through peft's ``modules_to_save`` wrapper.
+
+    LoRA on the LM head itself is refused: the chunked log-prob path applies the plain weight matrix.
+    """
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    if isinstance(head, LoraLayer):
+        raise ValueError("LoRA on the LM head is not supported; train it in full with lora.modules_to_save instead")
+    if isinstance(head, ModulesToSaveWrapper):
+        active = head.active_adapters[0] if head.active_adapters else None
+        head = head.modules_to_save[active] if active in head.modules_to_save else head.original_module
+    return head.weight, getattr(head, "bias", None)

@@ -1,0 +1,7 @@
+"""The LightningModules of the three stages."""
+
+from rlhf_lightning.modules.base import CausalLMModule
+from rlhf_lightning.modules.optim import OptimConfig
+from rlhf_lightning.modules.sft import SFTModule
+
+__all__ = ["CausalLMModule", "OptimConfig", "SFTModule"]

@@ -1,0 +1,111 @@
+"""What every stage shares: model loading, adapter-only checkpoints, RNG state, optimizer, final export."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning.pytorch.utilities import rank_zero_info
+
+from rlhf_lightning.models import LoraConfig, ModelConfig, count_parameters, load_causal_lm, load_tokenizer
+from rlhf_lightning.models.embedded import resolve_model_path
+from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+FINAL_FOLDER = "final"
+RUN_INFO_FILE = "rlhf_lightning.json"
+
+
+class CausalLMModule(L.LightningModule):
+    """Base of the stage modules. Subclasses set ``stage`` and implement the steps.
+
+    Checkpoints hold only the trainable weights (LoRA adapters, heads), not the frozen base model, plus the
+    optimizer, scheduler, loop state and all RNG states, so that ``--ckpt_path last`` continues exactly.
+    """
+
+    stage = "base"
+
+    def __init__(self, model: ModelConfig, lora: LoraConfig, optim: OptimConfig) -> None:
+        super().__init__()
+        self.model_config = model
+        self.lora_config = lora
+        self.optim_config = optim
+        self.model: torch.nn.Module | None = None
+        self.tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
+        self.strict_loading = False  # base weights are deliberately absent from checkpoints
+
+    # --- model -----------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = load_causal_lm(self.model_config, self.lora_config, device=self._target_device())
+        self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as they are
+        trainable, total = count_parameters(self.model)
+        rank_zero_info(
+            f"{self.stage}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
+        )
+
+    def _target_device(self) -> torch.device:
+        return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+    def _trainable_names(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        trainable = self._trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["rng_states"] = _collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = set(checkpoint["state_dict"])
+        missing = self._trainable_names() - saved
+        unexpected = saved - {name for name, _ in self.named_parameters()}
+        if missing or unexpected:
+            raise RuntimeError(
+                "the checkpoint does not match this model's trainable weights "
+                f"({len(missing)} missing, e.g. {sorted(missing)[:2]}; {len(unexpected)} unexpected, e.g. "
+                f"{sorted(unexpected)[:2]}). Was it written with another model or LoRA configuration?"
+            )
+        if "rng_states" in checkpoint:
+            _set_rng_states(checkpoint["rng_states"])
+
+    # --- optimization ----------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.parameters(), self.optim_config)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, total, self.optim_config)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- final output ----------------------------------------------------------------------------------
+    def final_folder(self) -> Path:
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir) / FINAL_FOLDER
+
+    def save_final(self, folder: Path | None = None) -> Path:
+        """Write the trained adapter (peft ``save_pretrained`` format) or full model, the tokenizer, and a
+        small ``rlhf_lightning.json`` that tells later stages what this folder holds."""
+        folder = Path(folder) if folder is not None else self.final_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        info = {
+            "stage": self.stage,
+            "base_model": self.model_config.name_or_path,
+            "base_model_path": resolve_model_path(self.model_config.name_or_path),
+            "adapter": self.lora_config.enabled or self.model_config.adapter is not None,
+            "global_step": self.trainer.global_step if self._trainer is not None else 0,
+        }
+        (folder / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        return folder
+
+    def on_train_end(self) -> None:
+        if self.trainer.is_global_zero:
+            folder = self.save_final()
+            rank_zero_info(
+                f"{self.stage}: final {'adapter' if self.lora_config.enabled else 'model'} saved to {folder}"
+            )

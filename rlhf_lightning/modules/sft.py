@@ -1,0 +1,76 @@
+"""Stage 1: supervised fine-tuning on demonstrations."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_lightning.callbacks import GenerationSamples, SampleConfig, ThroughputMonitor
+from rlhf_lightning.models import LoraConfig, ModelConfig, decoder_and_head, final_hidden_states
+from rlhf_lightning.models.loading import lm_head_parameters
+from rlhf_lightning.modules.base import CausalLMModule
+from rlhf_lightning.modules.metrics import TokenNLL
+from rlhf_lightning.modules.optim import OptimConfig
+from rlhf_lightning.ops import masked_mean, token_logprobs_from_hidden
+
+
+class SFTModule(CausalLMModule):
+    """Next-token negative log-likelihood on the trained tokens of each demonstration.
+
+    The loss is the mean over all trained tokens of the batch (each token weighs the same, however long
+    its sequence). Logged: ``train/loss``, ``val/loss``, ``val/perplexity``, ``lr``, tokens/s, peak memory,
+    and a table of sample responses.
+
+    Args:
+        model: Which model to load and how (dtype, quantization, checkpointing).
+        lora: LoRA adapters, or ``enabled: false`` for full fine-tuning.
+        optim: Optimizer and learning-rate schedule.
+        samples: The table of sample responses in TensorBoard.
+        logprob_chunk_size: Positions per chunk when applying the LM head; bounds the logits memory to
+            ``chunk x vocab`` floats.
+    """
+
+    stage = "sft"
+
+    def __init__(
+        self,
+        model: ModelConfig | None = None,
+        lora: LoraConfig | None = None,
+        optim: OptimConfig | None = None,
+        samples: SampleConfig | None = None,
+        logprob_chunk_size: int = 1024,
+    ) -> None:
+        super().__init__(model or ModelConfig(), lora or LoraConfig(), optim or OptimConfig())
+        self.samples = samples or SampleConfig()
+        self.logprob_chunk_size = logprob_chunk_size
+        self.val_nll = TokenNLL()
+        self.save_hyperparameters()
+
+    def configure_callbacks(self) -> list:
+        return [ThroughputMonitor(), GenerationSamples(self.samples)]
+
+    def target_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-prob of every trained token given its prefix, ``(b, t-1)``, and the mask of trained tokens."""
+        decoder, head = decoder_and_head(self.model)
+        weight, bias = lm_head_parameters(head)
+        hidden = final_hidden_states(decoder, batch["input_ids"], batch["attention_mask"])
+        mask = batch["loss_mask"][:, 1:]
+        logprobs = token_logprobs_from_hidden(
+            hidden[:, :-1], weight, batch["input_ids"][:, 1:], bias=bias, mask=mask, chunk_size=self.logprob_chunk_size
+        ).logprobs
+        return logprobs, mask
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logprobs, mask = self.target_logprobs(batch)
+        loss = -masked_mean(logprobs, mask)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logprobs, mask = self.target_logprobs(batch)
+        self.val_nll.update(logprobs, mask)
+
+    def on_validation_epoch_end(self) -> None:
+        nll = self.val_nll.compute()
+        self.val_nll.reset()
+        self.log_dict({"val/loss": nll, "val/perplexity": nll.exp()}, prog_bar=True, sync_dist=False)

@@ -1,0 +1,64 @@
+"""Statistics over the valid entries of a tensor.
+
+Masks are boolean with ``True`` marking a valid entry (a real token). Every function here can
+all-reduce its sums across data-parallel ranks, so that statistics such as advantage whitening see
+the whole global batch rather than one rank's shard.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def _all_reduce_sum(t: torch.Tensor, all_reduce: bool) -> torch.Tensor:
+    if all_reduce and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def masked_sum(values: torch.Tensor, mask: torch.Tensor, all_reduce: bool = False) -> torch.Tensor:
+    """Sum of ``values`` where ``mask`` is True. Shapes: ``values (*)``, ``mask (*)`` -> scalar."""
+    return _all_reduce_sum((values * mask).sum(), all_reduce)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, all_reduce: bool = False) -> torch.Tensor:
+    """Mean of ``values`` over the entries where ``mask`` is True (0 when nothing is valid)."""
+    stats = _all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum().to(values.dtype)]), all_reduce)
+    return stats[0] / stats[1].clamp(min=1)
+
+
+def masked_var(
+    values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True, all_reduce: bool = False
+) -> torch.Tensor:
+    """Variance of ``values`` over the entries where ``mask`` is True.
+
+    Computed as ``E[(x - mean)^2]`` around the (global) mean rather than ``E[x^2] - mean^2``, which loses
+    precision when the mean is large. ``unbiased`` applies Bessel's correction ``n / (n - 1)``.
+    """
+    mean = masked_mean(values, mask, all_reduce)
+    centered = (values - mean) * mask
+    stats = _all_reduce_sum(torch.stack([centered.pow(2).sum(), mask.sum().to(values.dtype)]), all_reduce)
+    sq_sum, count = stats[0], stats[1]
+    if unbiased:
+        if count < 2:
+            raise ValueError(f"unbiased variance needs at least 2 valid entries, got {int(count)}")
+        return sq_sum / (count - 1)
+    return sq_sum / count.clamp(min=1)
+
+
+def whiten(
+    values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, all_reduce: bool = False
+) -> torch.Tensor:
+    """Normalise ``values`` to zero mean and unit variance over the valid entries.
+
+    ``shift_mean=False`` only rescales, keeping the mean (used for rewards, whose sign carries meaning).
+    Invalid entries are returned as 0 so that they cannot leak into later sums.
+    """
+    mean = masked_mean(values, mask, all_reduce)
+    var = masked_var(values, mask, unbiased=True, all_reduce=all_reduce)
+    out = (values - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out * mask

@@ -1,0 +1,121 @@
+import json
+
+import pytest
+import torch
+
+from rlhf_lightning.data import DataFormatError, DemonstrationsDataModule, read_rows
+from rlhf_lightning.data.formats import TokenizedExample
+from rlhf_lightning.data.loading import ResumableSampler, collate_right_padded
+
+ROWS = [{"prompt": f"q{i}", "completion": f"answer {i}"} for i in range(10)]
+
+
+def write_jsonl(path, rows, raw_lines=()):
+    lines = [json.dumps(r) for r in rows] + list(raw_lines)
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_every_file_type_reads_the_same_rows(tmp_path, suffix):
+    path = tmp_path / f"d{suffix}"
+    if suffix == ".jsonl":
+        write_jsonl(path, ROWS)
+    elif suffix == ".json":
+        path.write_text(json.dumps(ROWS))
+    elif suffix == ".csv":
+        path.write_text("prompt,completion\n" + "".join(f"{r['prompt']},{r['completion']}\n" for r in ROWS))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(ROWS), path)
+    assert list(read_rows(str(path))) == list(enumerate(ROWS, start=1))
+
+
+def test_malformed_jsonl_line_is_reported_with_its_line(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS[:2], raw_lines=['{"prompt": "q", "completion": '])
+    with pytest.raises(DataFormatError, match=r"d\.jsonl, row 3: malformed JSON"):
+        list(read_rows(path))
+
+
+def test_unknown_file_type_and_missing_file(tmp_path):
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(DataFormatError, match="unsupported file type"):
+        list(read_rows(str(tmp_path / "d.txt")))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        list(read_rows(str(tmp_path / "absent.jsonl")))
+
+
+def _datamodule(path, tiny_llama, **kwargs):
+    dm = DemonstrationsDataModule(train_files=path, tokenizer=tiny_llama, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_bad_row_stops_setup_before_training_with_file_row_field(tmp_path, tiny_llama):
+    rows = ROWS[:4] + [{"prompt": "q", "completion": ""}] + ROWS[4:]
+    path = write_jsonl(tmp_path / "demos.jsonl", rows)
+    with pytest.raises(DataFormatError, match=r"demos\.jsonl, row 5, field 'completion': is empty"):
+        _datamodule(path, tiny_llama)
+
+
+def test_held_out_split_is_seeded_and_disjoint(tmp_path, tiny_llama):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    a = _datamodule(path, tiny_llama, val_fraction=0.2, split_seed=3)
+    b = _datamodule(path, tiny_llama, val_fraction=0.2, split_seed=3)
+    c = _datamodule(path, tiny_llama, val_fraction=0.2, split_seed=4)
+    assert len(a.val_examples) == 2 and len(a.train_examples) == 8
+    assert a.val_examples == b.val_examples
+    assert a.val_examples != c.val_examples
+    assert not {tuple(e.input_ids) for e in a.val_examples} & {tuple(e.input_ids) for e in a.train_examples}
+
+
+def test_overlong_rows_are_truncated_or_dropped_and_counted(tmp_path, tiny_llama):
+    rows = [
+        {"prompt": "q", "completion": "short"},
+        {"prompt": "q", "completion": "x" * 50},
+        {"prompt": "p" * 30, "completion": "y"},
+    ]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    cut = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0)
+    assert cut.stats["truncated"] == 1 and cut.stats["dropped_no_target_after_truncation"] == 1
+    assert [len(e.input_ids) for e in cut.train_examples] == [7, 20]
+    dropped = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0, overlong="drop")
+    assert dropped.stats["dropped_overlong"] == 2 and len(dropped.train_examples) == 1
+
+
+def test_collate_builds_masks_from_lengths_even_when_pad_equals_eos():
+    eos = 2
+    batch = collate_right_padded(
+        [TokenizedExample([5, 6, eos], [False, True, True]), TokenizedExample([7, eos], [False, True])], pad_id=eos
+    )
+    assert batch["input_ids"].tolist() == [[5, 6, eos], [7, eos, eos]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]  # the real EOS of row 2 stays visible
+    assert batch["loss_mask"].tolist() == [[False, True, True], [False, True, False]]
+
+
+def test_resumable_sampler_continues_the_same_permutation():
+    data = list(range(20))
+    full = ResumableSampler(data, seed=5)
+    full.set_epoch(2)
+    order = list(full)
+    resumed = ResumableSampler(data, seed=5)
+    resumed.set_epoch(2)
+    resumed.skip_next_epoch_start(8)
+    assert list(resumed) == order[8:]
+    assert list(resumed) == order  # the skip applies once
+    assert sorted(order) == data and order != data
+
+
+def test_builtin_demonstrations_are_valid_and_match_their_generator(tiny_llama, tmp_path):
+    from rlhf_lightning.data import synthetic
+
+    dm = _datamodule("builtin:demonstrations.jsonl", tiny_llama)
+    assert dm.stats["rows"] == 400 and len(dm.val_examples) == 20
+    synthetic.write_assets(tmp_path)
+    shipped = [row for _, row in read_rows("builtin:demonstrations.jsonl")]
+    assert shipped == [row for _, row in read_rows(str(tmp_path / "demonstrations.jsonl"))]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 8 and batch["loss_mask"].any(1).all()
+    assert torch.equal(batch["attention_mask"].sum(1) > 0, torch.ones(8, dtype=torch.bool))

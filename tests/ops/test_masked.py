@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from rlhf_lightning.ops import masked_mean, masked_sum, masked_var, whiten
+
+VALUES = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, -7.0, -7.0]])
+MASK = torch.tensor([[True, True, True, False], [True, True, False, False]])
+# valid entries: 1, 2, 3, 4, 5 -> sum 15, mean 3, squared deviations 4+1+0+1+4 = 10
+
+
+def test_masked_sum_and_mean_ignore_invalid_entries():
+    assert masked_sum(VALUES, MASK).item() == 15.0
+    assert masked_mean(VALUES, MASK).item() == 3.0
+
+
+def test_masked_var_unbiased_and_biased():
+    assert masked_var(VALUES, MASK).item() == pytest.approx(10 / 4)
+    assert masked_var(VALUES, MASK, unbiased=False).item() == pytest.approx(10 / 5)
+
+
+def test_masked_var_is_exact_for_large_offsets():
+    # E[x^2] - mean^2 would lose every digit here in float32.
+    big = VALUES + 1e6
+    assert masked_var(big, MASK).item() == pytest.approx(2.5, rel=1e-4)
+
+
+def test_masked_var_needs_two_entries_for_bessel():
+    with pytest.raises(ValueError, match="at least 2"):
+        masked_var(VALUES, torch.tensor([[True, False, False, False], [False, False, False, False]]))
+
+
+def test_masked_mean_of_nothing_is_zero():
+    assert masked_mean(VALUES, torch.zeros_like(MASK)).item() == 0.0
+
+
+def test_whiten_matches_hand_computation():
+    out = whiten(VALUES, MASK)
+    std = (10 / 4) ** 0.5
+    expected = torch.tensor([[-2 / std, -1 / std, 0.0, 0.0], [1 / std, 2 / std, 0.0, 0.0]])
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_whiten_without_shift_keeps_the_mean():
+    out = whiten(VALUES, MASK, shift_mean=False)
+    assert masked_mean(out, MASK).item() == pytest.approx(3.0)
+    assert masked_var(out, MASK).item() == pytest.approx(1.0, rel=1e-5)
+    assert out[0, 3].item() == 0.0

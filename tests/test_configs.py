@@ -1,0 +1,35 @@
+"""Every YAML under configs/ parses through the CLI, and the embedded model converts faithfully."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import run_cli
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert {"sft.yaml", "sft_quick.yaml"} <= {c.name for c in CONFIGS}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_and_prints(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", f"--config={config}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    written = yaml.safe_load(config.read_text())
+    assert printed["model"]["class_path"] == written["model"]["class_path"]
+    assert printed["data"]["class_path"] == written["data"]["class_path"]
+    for key, value in written["model"]["init_args"].get("model", {}).items():
+        assert printed["model"]["init_args"]["model"][key] == value
+
+
+def test_an_invalid_value_is_rejected_with_the_option_named(capsys):
+    config = next(c for c in CONFIGS if c.name == "sft_quick.yaml")
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["fit", f"--config={config}", "--model.init_args.model.quantization=nf3", "--print_config"])
+    assert exit_info.value.code != 0
+    assert "quantization" in capsys.readouterr().err
