@@ -48,7 +48,8 @@ class GenerationSamples(L.Callback):
             return
         self._last_step = step
         tokenizer = pl_module.tokenizer
-        prompts = trainer.datamodule.sample_prompts(self.config.num_prompts)
+        source = getattr(trainer, "datamodule", None)
+        prompts = source.sample_prompts(self.config.num_prompts) if hasattr(source, "sample_prompts") else []
         if not prompts:
             return
         gen = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature)

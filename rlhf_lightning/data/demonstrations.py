@@ -44,6 +44,7 @@ class DemonstrationsDataModule(L.LightningDataModule):
         completion_only_loss: Train on completion (assistant) tokens only; ``false`` trains on every token.
         batch_size: Sequences per training batch (per device).
         val_batch_size: Sequences per validation batch (defaults to ``batch_size``).
+        shuffle: Shuffle the training rows every epoch (seeded); ``false`` keeps file order.
         shuffle_seed: Seed of the per-epoch shuffling of training rows.
         num_workers: Data loader worker processes.
         tokenizer: Tokenizer to use; by default the model's (``model.tokenizer`` of the LightningModule).
@@ -60,6 +61,7 @@ class DemonstrationsDataModule(L.LightningDataModule):
         completion_only_loss: bool = True,
         batch_size: int = 8,
         val_batch_size: int | None = None,
+        shuffle: bool = True,
         shuffle_seed: int = 0,
         num_workers: int = 0,
         tokenizer: str | None = None,
@@ -80,6 +82,7 @@ class DemonstrationsDataModule(L.LightningDataModule):
         self.completion_only_loss = completion_only_loss
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
+        self.shuffle = shuffle
         self.shuffle_seed = shuffle_seed
         self.num_workers = num_workers
         self.tokenizer_name = tokenizer
@@ -162,7 +165,7 @@ class DemonstrationsDataModule(L.LightningDataModule):
         dataset = ListDataset(self.train_examples)
         return ResumableDataLoader(
             dataset,
-            sampler=ResumableSampler(dataset, shuffle=True, seed=self.shuffle_seed, drop_last=False),
+            sampler=ResumableSampler(dataset, shuffle=self.shuffle, seed=self.shuffle_seed, drop_last=False),
             batches_done=self._batches_done,
             batch_size=self.batch_size,
             collate_fn=self._collate(),

@@ -19,7 +19,6 @@ through its end-of-turn token (EOS for ChatML templates) so that the model learn
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from typing import NamedTuple
 
 from rlhf_lightning.data.errors import DataFormatError
@@ -191,7 +190,3 @@ def truncate(example: TokenizedExample, max_length: int) -> TokenizedExample | N
     ids, mask = example.input_ids[:max_length], example.loss_mask[:max_length]
     # token 0 is never a target (nothing predicts it), so at least one target must sit past it
     return TokenizedExample(ids, mask) if any(mask[1:]) else None
-
-
-def prompt_ids_of(example: TokenizedExample) -> Sequence[int]:
-    return example.input_ids[: example.prompt_length]
