@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from jsonargparse import set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -83,6 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_libraries()
     RLHFLightningCLI(args=argv)
+
+
+# The config dataclasses document each field in an attribute docstring; show them in --help and
+# --print_config=comments.
+set_parsing_settings(docstring_parse_attribute_docstrings=True)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,11 @@ def test_an_invalid_value_is_rejected_with_the_option_named(capsys):
         run_cli(["fit", f"--config={config}", "--model.init_args.model.quantization=nf3", "--print_config"])
     assert exit_info.value.code != 0
     assert "quantization" in capsys.readouterr().err
+
+
+def test_help_shows_each_field_documentation(capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["fit", "--model=rlhf_lightning.SFTModule", "--model.help=rlhf_lightning.SFTModule"])
+    out = capsys.readouterr().out
+    assert "--model.lora.r" in out and "Rank of each adapter" in out
+    assert "--model.model.quantization" in out and "bitsandbytes" in out

@@ -21,8 +21,11 @@ class OptimConfig:
     lr: float = 2e-4
     """Peak learning rate. LoRA wants about 10x the full fine-tuning rate."""
     weight_decay: float = 0.0
+    """Decoupled weight decay (AdamW)."""
     betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's moving-average coefficients for the gradient and its square."""
     eps: float = 1e-8
+    """Adam's denominator term."""
     warmup_steps: int = 0
     """Linear warmup from 0, in optimizer steps. Overrides ``warmup_ratio`` when > 0."""
     warmup_ratio: float = 0.03

@@ -33,14 +33,14 @@ class SFTModule(CausalLMModule):
 
     def __init__(
         self,
-        model: ModelConfig | None = None,
-        lora: LoraConfig | None = None,
-        optim: OptimConfig | None = None,
-        samples: SampleConfig | None = None,
+        model: ModelConfig = ModelConfig(),  # noqa: B008 - dataclass defaults show every field in --help
+        lora: LoraConfig = LoraConfig(),  # noqa: B008
+        optim: OptimConfig = OptimConfig(),  # noqa: B008
+        samples: SampleConfig = SampleConfig(),  # noqa: B008
         logprob_chunk_size: int = 1024,
     ) -> None:
-        super().__init__(model or ModelConfig(), lora or LoraConfig(), optim or OptimConfig())
-        self.samples = samples or SampleConfig()
+        super().__init__(model, lora, optim)
+        self.samples = samples
         self.logprob_chunk_size = logprob_chunk_size
         self.val_nll = TokenNLL()
         self.save_hyperparameters()

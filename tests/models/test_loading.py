@@ -52,13 +52,15 @@ def test_left_and_right_padding_give_the_same_hidden_states(arch, request):
     torch.testing.assert_close(h_left, h_alone, atol=1e-5, rtol=1e-4)
 
 
-def test_nf4_lora_trains_a_step_on_cpu(tiny_llama):
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_quantized_lora_trains_a_step_on_cpu(tiny_llama, quantization):
     import bitsandbytes as bnb
 
     from rlhf_lightning.ops import token_logprobs_from_hidden
 
-    model = load_causal_lm(ModelConfig(name_or_path=tiny_llama, quantization="nf4"), LoraConfig(r=4))
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    model = load_causal_lm(ModelConfig(name_or_path=tiny_llama, quantization=quantization), LoraConfig(r=4))
+    layer = bnb.nn.Linear4bit if quantization == "nf4" else bnb.nn.Linear8bitLt
+    assert any(isinstance(m, layer) for m in model.modules())
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
     decoder, head = decoder_and_head(model)
@@ -129,3 +131,27 @@ def test_generation_with_a_real_model_respects_the_length_limit(tiny_llama):
         tok.pad_token_id,
     )
     assert len(out) == 2 and all(1 <= len(r) <= 6 for r in out)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama):
+    from rlhf_lightning.ops import token_logprobs_from_hidden
+
+    ids = torch.randint(4, 90, (2, 12))
+    results = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = load_causal_lm(
+            ModelConfig(name_or_path=tiny_llama, gradient_checkpointing=checkpointing), LoraConfig(r=4)
+        )
+        model.train()
+        decoder, head = decoder_and_head(model)
+        hidden = final_hidden_states(decoder, ids, torch.ones_like(ids))
+        loss = -token_logprobs_from_hidden(hidden[:, :-1], head.weight, ids[:, 1:]).logprobs.mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and "lora_B" in n}
+        results.append((loss.item(), grads))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert results[0][1] and all(g.abs().sum() > 0 for g in results[0][1].values())
+    for name, grad in results[0][1].items():
+        torch.testing.assert_close(grad, results[1][1][name], atol=1e-6, rtol=1e-5)
+    assert model.is_gradient_checkpointing
