@@ -80,9 +80,24 @@ class RLHFLightningCLI(LightningCLI):
             )
 
 
+COMMANDS = {
+    "score": ("rlhf_lightning.scoring", "score_file"),
+}
+
+
 def main(argv: list[str] | None = None) -> None:
+    """``rlhf-lightning fit|validate|... --config ...`` (LightningCLI) or one of the :data:`COMMANDS`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_libraries()
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in COMMANDS:
+        import importlib
+
+        from jsonargparse import CLI
+
+        module, function = COMMANDS[args[0]]
+        CLI(getattr(importlib.import_module(module), function), args=args[1:], prog=f"rlhf-lightning {args[0]}")
+        return
     RLHFLightningCLI(args=argv)
 
 

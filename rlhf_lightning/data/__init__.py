@@ -1,8 +1,16 @@
 """Reading, validating and tokenizing data in the ecosystem's formats; the DataModules."""
 
+from rlhf_lightning.data.comparisons import ComparisonsDataModule
 from rlhf_lightning.data.demonstrations import DemonstrationsDataModule
 from rlhf_lightning.data.errors import DataFormatError
 from rlhf_lightning.data.formats import TokenizedExample, tokenize_demonstration
 from rlhf_lightning.data.readers import read_rows
 
-__all__ = ["DataFormatError", "DemonstrationsDataModule", "TokenizedExample", "read_rows", "tokenize_demonstration"]
+__all__ = [
+    "ComparisonsDataModule",
+    "DataFormatError",
+    "DemonstrationsDataModule",
+    "TokenizedExample",
+    "read_rows",
+    "tokenize_demonstration",
+]

@@ -94,6 +94,50 @@ def demonstrations(n: int = 400, seed: int = 0) -> list[dict]:
     return rows
 
 
+def gold_score(text: str) -> int:
+    """The documented "gold" preference of this task: warmer reviews are better.
+
+    Positive words count +1 and negative words -1 (word lists above); the neutral words count 0.
+    """
+    words = [w.strip(".,;:!?").lower() for w in text.split()]
+    return sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
+
+
+def comparisons(n: int = 600, ranking_fraction: float = 0.2, seed: int = 1) -> list[dict]:
+    """Pairs (and some 3-way rankings) of reviews of one subject, the warmer one preferred (:func:`gold_score`).
+
+    Pairs are in the conversational explicit-prompt format; rankings list their responses in a shuffled
+    order with an explicit ``ranking`` (1 = best), as a person ranking answers would.
+    """
+    rng = random.Random(seed)
+    rows = []
+    order = ["positive", "neutral", "negative"]
+    for _ in range(n):
+        prompt, kind, name = request(rng)
+        user = [{"role": "user", "content": prompt}]
+        if rng.random() < ranking_fraction:
+            reviews = [review(rng, kind, name, sentiment) for sentiment in order]
+            shuffled = rng.sample(range(3), 3)
+            rows.append(
+                {
+                    "prompt": user,
+                    "responses": [[{"role": "assistant", "content": reviews[i]}] for i in shuffled],
+                    "ranking": [i + 1 for i in shuffled],
+                }
+            )
+            continue
+        better, worse = sorted(rng.sample(order, 2), key=order.index)
+        chosen, rejected = review(rng, kind, name, better), review(rng, kind, name, worse)
+        rows.append(
+            {
+                "prompt": user,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    return rows
+
+
 def write_jsonl(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -103,6 +147,7 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 
 def write_assets(folder: Path) -> None:
     write_jsonl(demonstrations(), folder / "demonstrations.jsonl")
+    write_jsonl(comparisons(), folder / "comparisons.jsonl")
 
 
 if __name__ == "__main__":

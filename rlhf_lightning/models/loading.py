@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from rlhf_lightning.models.config import LoraConfig, ModelConfig
 from rlhf_lightning.models.embedded import resolve_model_path
 
 log = logging.getLogger(__name__)
+
+RUN_INFO_FILE = "rlhf_lightning.json"
+"""Written next to every stage's output: which stage, which base model, whether it is an adapter."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GPT-2 style configs name their dropouts *pdrop; most others contain "dropout".
@@ -78,13 +82,16 @@ def _quantization_config(cfg: ModelConfig) -> BitsAndBytesConfig | None:
     )
 
 
-def load_causal_lm(cfg: ModelConfig, lora: LoraConfig | None, device: torch.device | str | None = None) -> nn.Module:
-    """Load the base model, quantize it if asked, and wrap it with trainable LoRA adapters.
+def load_causal_lm(
+    cfg: ModelConfig, lora: LoraConfig | None, device: torch.device | str | None = None, trainable: bool = True
+) -> nn.Module:
+    """Load the base model, quantize it if asked, and wrap it with LoRA adapters.
 
     Returns a ``peft.PeftModel`` when LoRA is on (or ``cfg.adapter`` is given), else the plain model with
-    every parameter trainable. The base weights of a LoRA model are frozen.
+    every parameter trainable. The base weights of a LoRA model are frozen. ``trainable=False`` loads for
+    inference: every parameter frozen, ``cfg.adapter`` applied if given.
     """
-    if cfg.quantization != "none" and (lora is None or not lora.enabled) and cfg.adapter is None:
+    if trainable and cfg.quantization != "none" and (lora is None or not lora.enabled) and cfg.adapter is None:
         raise ValueError("a quantized base model cannot be trained in full: enable LoRA (lora.enabled: true)")
     path = resolve_model_path(cfg.name_or_path)
     config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
@@ -113,8 +120,8 @@ def load_causal_lm(cfg: ModelConfig, lora: LoraConfig | None, device: torch.devi
     if cfg.adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
-    elif lora is not None and lora.enabled:
+        model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=trainable)
+    elif trainable and lora is not None and lora.enabled:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
@@ -128,6 +135,8 @@ def load_causal_lm(cfg: ModelConfig, lora: LoraConfig | None, device: torch.devi
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, peft_config)  # its dropout layers follow lora.dropout
+    if not trainable:
+        model.requires_grad_(False)
     return model
 
 
@@ -200,3 +209,14 @@ def lm_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
         active = head.active_adapters[0] if head.active_adapters else None
         head = head.modules_to_save[active] if active in head.modules_to_save else head.original_module
     return head.weight, getattr(head, "bias", None)
+
+
+def read_run_info(folder: str | Path) -> dict:
+    path = Path(folder) / RUN_INFO_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} has no {RUN_INFO_FILE}: point at the 'final' folder of a run")
+    return json.loads(path.read_text())
+
+
+def write_run_info(folder: str | Path, info: dict) -> None:
+    (Path(folder) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -13,12 +12,12 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from rlhf_lightning.models import LoraConfig, ModelConfig, count_parameters, load_causal_lm, load_tokenizer
 from rlhf_lightning.models.embedded import resolve_model_path
+from rlhf_lightning.models.loading import read_run_info, write_run_info
 from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
 
 FINAL_FOLDER = "final"
-RUN_INFO_FILE = "rlhf_lightning.json"
 
 
 class CausalLMModule(L.LightningModule):
@@ -45,10 +44,14 @@ class CausalLMModule(L.LightningModule):
             return
         self.model = load_causal_lm(self.model_config, self.lora_config, device=self._target_device())
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as they are
-        trainable, total = count_parameters(self.model)
+        self.configure_heads()
+        trainable, total = count_parameters(self)
         rank_zero_info(
             f"{self.stage}: {trainable:,} trainable of {total:,} parameters ({100 * trainable / total:.2f}%)"
         )
+
+    def configure_heads(self) -> None:
+        """Create any head on top of the model (called once, right after the model is loaded)."""
 
     def _target_device(self) -> torch.device:
         return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
@@ -100,8 +103,12 @@ class CausalLMModule(L.LightningModule):
             "adapter": self.lora_config.enabled or self.model_config.adapter is not None,
             "global_step": self.trainer.global_step if self._trainer is not None else 0,
         }
-        (folder / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        write_run_info(folder, info)
         return folder
+
+    @staticmethod
+    def update_run_info(folder: Path, **fields) -> None:
+        write_run_info(folder, {**read_run_info(folder), **fields})
 
     def on_train_end(self) -> None:
         if self.trainer.is_global_zero:

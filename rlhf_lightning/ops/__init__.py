@@ -2,13 +2,18 @@
 
 from rlhf_lightning.ops.logprobs import TokenLogProbs, logprobs_from_logits, token_logprobs_from_hidden
 from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, whiten
+from rlhf_lightning.ops.preference import PreferenceLoss, last_token_index, pair_weights, preference_loss
 
 __all__ = [
+    "PreferenceLoss",
     "TokenLogProbs",
+    "last_token_index",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_var",
+    "pair_weights",
+    "preference_loss",
     "token_logprobs_from_hidden",
     "whiten",
 ]

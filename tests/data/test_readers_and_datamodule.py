@@ -79,10 +79,10 @@ def test_overlong_rows_are_truncated_or_dropped_and_counted(tmp_path, tiny_llama
     ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
     cut = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0)
-    assert cut.stats["truncated"] == 1 and cut.stats["dropped_no_target_after_truncation"] == 1
+    assert cut.stats["truncated"] == 1 and cut.stats["dropped no target after truncation"] == 1
     assert [len(e.input_ids) for e in cut.train_examples] == [7, 20]
     dropped = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0, overlong="drop")
-    assert dropped.stats["dropped_overlong"] == 2 and len(dropped.train_examples) == 1
+    assert dropped.stats["dropped overlong"] == 2 and len(dropped.train_examples) == 1
 
 
 def test_collate_builds_masks_from_lengths_even_when_pad_equals_eos():

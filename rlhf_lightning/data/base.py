@@ -1,0 +1,177 @@
+"""What every DataModule shares: reading sources, validating every row up front, the held-out split,
+the length policy with its counts, the tokenizer, and resumable training loaders."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from rlhf_lightning.data.formats import RowLocation
+from rlhf_lightning.data.loading import ListDataset, ResumableDataLoader, ResumableSampler
+from rlhf_lightning.data.readers import describe, read_rows
+
+log = logging.getLogger(__name__)
+
+
+def as_list(value: str | Sequence[str] | None) -> list[str]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+class Dropped(Exception):
+    """Raised by ``tokenize_row`` for a valid row that is left out on purpose; the reason is counted."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class RowsDataModule(L.LightningDataModule):
+    """Base of the DataModules. Subclasses implement ``tokenize_row``, ``example_length``, ``truncate``
+    and ``collate``; every bad row raises :class:`~rlhf_lightning.data.errors.DataFormatError` in
+    ``setup``, before any model weight is loaded."""
+
+    kind = "rows"
+
+    def __init__(
+        self,
+        train_files: str | list[str],
+        val_files: str | list[str] | None,
+        val_fraction: float,
+        split_seed: int,
+        max_length: int,
+        overlong: Literal["truncate", "drop"],
+        batch_size: int,
+        val_batch_size: int | None,
+        shuffle: bool,
+        shuffle_seed: int,
+        num_workers: int,
+        tokenizer: str | None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        self.train_files = as_list(train_files)
+        if not self.train_files:
+            raise ValueError("train_files is empty")
+        self.val_files = as_list(val_files)
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.max_length = max_length
+        self.overlong = overlong
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.shuffle = shuffle
+        self.shuffle_seed = shuffle_seed
+        self.num_workers = num_workers
+        self.tokenizer_name = tokenizer
+        self.tokenizer = None
+        self.train_examples: list = []
+        self.val_examples: list = []
+        self.stats: Counter = Counter()
+
+    # --- to implement ------------------------------------------------------------------------------------
+    def tokenize_row(self, row: object, where: RowLocation) -> Any:
+        raise NotImplementedError
+
+    def example_length(self, example: Any) -> int:
+        raise NotImplementedError
+
+    def truncate(self, example: Any) -> Any:
+        """The example cut to ``max_length``; raise :class:`Dropped` if nothing usable is left."""
+        raise NotImplementedError
+
+    def collate_fn(self) -> Callable:
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------------------------------------
+    def resolve_tokenizer(self):
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_name is not None:
+            from rlhf_lightning.models import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.tokenizer_name)
+        elif self.trainer is not None and getattr(self.trainer.lightning_module, "tokenizer", None) is not None:
+            self.tokenizer = self.trainer.lightning_module.tokenizer
+        else:
+            raise ValueError(f"{type(self).__name__} needs a tokenizer: set data.tokenizer or attach a model")
+        return self.tokenizer
+
+    def load_examples(self, sources: list[str]) -> list:
+        """Tokenize every row of ``sources`` and apply the length policy; raises on the first bad row."""
+        self.resolve_tokenizer()
+        examples = []
+        for source in sources:
+            name = describe(source)
+            for row_number, row in read_rows(source):
+                self.stats["rows"] += 1
+                try:
+                    example = self.tokenize_row(row, RowLocation(name, row_number))
+                    if self.example_length(example) > self.max_length:
+                        if self.overlong == "drop":
+                            raise Dropped("overlong")
+                        example = self.truncate(example)
+                        self.stats["truncated"] += 1
+                except Dropped as dropped:
+                    self.stats[f"dropped {dropped.reason}"] += 1
+                    continue
+                examples.append(example)
+        return examples
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_examples:
+            return
+        self.stats = Counter()
+        examples = self.load_examples(self.train_files)
+        if self.val_files:
+            self.train_examples, self.val_examples = examples, self.load_examples(self.val_files)
+        elif self.val_fraction > 0:
+            order = list(range(len(examples)))
+            random.Random(self.split_seed).shuffle(order)
+            val_index = set(order[: max(1, round(self.val_fraction * len(examples)))])
+            self.val_examples = [e for i, e in enumerate(examples) if i in val_index]
+            self.train_examples = [e for i, e in enumerate(examples) if i not in val_index]
+        else:
+            self.train_examples = examples
+        if not self.train_examples:
+            raise ValueError(f"no training examples left in {self.train_files} (counts: {dict(self.stats)})")
+        self.stats["train examples"] = len(self.train_examples)
+        self.stats["val examples"] = len(self.val_examples)
+        counts = ", ".join(f"{k} {v}" for k, v in self.stats.items())
+        rank_zero_info(f"{self.kind}: {counts} (max_length {self.max_length}, overlong: {self.overlong})")
+
+    def _batches_done(self) -> int:
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = ListDataset(self.train_examples)
+        return ResumableDataLoader(
+            dataset,
+            sampler=ResumableSampler(dataset, shuffle=self.shuffle, seed=self.shuffle_seed, drop_last=False),
+            batches_done=self._batches_done,
+            batch_size=self.batch_size,
+            collate_fn=self.collate_fn(),
+            num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_examples:
+            return []
+        return DataLoader(
+            ListDataset(self.val_examples),
+            batch_size=self.val_batch_size,
+            shuffle=False,
+            collate_fn=self.collate_fn(),
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,240 @@
+"""Human comparisons and rankings for reward-model training.
+
+Accepted rows (TRL's preference formats, plus rankings):
+
+- explicit prompt: ``{"prompt": str, "chosen": str, "rejected": str}``, or the same with message lists
+  (``prompt`` a list of messages, ``chosen``/``rejected`` lists of assistant messages);
+- implicit prompt: ``{"chosen": ..., "rejected": ...}`` where each holds the whole text or conversation;
+- optional ``"margin": number`` on a pair: how much better the chosen response must score;
+- rankings: ``{"prompt": ..., "responses": [r1, r2, ...], "ranking": [2, 1, ...]}`` where ``ranking``
+  gives each response's rank (1 = best; equal ranks are ties), or without ``ranking`` when the responses
+  are already ordered best to worst. A ranking of K responses yields up to K(K-1)/2 pairs, kept together
+  in one batch element and averaged within it.
+
+Each response is tokenized as a full sequence (prompt + response) that ends with EOS, the token at which
+the reward model reads its score. Identical chosen/rejected pairs and tied or identical pairs within
+rankings are left out and counted.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+
+from rlhf_lightning.data.base import Dropped, RowsDataModule
+from rlhf_lightning.data.formats import RowLocation, require_text, tokenize_chat, validate_messages
+
+
+class ComparisonExample(NamedTuple):
+    """The sequences of one prompt and the preferences among them."""
+
+    sequences: list[list[int]]
+    pairs: list[tuple[int, int]]
+    """``(better, worse)`` indices into ``sequences``."""
+    margin: float = 0.0
+
+
+def _type_name(value: object) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def tokenize_response(tokenizer, prompt: str | list | None, response: str | list, where: RowLocation, field: str):
+    """Token ids of prompt + response, ending with the response's EOS (the scoring position)."""
+    eos = tokenizer.eos_token_id
+    if isinstance(response, str):
+        if prompt is None:
+            return tokenizer(response, add_special_tokens=True)["input_ids"] + [eos]
+        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
+    messages = (prompt or []) + response
+    example = tokenize_chat(tokenizer, messages, len(prompt or []), where, field)
+    last_target = max(i for i, m in enumerate(example.loss_mask) if m)
+    return example.input_ids[: last_target + 1]  # drop the template's text after the final EOS
+
+
+def _response(row: dict, key: str, conversational: bool, where: RowLocation):
+    if conversational:
+        messages = validate_messages(row[key], key, where)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise where.error(key, "has no assistant message")
+        return messages
+    return require_text(row, key, where)
+
+
+class ComparisonsDataModule(RowsDataModule):
+    """Reads, validates and tokenizes comparisons and rankings; serves batches of prompts, each with its
+    sequences and pairs (``input_ids``, ``attention_mask`` over all sequences, and ``better``, ``worse``,
+    ``group``, ``margin`` over all pairs).
+
+    Args:
+        train_files: Training data: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
+            ``hf:OWNER/NAME[:SPLIT]``.
+        val_files: Validation data; when empty, ``val_fraction`` of the training rows is held out.
+        val_fraction: Held-out fraction when ``val_files`` is empty; 0 disables validation.
+        split_seed: Seed of the held-out split.
+        max_length: Longest sequence (prompt + response) in tokens.
+        overlong: ``drop`` (default) leaves out a row with any longer sequence: a truncated response no longer
+            ends where it is scored. ``truncate`` cuts sequences to ``max_length``.
+        batch_size: Prompts per batch (a ranking of K responses puts K sequences in the batch).
+        val_batch_size: Prompts per validation batch (defaults to ``batch_size``).
+        shuffle: Shuffle training rows every epoch (seeded).
+        shuffle_seed: Seed of the shuffling.
+        num_workers: Data loader worker processes.
+        tokenizer: Tokenizer to use; by default the model's.
+    """
+
+    kind = "comparisons"
+
+    def __init__(
+        self,
+        train_files: str | list[str] = "builtin:comparisons.jsonl",
+        val_files: str | list[str] | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        max_length: int = 1024,
+        overlong: Literal["truncate", "drop"] = "drop",
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        shuffle: bool = True,
+        shuffle_seed: int = 0,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__(
+            train_files, val_files, val_fraction, split_seed, max_length, overlong,
+            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer,
+        )  # fmt: skip
+
+    # --- rows ----------------------------------------------------------------------------------------------
+    def tokenize_row(self, row: object, where: RowLocation) -> ComparisonExample:
+        if not isinstance(row, dict):
+            raise where.error(None, f"expected an object with named fields, got {_type_name(row)}")
+        if "responses" in row:
+            return self._ranking(row, where)
+        if "chosen" in row or "rejected" in row:
+            return self._pair(row, where)
+        raise where.error(
+            None,
+            f"no recognised fields (found {sorted(row)}); expected 'chosen' + 'rejected' (with or without "
+            "'prompt'), or 'prompt' + 'responses' (+ 'ranking')",
+        )
+
+    def _prompt(self, row: dict, where: RowLocation, required: bool) -> str | list | None:
+        if "prompt" not in row:
+            if required:
+                raise where.error("prompt", "missing: a ranking needs the prompt its responses answer")
+            return None
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            return validate_messages(prompt, "prompt", where)
+        return require_text(row, "prompt", where, allow_empty=True)
+
+    def _pair(self, row: dict, where: RowLocation) -> ComparisonExample:
+        for key in ("chosen", "rejected"):
+            if key not in row:
+                raise where.error(key, f"missing (the row has fields {sorted(row)})")
+        prompt = self._prompt(row, where, required=False)
+        conversational = isinstance(prompt, list) or (prompt is None and isinstance(row["chosen"], list))
+        chosen = _response(row, "chosen", conversational, where)
+        rejected = _response(row, "rejected", conversational, where)
+        margin = row.get("margin", 0.0)
+        if margin is None:
+            margin = 0.0
+        if isinstance(margin, bool) or not isinstance(margin, int | float):
+            raise where.error("margin", f"expected a number, got {_type_name(margin)}")
+        if chosen == rejected:
+            raise Dropped("identical chosen and rejected")
+        sequences = [
+            tokenize_response(self.tokenizer, prompt, chosen, where, "chosen"),
+            tokenize_response(self.tokenizer, prompt, rejected, where, "rejected"),
+        ]
+        return ComparisonExample(sequences, [(0, 1)], float(margin))
+
+    def _ranking(self, row: dict, where: RowLocation) -> ComparisonExample:
+        prompt = self._prompt(row, where, required=True)
+        responses = row["responses"]
+        if not isinstance(responses, list) or len(responses) < 2:
+            raise where.error("responses", "expected a list of at least 2 responses")
+        if "margin" in row:
+            raise where.error("margin", "margins apply to chosen/rejected pairs, not to rankings")
+        ranks = row.get("ranking")
+        if ranks is None:
+            ranks = list(range(1, len(responses) + 1))  # already ordered best to worst
+        elif not isinstance(ranks, list) or len(ranks) != len(responses):
+            raise where.error("ranking", f"expected a list of {len(responses)} ranks, one per response")
+        for i, rank in enumerate(ranks):
+            if isinstance(rank, bool) or not isinstance(rank, int):
+                raise where.error(f"ranking[{i}]", f"expected an integer rank (1 = best), got {_type_name(rank)}")
+        conversational = isinstance(prompt, list)
+        items = []
+        for i, response in enumerate(responses):
+            field = f"responses[{i}]"
+            if conversational:
+                items.append(_response({field: response}, field, True, where))
+            elif not isinstance(response, str):
+                raise where.error(field, f"expected a string, got {_type_name(response)}")
+            elif not response.strip():
+                raise where.error(field, "is empty")
+            else:
+                items.append(response)
+        pairs = []
+        for i in range(len(items)):
+            for j in range(len(items)):
+                if ranks[i] < ranks[j]:
+                    if items[i] == items[j]:
+                        self.stats["ranking pairs skipped (identical responses)"] += 1
+                    else:
+                        pairs.append((i, j))
+                elif i < j and ranks[i] == ranks[j]:
+                    self.stats["ranking pairs skipped (tied ranks)"] += 1
+        if not pairs:
+            raise Dropped("ranking without a strict preference")
+        sequences = [
+            tokenize_response(self.tokenizer, prompt, r, where, f"responses[{i}]") for i, r in enumerate(items)
+        ]
+        return ComparisonExample(sequences, pairs)
+
+    # --- lengths and batches ---------------------------------------------------------------------------------
+    def example_length(self, example: ComparisonExample) -> int:
+        return max(len(s) for s in example.sequences)
+
+    def truncate(self, example: ComparisonExample) -> ComparisonExample:
+        sequences = [s[: self.max_length] for s in example.sequences]
+        pairs = [(b, w) for b, w in example.pairs if sequences[b] != sequences[w]]
+        if not pairs:
+            raise Dropped("identical after truncation")
+        return ComparisonExample(sequences, pairs, example.margin)
+
+    def collate_fn(self):
+        return functools.partial(collate_comparisons, pad_id=self.tokenizer.pad_token_id)
+
+
+def collate_comparisons(examples: Sequence[ComparisonExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """All sequences of the batch right-padded in one ``(n, t)`` tensor, with the pairs as index tensors."""
+    sequences: list[list[int]] = []
+    better, worse, group, margin = [], [], [], []
+    for g, example in enumerate(examples):
+        offset = len(sequences)
+        sequences.extend(example.sequences)
+        for b, w in example.pairs:
+            better.append(offset + b)
+            worse.append(offset + w)
+            group.append(g)
+            margin.append(example.margin)
+    longest = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        attention[i, : len(seq)] = 1
+    return {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "better": torch.tensor(better, dtype=torch.long),
+        "worse": torch.tensor(worse, dtype=torch.long),
+        "group": torch.tensor(group, dtype=torch.long),
+        "margin": torch.tensor(margin, dtype=torch.float32),
+    }

@@ -1,0 +1,102 @@
+"""A causal LM backbone with a scalar head: the reward model (and, in PPO, the value model).
+
+The score of a sequence is the head applied to the final hidden state of its last real token, found from
+the attention mask, so left- and right-padded batches give the same scores. The LM head is never used.
+
+A trained reward model is a folder: the backbone's adapter in peft format (or a full model), the head in
+``score_head.safetensors``, the tokenizer, and ``rlhf_lightning.json`` naming the base model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rlhf_lightning.models.config import ModelConfig
+from rlhf_lightning.models.loading import (
+    decoder_and_head,
+    final_hidden_states,
+    load_causal_lm,
+    load_tokenizer,
+    read_run_info,
+)
+from rlhf_lightning.ops import last_token_index
+
+HEAD_FILE = "score_head.safetensors"
+
+
+class ScalarHead(nn.Module):
+    """``hidden (.., d) -> score (..)`` in float32, initialised small (std ``1/sqrt(d+1)``, bias 0) so
+    that initial scores are near 0 and the first updates are not dominated by the head."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1, dtype=torch.float32)
+        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.to(self.linear.weight.dtype)).squeeze(-1)
+
+
+def hidden_size_of(model: nn.Module) -> int:
+    decoder, _ = decoder_and_head(model)
+    return decoder.config.hidden_size
+
+
+def sequence_scores(
+    model: nn.Module, head: ScalarHead, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> torch.Tensor:
+    """Score ``(b,)`` of each sequence at its last real token."""
+    decoder, _ = decoder_and_head(model)
+    hidden = final_hidden_states(decoder, input_ids, attention_mask)
+    last = last_token_index(attention_mask)
+    return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+
+def save_head(head: ScalarHead, folder: str | Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(Path(folder) / HEAD_FILE))
+
+
+def load_head(folder: str | Path, hidden_size: int) -> ScalarHead:
+    path = Path(folder) / HEAD_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{folder} has no {HEAD_FILE}: it is not a reward model folder")
+    head = ScalarHead(hidden_size)
+    head.load_state_dict(load_file(str(path)))
+    return head
+
+
+class RewardModel(nn.Module):
+    """Backbone + head, for scoring outside of training (``rlhf-lightning score``, PPO)."""
+
+    def __init__(self, model: nn.Module, head: ScalarHead, tokenizer) -> None:
+        super().__init__()
+        self.model, self.head, self.tokenizer = model, head, tokenizer
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return sequence_scores(self.model, self.head, input_ids, attention_mask)
+
+    @classmethod
+    def from_folder(
+        cls, folder: str | Path, model_config: ModelConfig | None = None, device: torch.device | str = "cpu"
+    ) -> RewardModel:
+        """Load a reward model folder written by the reward stage. ``model_config`` may change how the
+        base is loaded (dtype, quantization); its ``name_or_path`` and ``adapter`` come from the folder."""
+        folder = Path(folder)
+        info = read_run_info(folder)
+        if info.get("stage") != "reward":
+            raise ValueError(f"{folder} holds a '{info.get('stage')}' model, not a reward model")
+        base = model_config or ModelConfig()
+        if info["adapter"]:
+            cfg = ModelConfig(**{**vars(base), "name_or_path": info["base_model"], "adapter": str(folder)})
+        else:
+            cfg = ModelConfig(**{**vars(base), "name_or_path": str(folder), "adapter": None})
+        model = load_causal_lm(cfg, lora=None, device=device, trainable=False).to(device).eval()
+        head = load_head(folder, hidden_size_of(model)).to(device).eval()
+        return cls(model, head, load_tokenizer(str(folder)))

@@ -1,0 +1,76 @@
+"""``rlhf-lightning score``: score (prompt, response) rows with a trained reward model.
+
+    rlhf-lightning score runs/reward/final answers.jsonl scored.jsonl [--batch_size 16]
+
+Input rows are demonstrations in any accepted format, with ``response`` accepted as another name for
+``completion``: ``{"prompt": "...", "response": "..."}``, ``{"messages": [...]}``, ... Each output line is
+the input row with a ``score`` field added, in the input order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from rlhf_lightning.data.formats import RowLocation, tokenize_demonstration
+from rlhf_lightning.data.readers import describe, read_rows
+from rlhf_lightning.models.config import DType, ModelConfig, Quantization
+from rlhf_lightning.models.generation import left_pad
+from rlhf_lightning.models.reward import RewardModel
+
+
+def scored_sequence(row: object, tokenizer, where: RowLocation) -> list[int]:
+    """Prompt + response token ids ending at the response's EOS, where the reward model reads its score."""
+    if isinstance(row, dict) and "response" in row and "completion" not in row:
+        row = {**row, "completion": row["response"]}
+        row.pop("response")
+    example = tokenize_demonstration(row, tokenizer, where)
+    last = max(i for i, m in enumerate(example.loss_mask) if m)
+    return example.input_ids[: last + 1]
+
+
+def score_file(
+    model: str,
+    input: str,
+    output: str,
+    batch_size: int = 16,
+    device: str = "auto",
+    dtype: DType = "float32",
+    quantization: Quantization = "none",
+) -> Path:
+    """Score every row of ``input`` with the reward model folder ``model``; write jsonl to ``output``.
+
+    Args:
+        model: A reward run's ``final`` folder (adapter + score head).
+        input: Rows to score: jsonl/json/parquet/csv, ``builtin:NAME`` or ``hf:OWNER/NAME[:SPLIT]``.
+        output: The jsonl file to write.
+        batch_size: Sequences per forward pass (rows are batched by length).
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        dtype: Weight dtype of the base model.
+        quantization: Load the base 4-bit / 8-bit to save memory.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    reward = RewardModel.from_folder(model, ModelConfig(dtype=dtype, quantization=quantization), device=device)
+    tokenizer = reward.tokenizer
+    name = describe(input)
+    rows, sequences = [], []
+    for row_number, row in read_rows(input):  # every row is checked before any scoring
+        sequences.append(scored_sequence(row, tokenizer, RowLocation(name, row_number)))
+        rows.append(row)
+    scores = [0.0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(sequences[i]))  # similar lengths, little padding
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = left_pad([sequences[i] for i in chunk], tokenizer.pad_token_id, device)
+        for i, score in zip(chunk, reward(ids, mask).tolist()):
+            scores[i] = score
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as f:
+        for row, score in zip(rows, scores):
+            f.write(json.dumps({**row, "score": score}, ensure_ascii=False) + "\n")
+    print(f"scored {len(rows)} rows: mean {sum(scores) / max(len(scores), 1):+.4f} -> {out}")
+    return out

@@ -1,0 +1,201 @@
+"""The reward stage: score position, learning a preference rule, saving with its head, scoring files."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from rlhf_lightning.data.formats import RowLocation
+from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad
+from rlhf_lightning.models.reward import RewardModel, ScalarHead
+from rlhf_lightning.modules import RewardModule
+from rlhf_lightning.scoring import scored_sequence
+from tests.helpers import run_cli, scalars, write_jsonl
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_left_and_right_padded_batches_give_the_same_scores(arch, request):
+    module = RewardModule(model=ModelConfig(name_or_path=request.getfixturevalue(arch)), lora=LoraConfig(r=4))
+    module.configure_model()
+    sequences = [[5, 9, 13, 17, 2], [7, 2], [11, 12, 13, 2]]
+    right = torch.zeros(3, 5, dtype=torch.long)
+    right_mask = torch.zeros(3, 5, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        right[i, : len(s)] = torch.tensor(s)
+        right_mask[i, : len(s)] = 1
+    left, left_mask = left_pad(sequences, pad_id=0)
+    with torch.no_grad():
+        alone = torch.cat(
+            [module.scores(torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)) for s in sequences]
+        )
+        torch.testing.assert_close(module.scores(right, right_mask), alone, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(module.scores(left, left_mask), alone, atol=1e-5, rtol=1e-4)
+        # the score is read at the last real token: changing a padding position changes nothing,
+        # changing the last real token (the EOS) does
+        right[1, 3] = 42
+        assert module.scores(right, right_mask)[1].item() == pytest.approx(alone[1].item(), abs=1e-5)
+        right[1, 1] = 42
+        assert module.scores(right, right_mask)[1].item() != pytest.approx(alone[1].item(), abs=1e-5)
+
+
+def test_head_starts_small():
+    head = ScalarHead(256)
+    assert head.linear.bias.item() == 0.0
+    assert head.linear.weight.std().item() == pytest.approx(1 / 257**0.5, rel=0.2)
+
+
+def z_rule_rows(n: int, seed: int) -> list[dict]:
+    """Preferred response: 7 random letters, one of them a 'z' at a random place; the other: 7 letters
+    without 'z'. Same length, same alphabet otherwise: only reading the content separates them."""
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxy"
+
+    def word(k):
+        return "".join(rng.choice(letters) for _ in range(k))
+
+    rows = []
+    for _ in range(n):
+        base, pos = word(6), rng.randrange(7)
+        rows.append({"prompt": f"{word(3)}:", "chosen": base[:pos] + "z" + base[pos:], "rejected": word(7)})
+    return rows
+
+
+def reward_args(tiny_llama, train, val, run_dir, *extra):
+    return [
+        "fit",
+        "--model=rlhf_lightning.RewardModule",
+        f"--model.model.name_or_path={tiny_llama}",
+        "--model.lora.r=8",
+        "--model.lora.alpha=16",
+        "--model.optim.lr=0.003",
+        "--model.optim.warmup_steps=2",
+        "--data=rlhf_lightning.ComparisonsDataModule",
+        f"--data.train_files={train}",
+        f"--data.val_files={val}",
+        "--data.batch_size=8",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.max_steps=36",
+        "--trainer.accelerator=cpu",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.val_check_interval=12",
+        "--trainer.enable_progress_bar=false",
+        "--checkpoint.monitor=val/accuracy",
+        "--checkpoint.mode=max",
+        "--seed_everything=0",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reward")
+    train = write_jsonl(root / "train.jsonl", z_rule_rows(200, seed=0))
+    val = write_jsonl(root / "val.jsonl", z_rule_rows(64, seed=1))
+    calibration = write_jsonl(
+        root / "reference.jsonl", [{"prompt": r["prompt"], "completion": r["chosen"]} for r in z_rule_rows(16, seed=2)]
+    )
+    cli = run_cli(reward_args(tiny_llama, train, val, root / "run", f"--model.calibration_files=[{calibration}]"))
+    return cli, root, calibration
+
+
+def test_learns_a_content_rule_to_high_held_out_accuracy(trained):
+    # Chance is 50%: the pairs differ only in whether a 'z' appears somewhere, at a random position, so an
+    # untrained or position-reading model cannot beat a coin. Over 64 held-out pairs, P(>= 58 right | coin)
+    # is below 1e-11; 0.9 is therefore far beyond luck, and the tiny model reaches it in 36 steps.
+    _, root, _ = trained
+    accuracy = scalars(root / "run", "val/accuracy")
+    last = max(accuracy)
+    assert len(accuracy) >= 2 and accuracy[last] >= 0.9, accuracy
+    assert scalars(root / "run", "val/margin")[last] > 0
+    for tag in ("train/loss", "train/accuracy", "train/chosen_mean", "train/rejected_std", "val/chosen_std"):
+        assert scalars(root / "run", tag), tag
+    assert (root / "run" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_saved_reward_model_reloads_with_its_head_and_calibration(trained, tiny_llama):
+    cli, root, calibration = trained
+    module = cli.model.eval()
+    final = root / "run" / "final"
+    info = json.loads((final / "rlhf_lightning.json").read_text())
+    assert info["stage"] == "reward" and info["adapter"] and info["calibration_shift"] != 0.0
+    reloaded = RewardModel.from_folder(final)
+    rows = z_rule_rows(6, seed=3)
+    sequences = [
+        scored_sequence({"prompt": r["prompt"], "response": r[k]}, reloaded.tokenizer, RowLocation("t", 1))
+        for r in rows
+        for k in ("chosen", "rejected")
+    ]
+    ids, mask = left_pad(sequences, reloaded.tokenizer.pad_token_id)
+    with torch.no_grad():
+        expected = module.scores(ids, mask)
+    torch.testing.assert_close(reloaded(ids, mask), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(reloaded.head.linear.weight, module.score_head.linear.weight.cpu())
+    # a freshly initialised head would give other scores: the head was really saved and loaded
+    fresh = ScalarHead(reloaded.head.linear.in_features)
+    assert not torch.allclose(fresh.linear.weight, reloaded.head.linear.weight)
+    # calibration: the reference responses now score 0 on average
+    ref = [json.loads(line) for line in open(calibration)]
+    ref_seqs = [scored_sequence(r, reloaded.tokenizer, RowLocation("t", 1)) for r in ref]
+    ids, mask = left_pad(ref_seqs, reloaded.tokenizer.pad_token_id)
+    assert reloaded(ids, mask).mean().item() == pytest.approx(0.0, abs=1e-4)
+
+
+def test_score_command_writes_scores_in_input_order(trained, tmp_path):
+    from rlhf_lightning.cli import main
+
+    _, root, _ = trained
+    rows = [
+        {"prompt": r["prompt"], "response": r[k], "id": i}
+        for i, r in enumerate(z_rule_rows(10, 4))
+        for k in ("chosen", "rejected")
+    ]
+    src = write_jsonl(tmp_path / "in.jsonl", rows)
+    main(["score", str(root / "run" / "final"), src, str(tmp_path / "out.jsonl"), "--batch_size=3"])
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in o.items() if k != "score"} for o in out] == rows
+    chosen, rejected = [o["score"] for o in out[0::2]], [o["score"] for o in out[1::2]]
+    assert sum(c > r for c, r in zip(chosen, rejected)) >= 9  # the learned rule, on fresh rows
+
+
+def test_score_command_reports_a_bad_row(trained, tmp_path):
+    from rlhf_lightning.cli import main
+    from rlhf_lightning.data import DataFormatError
+
+    _, root, _ = trained
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a:", "response": "xyz"}, {"prompt": "b:"}])
+    with pytest.raises(DataFormatError, match=r"in\.jsonl, row 2, field 'completion'"):
+        main(["score", str(root / "run" / "final"), src, str(tmp_path / "out.jsonl")])
+
+
+def test_checkpoint_carries_the_head_and_adapter_for_resume(trained):
+    _, root, _ = trained
+    ckpt = torch.load(root / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    keys = set(ckpt["state_dict"])
+    assert {"score_head.linear.weight", "score_head.linear.bias"} <= keys
+    assert all(k.startswith("score_head.") or "lora_" in k for k in keys)
+
+
+def test_nf4_reward_model_trains_its_adapter_and_head_on_cpu(tiny_llama):
+    import bitsandbytes as bnb
+
+    from rlhf_lightning.ops import preference_loss
+
+    torch.manual_seed(0)
+    module = RewardModule(model=ModelConfig(name_or_path=tiny_llama, quantization="nf4"), lora=LoraConfig(r=4))
+    module.configure_model()
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in module.modules())
+    ids, mask = left_pad([[5, 26, 9, 2], [5, 7, 2], [6, 26, 2], [6, 8, 9, 2]], pad_id=0)
+    better, worse, group = torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([0, 1])
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=0.05)
+    head_before = module.score_head.linear.weight.detach().clone()
+    losses = []
+    for _ in range(5):
+        loss = preference_loss(module.scores(ids, mask), better, worse, group).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert not torch.equal(head_before, module.score_head.linear.weight)
