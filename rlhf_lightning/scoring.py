@@ -14,21 +14,11 @@ from pathlib import Path
 
 import torch
 
-from rlhf_lightning.data.formats import RowLocation, tokenize_demonstration
+from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.generation import left_pad
 from rlhf_lightning.models.reward import RewardModel
-
-
-def scored_sequence(row: object, tokenizer, where: RowLocation) -> list[int]:
-    """Prompt + response token ids ending at the response's EOS, where the reward model reads its score."""
-    if isinstance(row, dict) and "response" in row and "completion" not in row:
-        row = {**row, "completion": row["response"]}
-        row.pop("response")
-    example = tokenize_demonstration(row, tokenizer, where)
-    last = max(i for i, m in enumerate(example.loss_mask) if m)
-    return example.input_ids[: last + 1]
 
 
 def score_file(

@@ -190,3 +190,13 @@ def truncate(example: TokenizedExample, max_length: int) -> TokenizedExample | N
     ids, mask = example.input_ids[:max_length], example.loss_mask[:max_length]
     # token 0 is never a target (nothing predicts it), so at least one target must sit past it
     return TokenizedExample(ids, mask) if any(mask[1:]) else None
+
+
+def scored_sequence(row: object, tokenizer, where: RowLocation) -> list[int]:
+    """Prompt + response ids of a demonstration-like row, ending at the response's EOS: the sequence a
+    reward model scores. ``response`` is accepted as another name for ``completion``."""
+    if isinstance(row, dict) and "response" in row and "completion" not in row:
+        row = {k: v for k, v in row.items() if k != "response"} | {"completion": row["response"]}
+    example = tokenize_demonstration(row, tokenizer, where)
+    last = max(i for i, m in enumerate(example.loss_mask) if m)
+    return example.input_ids[: last + 1]

@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from rlhf_lightning.callbacks import ThroughputMonitor
-from rlhf_lightning.data.formats import RowLocation, tokenize_demonstration
+from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models import LoraConfig, ModelConfig
 from rlhf_lightning.models.generation import left_pad
@@ -104,9 +104,7 @@ class RewardModule(CausalLMModule):
         for source in self.calibration_files:
             name = describe(source)
             for row_number, row in read_rows(source):
-                example = tokenize_demonstration(row, self.tokenizer, RowLocation(name, row_number))
-                last = max(i for i, m in enumerate(example.loss_mask) if m)
-                sequences.append(example.input_ids[: last + 1])
+                sequences.append(scored_sequence(row, self.tokenizer, RowLocation(name, row_number)))
         if not sequences:
             raise ValueError(f"no calibration responses in {self.calibration_files}")
         was_training = self.training

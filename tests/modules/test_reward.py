@@ -6,11 +6,10 @@ import random
 import pytest
 import torch
 
-from rlhf_lightning.data.formats import RowLocation
+from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad
 from rlhf_lightning.models.reward import RewardModel, ScalarHead
 from rlhf_lightning.modules import RewardModule
-from rlhf_lightning.scoring import scored_sequence
 from tests.helpers import run_cli, scalars, write_jsonl
 
 
