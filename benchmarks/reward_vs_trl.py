@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import HERE, LORA_TARGETS, TRL_PYTHON, alternate, print_table, step_timer, summarize, write_result
+from side_by_side import HERE, LORA_TARGETS, TRL_PYTHON, alternate, report, step_timer
 
 
 def write_pair_data(folder: Path, heldout_fraction: float = 0.1) -> tuple[str, str]:
@@ -157,17 +157,11 @@ def main() -> None:
         ],  # fmt: skip
     }
     runs = alternate(args.repeats, commands, work)
-    summary = summarize(runs, extra=("heldout_accuracy",))
-    print_table(summary)
-    ours, trl = summary["rlhf_lightning"], summary["trl"]
-    ratios = {
-        "tokens_per_s": ours["median_tokens_per_s"] / trl["median_tokens_per_s"],
-        "peak_rss": ours["median_peak_rss_mb"] / trl["median_peak_rss_mb"],
-    }
-    print(f"\nrlhf_lightning / TRL: tokens/s x{ratios['tokens_per_s']:.2f}, peak RSS x{ratios['peak_rss']:.2f}")
-    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "json_out", "train", "eval", "out")}
-    settings["heldout_pairs"] = runs["rlhf_lightning"][0]["heldout_pairs"]
-    write_result(args.out, "LoRA reward model on SmolLM2-135M-Instruct, float32", settings, summary, ratios, runs)
+    args.heldout_pairs = runs["rlhf_lightning"][0]["heldout_pairs"]
+    report(
+        args.out, "LoRA reward model on SmolLM2-135M-Instruct, float32", args, ("train", "eval"), runs,
+        extra=("heldout_accuracy",),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

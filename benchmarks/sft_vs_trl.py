@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from side_by_side import HERE, LORA_TARGETS, TRL_PYTHON, alternate, print_table, step_timer, summarize, write_result
+from side_by_side import HERE, LORA_TARGETS, TRL_PYTHON, alternate, report, step_timer
 
 
 def write_prompt_completion_data(path: Path, rows: int) -> None:
@@ -128,16 +128,7 @@ def main() -> None:
         ],  # fmt: skip
     }
     runs = alternate(args.repeats, commands, work)
-    summary = summarize(runs)
-    print_table(summary)
-    ours, trl = summary["rlhf_lightning"], summary["trl"]
-    ratios = {
-        "tokens_per_s": ours["median_tokens_per_s"] / trl["median_tokens_per_s"],
-        "peak_rss": ours["median_peak_rss_mb"] / trl["median_peak_rss_mb"],
-    }
-    print(f"\nrlhf_lightning / TRL: tokens/s x{ratios['tokens_per_s']:.2f}, peak RSS x{ratios['peak_rss']:.2f}")
-    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "json_out", "data", "out")}
-    write_result(args.out, "LoRA SFT on SmolLM2-135M-Instruct, float32", settings, summary, ratios, runs)
+    report(args.out, "LoRA SFT on SmolLM2-135M-Instruct, float32", args, ("data",), runs)
 
 
 if __name__ == "__main__":

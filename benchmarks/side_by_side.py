@@ -101,3 +101,17 @@ def write_result(path: Path, benchmark: str, settings: dict, summary: dict, rati
     }
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def report(path: Path, benchmark: str, args, hidden: tuple[str, ...], runs: dict, extra: tuple[str, ...] = ()) -> None:
+    """Medians, table, ours/TRL ratios, and the JSON record (settings: ``args`` minus ``hidden``)."""
+    summary = summarize(runs, extra)
+    print_table(summary)
+    ours, trl = summary["rlhf_lightning"], summary["trl"]
+    ratios = {
+        "tokens_per_s": ours["median_tokens_per_s"] / trl["median_tokens_per_s"],
+        "peak_rss": ours["median_peak_rss_mb"] / trl["median_peak_rss_mb"],
+    }
+    print(f"\nrlhf_lightning / TRL: tokens/s x{ratios['tokens_per_s']:.2f}, peak RSS x{ratios['peak_rss']:.2f}")
+    settings = {k: v for k, v in vars(args).items() if k not in ("worker", "json_out", "out", *hidden)}
+    write_result(path, benchmark, settings, summary, ratios, runs)
