@@ -2,9 +2,33 @@
 
 from rlhf_lightning.ops.logprobs import TokenLogProbs, logprobs_from_logits, token_logprobs_from_hidden
 from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, whiten
+from rlhf_lightning.ops.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    PolicyLoss,
+    TokenRewards,
+    gae,
+    kl_per_token,
+    penalize_unfinished,
+    ppo_policy_loss,
+    ppo_value_loss,
+    token_rewards,
+    truncate_after_stop,
+)
 from rlhf_lightning.ops.preference import PreferenceLoss, last_token_index, pair_weights, preference_loss
 
 __all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
+    "PolicyLoss",
+    "TokenRewards",
+    "gae",
+    "kl_per_token",
+    "penalize_unfinished",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "token_rewards",
+    "truncate_after_stop",
     "PreferenceLoss",
     "TokenLogProbs",
     "last_token_index",
