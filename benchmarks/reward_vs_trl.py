@@ -70,6 +70,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     timer = step_timer(args.warmup_steps, args.steps)
     trainer = L.Trainer(
         accelerator="cpu",
+        default_root_dir=tempfile.mkdtemp(prefix="bench-run-"),  # the final adapter goes here, not into cwd
         max_steps=args.train_steps,
         logger=False,
         enable_checkpointing=False,

@@ -17,8 +17,7 @@ import torch
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
-from rlhf_lightning.models.generation import left_pad
-from rlhf_lightning.models.reward import RewardModel
+from rlhf_lightning.models.reward import RewardModel, score_sequences
 
 
 def score_file(
@@ -50,13 +49,7 @@ def score_file(
     for row_number, row in read_rows(input):  # every row is checked before any scoring
         sequences.append(scored_sequence(row, tokenizer, RowLocation(name, row_number)))
         rows.append(row)
-    scores = [0.0] * len(rows)
-    order = sorted(range(len(rows)), key=lambda i: len(sequences[i]))  # similar lengths, little padding
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask = left_pad([sequences[i] for i in chunk], tokenizer.pad_token_id, device)
-        for i, score in zip(chunk, reward(ids, mask).tolist()):
-            scores[i] = score
+    scores = score_sequences(reward.model, reward.head, sequences, tokenizer.pad_token_id, batch_size)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:

@@ -58,6 +58,27 @@ def sequence_scores(
     return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
 
+@torch.no_grad()
+def score_sequences(
+    model: nn.Module, head: ScalarHead, sequences: list[list[int]], pad_id: int, batch_size: int = 16
+) -> list[float]:
+    """Scores of token sequences, in their order, batched by length (little padding), in eval mode."""
+    from rlhf_lightning.models.generation import left_pad
+
+    device = head.linear.weight.device
+    was_training = model.training
+    model.eval()
+    scores = [0.0] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = left_pad([sequences[i] for i in chunk], pad_id, device)
+        for i, score in zip(chunk, sequence_scores(model, head, ids, mask).tolist()):
+            scores[i] = score
+    model.train(was_training)
+    return scores
+
+
 def save_head(head: ScalarHead, folder: str | Path) -> None:
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(Path(folder) / HEAD_FILE))
 

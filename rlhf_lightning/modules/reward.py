@@ -11,8 +11,7 @@ from rlhf_lightning.callbacks import ThroughputMonitor
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models import LoraConfig, ModelConfig
-from rlhf_lightning.models.generation import left_pad
-from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, save_head, sequence_scores
+from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, save_head, score_sequences, sequence_scores
 from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.metrics import PreferenceMetrics
 from rlhf_lightning.modules.optim import OptimConfig
@@ -107,14 +106,10 @@ class RewardModule(CausalLMModule):
                 sequences.append(scored_sequence(row, self.tokenizer, RowLocation(name, row_number)))
         if not sequences:
             raise ValueError(f"no calibration responses in {self.calibration_files}")
-        was_training = self.training
-        self.eval()
-        total = 0.0
-        for start in range(0, len(sequences), self.calibration_batch_size):
-            ids, mask = left_pad(sequences[start : start + self.calibration_batch_size], self.tokenizer.pad_token_id)
-            total += self.scores(ids.to(self.device), mask.to(self.device)).sum().item()
-        self.train(was_training)
-        return total / len(sequences)
+        scores = score_sequences(
+            self.model, self.score_head, sequences, self.tokenizer.pad_token_id, self.calibration_batch_size
+        )
+        return sum(scores) / len(scores)
 
     def calibrate(self) -> float:
         """Shift the head's bias so that the calibration responses score mean 0; returns the shift."""
