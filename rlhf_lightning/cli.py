@@ -60,6 +60,12 @@ class RLHFLightningCLI(LightningCLI):
             parser.set_defaults(weights_only=False)
         return parser
 
+    def _parse_ckpt_path(self) -> None:
+        """Lightning would re-read the model's hyperparameters from ``--ckpt_path`` (with torch's weights-only
+        unpickler, which refuses our checkpoints) and let them override the command line. Here the
+        configuration comes from ``--config`` and the command line (the run folder's ``config.yaml``), and a
+        checkpoint supplies weights and training state only."""
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         root = config.get("default_root_dir") or DEFAULT_RUN_DIR
         config["default_root_dir"] = root

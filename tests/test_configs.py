@@ -11,7 +11,8 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
 def test_there_are_configs():
-    assert {"sft.yaml", "sft_quick.yaml", "reward.yaml", "reward_quick.yaml"} <= {c.name for c in CONFIGS}
+    expected = {"sft.yaml", "sft_quick.yaml", "reward.yaml", "reward_quick.yaml", "ppo.yaml", "ppo_quick.yaml"}
+    assert expected <= {c.name for c in CONFIGS}
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)

@@ -28,10 +28,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>") or " "
 
 
-def samples_markdown(rows: list[tuple[str, str]]) -> str:
-    lines = ["| # | prompt | response |", "|---|---|---|"]
-    lines += [f"| {i} | {_cell(p)} | {_cell(r)} |" for i, (p, r) in enumerate(rows)]
+def markdown_table(headers: list[str], rows: list[tuple]) -> str:
+    """A numbered markdown table (TensorBoard's text tab renders it); floats are shown with 3 decimals."""
+
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else _cell(str(value))
+
+    lines = ["| # | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
+    lines += [f"| {i} | " + " | ".join(cell(v) for v in row) + " |" for i, row in enumerate(rows)]
     return "\n".join(lines)
+
+
+def samples_markdown(rows: list[tuple[str, str]]) -> str:
+    return markdown_table(["prompt", "response"], rows)
 
 
 class GenerationSamples(L.Callback):

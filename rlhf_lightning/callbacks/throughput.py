@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import lightning as L
 import torch
@@ -45,3 +47,33 @@ class ThroughputMonitor(L.Callback):
             on_step=True,
             on_epoch=False,
         )
+
+
+class PhaseTimer:
+    """Wall time and peak memory of the named phases of one step (PPO: rollout, scoring, training).
+
+    On a GPU the allocator's peak is reset at the start of each phase, so each phase reports its own peak.
+    On CPU the figure is the process's peak resident set size so far (it cannot be reset).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = {}
+        self.peak_gb: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        self._sync()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[name] = time.perf_counter() - start
+            self.peak_gb[name] = peak_memory_gb(self.device)

@@ -4,12 +4,15 @@ from rlhf_lightning.data.comparisons import ComparisonsDataModule
 from rlhf_lightning.data.demonstrations import DemonstrationsDataModule
 from rlhf_lightning.data.errors import DataFormatError
 from rlhf_lightning.data.formats import TokenizedExample, tokenize_demonstration
+from rlhf_lightning.data.prompts import PromptExample, PromptsDataModule
 from rlhf_lightning.data.readers import read_rows
 
 __all__ = [
     "ComparisonsDataModule",
     "DataFormatError",
     "DemonstrationsDataModule",
+    "PromptExample",
+    "PromptsDataModule",
     "TokenizedExample",
     "read_rows",
     "tokenize_demonstration",

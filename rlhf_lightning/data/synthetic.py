@@ -103,6 +103,12 @@ def gold_score(text: str) -> int:
     return sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)
 
 
+def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """:func:`gold_score` of each response, as a PPO reward or evaluation function
+    (``rlhf_lightning.data.synthetic:gold_reward``)."""
+    return [float(gold_score(r)) for r in responses]
+
+
 def comparisons(n: int = 600, ranking_fraction: float = 0.2, seed: int = 1) -> list[dict]:
     """Pairs (and some 3-way rankings) of reviews of one subject, the warmer one preferred (:func:`gold_score`).
 
@@ -138,6 +144,27 @@ def comparisons(n: int = 600, ranking_fraction: float = 0.2, seed: int = 1) -> l
     return rows
 
 
+PROMPT_REQUESTS = REQUESTS + [
+    "What would you say about the {kind} {name}, in one sentence?",
+    "Sum up {name} (the {kind}) in a single sentence.",
+    "Please write a one-line review of {name}, a {kind}.",
+    "Describe the {kind} {name} in one short review sentence.",
+]
+
+
+def prompts(seed: int = 2) -> list[dict]:
+    """Every distinct review request (8 phrasings x 26 subjects = 208), shuffled, in the conversational
+    prompt format, for the PPO stage. No prompt repeats, so a held-out split is truly held out."""
+    rows = [
+        {"prompt": [{"role": "user", "content": template.format(kind=kind, name=name)}]}
+        for template in PROMPT_REQUESTS
+        for kind in sorted(SUBJECTS)
+        for name in SUBJECTS[kind]
+    ]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
 def write_jsonl(rows: list[dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
@@ -148,6 +175,7 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 def write_assets(folder: Path) -> None:
     write_jsonl(demonstrations(), folder / "demonstrations.jsonl")
     write_jsonl(comparisons(), folder / "comparisons.jsonl")
+    write_jsonl(prompts(), folder / "prompts.jsonl")
 
 
 if __name__ == "__main__":

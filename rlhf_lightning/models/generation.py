@@ -42,27 +42,27 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
 
 
 @torch.no_grad()
-def generate(
+def sample_responses(
     model: nn.Module,
-    prompts: Sequence[Sequence[int]],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
     config: GenerationConfig,
     eos_token_ids: Sequence[int],
     pad_token_id: int,
-) -> list[list[int]]:
-    """Generate one response per prompt; each response stops after (and includes) its first EOS.
+) -> torch.Tensor:
+    """Sample responses ``(b, r)`` to left-padded prompts ``(b, p)``, with the KV cache, in eval mode.
 
-    The model is put in eval mode (no dropout) with the KV cache on, then restored to its previous mode.
+    Rows that finished early are filled with ``pad_token_id`` after their stop token. The model's mode is
+    restored afterwards.
     """
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_token_id, device)
     sampling = config.temperature > 0
     kwargs = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p) if sampling else {}
     try:
         out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
             max_new_tokens=config.max_new_tokens,
             do_sample=sampling,
             eos_token_id=list(eos_token_ids),
@@ -72,9 +72,23 @@ def generate(
         )
     finally:
         model.train(was_training)
+    return out[:, input_ids.shape[1] :]
+
+
+def generate(
+    model: nn.Module,
+    prompts: Sequence[Sequence[int]],
+    config: GenerationConfig,
+    eos_token_ids: Sequence[int],
+    pad_token_id: int,
+) -> list[list[int]]:
+    """Generate one response per prompt; each response stops after (and includes) its first EOS."""
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_token_id, device)
+    out = sample_responses(model, ids, mask, config, eos_token_ids, pad_token_id)
     responses = []
     stops = set(eos_token_ids)
-    for row in out[:, ids.shape[1] :].tolist():
+    for row in out.tolist():
         end = next((i + 1 for i, tok in enumerate(row) if tok in stops), len(row))
         responses.append(row[:end])
     return responses

@@ -75,8 +75,15 @@ class CausalLMModule(L.LightningModule):
                 f"({len(missing)} missing, e.g. {sorted(missing)[:2]}; {len(unexpected)} unexpected, e.g. "
                 f"{sorted(unexpected)[:2]}). Was it written with another model or LoRA configuration?"
             )
-        if "rng_states" in checkpoint:
-            _set_rng_states(checkpoint["rng_states"])
+        # Applied at the first training batch, not now: Lightning creates the training data loader's
+        # iterator after this hook, and that draws from the global RNG (its base seed). The saved states are
+        # those at the end of the checkpointed step, which is where the next batch must start from.
+        self._pending_rng_states = checkpoint.get("rng_states")
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if getattr(self, "_pending_rng_states", None) is not None:
+            _set_rng_states(self._pending_rng_states)
+            self._pending_rng_states = None
 
     # --- optimization ----------------------------------------------------------------------------------
     def configure_optimizers(self):

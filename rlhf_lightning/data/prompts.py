@@ -1,0 +1,141 @@
+"""Prompts for the PPO stage: the contexts the policy answers during rollouts.
+
+Accepted rows:
+
+- ``{"prompt": str}``: plain text, tokenized as is (with the tokenizer's special tokens, e.g. BOS);
+- ``{"prompt": [messages]}``: rendered through the chat template with the generation prompt; it must not
+  end with an assistant message (the policy writes that turn);
+- ``{"messages": [messages]}``: a conversation whose trailing assistant messages are dropped, the rest
+  rendered with the generation prompt.
+
+Other fields (``completion``, ``chosen``, ``rejected``, ``responses``, ...) are ignored, so demonstration
+and comparison files can be reused as prompt files.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Literal, NamedTuple
+
+import torch
+
+from rlhf_lightning.data.base import RowsDataModule
+from rlhf_lightning.data.formats import RowLocation, _type_name, require_text, validate_messages
+from rlhf_lightning.models.generation import left_pad
+
+
+class PromptExample(NamedTuple):
+    """One tokenized prompt and its text as the model sees it (chat template applied)."""
+
+    input_ids: list[int]
+    text: str
+
+
+def collate_prompts(examples: Sequence[PromptExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` of shape ``(b, t)``; the mask comes from lengths."""
+    ids, mask = left_pad([e.input_ids for e in examples], pad_id)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+class PromptsDataModule(RowsDataModule):
+    """Reads, validates and tokenizes prompts, then serves left-padded batches for rollouts
+    (``input_ids``, ``attention_mask``).
+
+    Every row is checked before training starts; the first bad row stops the run with an error naming
+    its file, row and field.
+
+    Args:
+        train_files: Prompts: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
+            ``hf:OWNER/NAME[:SPLIT]``. Rows hold ``prompt`` (a string or a list of messages) or
+            ``messages`` (trailing assistant messages are dropped); other fields are ignored.
+        val_files: Validation prompts in the same forms. When empty, ``val_fraction`` of the training rows
+            is held out.
+        val_fraction: Fraction of training rows held out for validation when ``val_files`` is empty (at
+            least one row); 0 disables validation.
+        split_seed: Seed of the held-out split.
+        max_length: Longest prompt in tokens (the response comes on top of it).
+        overlong: ``drop`` (default) removes a longer prompt; ``truncate`` keeps its last ``max_length``
+            tokens (the end of a chat prompt holds the generation prompt). Either way the rows affected are
+            counted and logged.
+        batch_size: Prompts per PPO iteration (per device): one batch is one iteration's rollouts.
+        val_batch_size: Prompts per validation batch (defaults to ``batch_size``).
+        shuffle: Shuffle the training prompts every epoch (seeded); ``false`` keeps file order.
+        shuffle_seed: Seed of the per-epoch shuffling of training prompts.
+        num_workers: Data loader worker processes.
+        tokenizer: Tokenizer to use; by default the model's (``tokenizer`` of the LightningModule).
+    """
+
+    kind = "prompts"
+
+    def __init__(
+        self,
+        train_files: str | list[str] = "builtin:prompts.jsonl",
+        val_files: str | list[str] | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        max_length: int = 256,
+        overlong: Literal["truncate", "drop"] = "drop",
+        batch_size: int = 16,
+        val_batch_size: int | None = None,
+        shuffle: bool = True,
+        shuffle_seed: int = 0,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
+    ) -> None:
+        super().__init__(
+            train_files, val_files, val_fraction, split_seed, max_length, overlong,
+            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer,
+        )  # fmt: skip
+
+    def tokenize_row(self, row: object, where: RowLocation) -> PromptExample:
+        if not isinstance(row, dict):
+            raise where.error(None, f"expected an object with named fields, got {_type_name(row)}")
+        if "prompt" in row:
+            prompt = row["prompt"]
+            if isinstance(prompt, str):
+                text = require_text(row, "prompt", where)
+                return PromptExample(self.tokenizer(text, add_special_tokens=True)["input_ids"], text)
+            if not isinstance(prompt, list):
+                raise where.error("prompt", f"expected a string or a list of messages, got {_type_name(prompt)}")
+            messages = validate_messages(prompt, "prompt", where)
+            if messages[-1]["role"] == "assistant":
+                raise where.error("prompt", "ends with an assistant message; the policy writes that turn")
+            return self._chat(messages, where, "prompt")
+        if "messages" in row:
+            messages = validate_messages(row["messages"], "messages", where)
+            while messages and messages[-1]["role"] == "assistant":
+                messages.pop()  # a demonstration's answer: the policy writes its own
+            if not messages:
+                raise where.error("messages", "has no message before the assistant's to use as a prompt")
+            return self._chat(messages, where, "messages")
+        raise where.error(
+            "prompt",
+            f"missing (the row has fields {sorted(row)}); expected 'prompt' (a string or a list of messages) "
+            "or 'messages'",
+        )
+
+    def _chat(self, messages: list[dict], where: RowLocation, field: str) -> PromptExample:
+        if self.tokenizer.chat_template is None:
+            raise where.error(field, "message lists need a tokenizer with a chat template; this one has none")
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return PromptExample(self.tokenizer(text, add_special_tokens=False)["input_ids"], text)
+
+    def example_length(self, example: PromptExample) -> int:
+        return len(example.input_ids)
+
+    def truncate(self, example: PromptExample) -> PromptExample:
+        """Keep the last ``max_length`` tokens, and the text they come from."""
+        ids = example.input_ids[-self.max_length :]
+        encoding = self.tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)
+        if encoding["input_ids"][-len(ids) :] == ids:  # cut the text where its kept tokens start
+            return PromptExample(ids, example.text[encoding["offset_mapping"][-len(ids)][0] :])
+        return PromptExample(ids, self.tokenizer.decode(ids, skip_special_tokens=False))
+
+    def collate_fn(self):
+        return functools.partial(collate_prompts, pad_id=self.tokenizer.pad_token_id)
+
+    def sample_prompts(self, n: int) -> list[list[int]]:
+        """Token ids of the first ``n`` validation prompts (training ones if there is no validation set)."""
+        pool = self.val_examples or self.train_examples
+        return [list(e.input_ids) for e in pool[:n]]

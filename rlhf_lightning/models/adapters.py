@@ -1,0 +1,127 @@
+"""Several roles on one base model: named peft adapters, switched in place, and the forward passes of PPO.
+
+PPO needs four models (policy, reference, value, reward). On one GPU they share a single frozen, optionally
+4-bit base and differ only by LoRA adapters and small heads. A :class:`Role` names the model that holds its
+weights (usually the shared ``PeftModel``), its adapter (``None``: the base alone, adapters disabled) and
+its scalar head.
+
+peft's ``set_adapter`` and ``disable_adapter`` change ``requires_grad``: they freeze every adapter but the
+active one and unfreeze the active one even if it was loaded frozen. :func:`use_adapter` puts every flag
+back, so the trainable set (policy, value, value head) is the same before, during and after a switch.
+
+With gradient checkpointing, the backward pass re-runs each layer's forward with whatever adapter is active
+at that moment, so a loss must be back-propagated while its own adapter is still active.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from rlhf_lightning.models.loading import decoder_and_head, final_hidden_states, lm_head_parameters
+from rlhf_lightning.models.reward import ScalarHead
+from rlhf_lightning.ops import last_token_index, token_logprobs_from_hidden
+
+
+@dataclass
+class Role:
+    """The weights one PPO role computes with."""
+
+    model: nn.Module
+    """A ``peft.PeftModel`` (often shared with other roles) or a plain model."""
+    adapter: str | None
+    """The peft adapter to activate; ``None`` runs the base model with every adapter disabled."""
+    head: ScalarHead | None = None
+    """The scalar head of a value or reward role."""
+
+
+def _is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _restore(flags: list[tuple[nn.Parameter, bool]]) -> None:
+    for p, flag in flags:
+        if p.requires_grad != flag:
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def use_adapter(model: nn.Module, adapter: str | None) -> Iterator[nn.Module]:
+    """Run the enclosed code with ``adapter`` active (``None``: adapters disabled), keeping every
+    parameter's ``requires_grad`` as it was; the previously active adapter is restored on exit."""
+    if not _is_peft(model):
+        if adapter is not None:
+            raise ValueError(f"adapter {adapter!r} requested from a model without adapters")
+        yield model
+        return
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    previous = model.active_adapter
+    try:
+        if adapter is None:
+            with model.disable_adapter():
+                _restore(flags)
+                yield model
+        else:
+            if adapter not in model.peft_config:
+                raise ValueError(f"no adapter named {adapter!r}; loaded: {sorted(model.peft_config)}")
+            if adapter != previous:
+                model.set_adapter(adapter)
+            _restore(flags)
+            yield model
+    finally:
+        if adapter is not None and adapter != previous:
+            model.set_adapter(previous)
+        _restore(flags)
+
+
+def role_hidden_states(role: Role, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(b, t, d)`` final hidden states of ``role`` (call inside :func:`use_adapter` when gradients flow)."""
+    decoder, _ = decoder_and_head(role.model)
+    return final_hidden_states(decoder, input_ids, attention_mask)
+
+
+def response_logprobs(
+    model: nn.Module,
+    hidden: torch.Tensor,
+    sequences: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+):
+    """Log-probs ``(b, r)`` (and entropies) of the response tokens, from the hidden states of
+    ``sequences = [prompt (p) | response (r)]``, at ``logits / temperature``, chunk by chunk.
+
+    The hidden state at position ``p - 1 + i`` predicts response token ``i``.
+    """
+    _, head = decoder_and_head(model)
+    weight, bias = lm_head_parameters(head)
+    r = response_mask.shape[1]
+    p = sequences.shape[1] - r
+    return token_logprobs_from_hidden(
+        hidden[:, p - 1 : -1],
+        weight,
+        sequences[:, p:],
+        bias=bias,
+        mask=response_mask,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
+    )
+
+
+def response_values(head: ScalarHead, hidden: torch.Tensor, response_length: int) -> torch.Tensor:
+    """Values ``(b, r)``: the value of the state before each response token (the prefix it is sampled from)."""
+    return head(hidden[:, -response_length - 1 : -1])
+
+
+def last_token_scores(head: ScalarHead, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scores ``(b,)`` read at each sequence's last real token (the EOS of an ended response)."""
+    last = last_token_index(attention_mask)
+    return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])

@@ -1,0 +1,774 @@
+"""Stage 3: PPO against the reward model, with a per-token KL penalty towards the SFT reference.
+
+One training batch of prompts is one PPO iteration:
+
+1. rollout: the policy samples a response to each prompt (KV cache, eval mode, full distribution);
+2. scoring, without gradients: a fresh forward pass gives the policy's log-probs (at ``logits / T``) and
+   entropies; the reference gives its log-probs, the value model its values, the reward model (or a reward
+   function) the score at the last real token; responses that never ended are penalised;
+3. rewards: ``-beta * KL`` on every response token plus the score on the last one; GAE; whitened advantages;
+4. training: ``ppo_epochs`` passes over shuffled minibatches, clipped policy loss and clipped value loss,
+   one optimizer step per minibatch (Lightning manual optimization).
+
+Policy, reference, value and reward share one (optionally 4-bit) base model as named LoRA adapters; see
+:mod:`rlhf_lightning.models.adapters`. ``trainer.global_step`` counts optimizer steps
+(``ppo_epochs * num_minibatches`` per iteration); TensorBoard's x-axis counts iterations.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from rlhf_lightning.callbacks import PhaseTimer, markdown_table
+from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig
+from rlhf_lightning.models.adapters import (
+    Role,
+    last_token_scores,
+    response_logprobs,
+    response_values,
+    role_hidden_states,
+    use_adapter,
+)
+from rlhf_lightning.models.embedded import resolve_model_path
+from rlhf_lightning.models.generation import sample_responses
+from rlhf_lightning.models.loading import load_causal_lm, read_run_info
+from rlhf_lightning.models.reward import RewardModel, ScalarHead, hidden_size_of, load_head, save_head
+from rlhf_lightning.modules.base import CausalLMModule
+from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
+from rlhf_lightning.ops import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_per_token,
+    masked_mean,
+    penalize_unfinished,
+    ppo_policy_loss,
+    ppo_value_loss,
+    token_rewards,
+    truncate_after_stop,
+    whiten,
+)
+
+POLICY, REFERENCE, REWARD, VALUE = "default", "reference", "reward", "value"
+
+# A PPO checkpoint is taken between iterations and must hold the state after the iteration's updates (with
+# the RNG and data position of the next one); Lightning's advice to save a pre-optimization copy does not
+# apply.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass
+class PPOConfig:
+    """The PPO update."""
+
+    ppo_epochs: int = 4
+    """Passes over each rollout batch."""
+    num_minibatches: int = 1
+    """Optimizer steps per pass: the rollout batch is reshuffled and split into this many minibatches."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward pass (gradients accumulate within a minibatch); bounds memory. Also
+    used for the scoring forward passes. ``null``: a whole minibatch at once."""
+    clip_eps: float = 0.2
+    """Policy ratio clipping ``[1 - eps, 1 + eps]``."""
+    value_clip: float = 0.2
+    """Values are clipped to within this distance of the rollout's values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (0 = off)."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_advantages: bool = True
+    """Normalise advantages over the valid tokens of the batch (all ranks)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm before each optimizer step (``null``: off). Use this, not
+    ``trainer.gradient_clip_val``, which Lightning refuses under manual optimization."""
+
+
+@dataclass
+class RewardShaping:
+    """How the reward model's score and the KL penalty become per-token rewards."""
+
+    kl_coef: float = 0.05
+    """``beta``: weight of the per-token KL penalty ``-beta * kl_t`` (initial value if adaptive)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """``k1 = log p - log q`` or ``k3 = (q/p - 1) - log(q/p)`` (always >= 0, lower variance)."""
+    adaptive_kl: bool = False
+    """Adapt ``beta`` so that the KL tracks ``kl_target`` (Ziegler et al. 2019)."""
+    kl_target: float = 6.0
+    """Target sequence KL (nats) for the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon (responses) of the adaptive controller."""
+    missing_eos_penalty: float | None = 1.0
+    """Penalty for a response that did not end (no EOS within ``max_new_tokens``); ``null`` disables it."""
+    missing_eos_mode: Literal["subtract", "replace"] = "subtract"
+    """``subtract`` the penalty from the score, or ``replace`` the score with ``-missing_eos_penalty``."""
+    score_clip: float | None = None
+    """Clip scores to ``[-score_clip, score_clip]`` (``null``: off)."""
+    whiten_scores: bool = False
+    """Divide the scores of each batch by their standard deviation (mean kept)."""
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on the held-out prompts: the policy against the reference, both judged by the reward."""
+
+    at_end: bool = True
+    """Evaluate at the end of training; results go to TensorBoard (``eval/*``) and ``evaluation.json``.
+    ``rlhf-lightning validate`` (and ``trainer.val_check_interval``) run the same evaluation on demand."""
+    temperature: float | None = None
+    """Sampling temperature of evaluation responses; ``null`` uses the rollout's."""
+    samples_every_n_iterations: int = 10
+    """Every N iterations log a table of eval prompts with the policy's response, score and KL (0 = off)."""
+    num_samples: int = 4
+    """Rows of that table, and of the evaluation's side-by-side table."""
+    gold_function: str | None = None
+    """Optional ``module:function`` computing a known "true" preference, ``f(prompts, responses) -> scores``;
+    evaluation then also reports the gold score and gold win rate."""
+
+
+class Experience(NamedTuple):
+    """One rollout batch, everything ``(b, r)`` over response tokens unless noted."""
+
+    sequences: torch.Tensor  # (b, p + r) prompt and response ids
+    attention_mask: torch.Tensor  # (b, p + r)
+    mask: torch.Tensor  # response tokens through the first EOS
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def import_callable(path: str) -> Callable:
+    """``package.module:function`` (or ``package.module.function``) to the function."""
+    module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"cannot import {path!r} (expected 'package.module:function'): {error}") from error
+
+
+class PPOModule(CausalLMModule):
+    """PPO on one base model with named adapters: policy (trained, from the SFT adapter), reference (the
+    SFT adapter, frozen), reward (adapter + score head, frozen) and value (from the reward adapter and head,
+    trained).
+
+    Logged per iteration (TRL's names): ``objective/kl``, ``objective/entropy``, ``objective/non_score_reward``,
+    ``objective/rlhf_reward``, ``objective/scores``, ``objective/kl_coef``, ``policy/approxkl_avg``,
+    ``policy/clipfrac_avg``, ``policy/entropy_avg``, ``loss/policy_avg``, ``loss/value_avg``,
+    ``val/clipfrac_avg``, ``val/ratio``, ``val/num_eos_tokens``, ``rollout/response_length``, ``lr``, and
+    ``perf/{rollout,scoring,training}_sec``, ``perf/*_tokens_per_sec`` and ``perf/peak_memory_gb_*`` per phase.
+
+    Args:
+        model: The policy's base model and, in ``adapter``, the SFT run's ``final`` folder: the policy starts
+            from it and the reference is it. Without an adapter the policy gets fresh LoRA weights and the
+            reference is the base model alone.
+        lora: LoRA settings for fresh adapters (the policy without SFT adapter; the value without reward
+            adapter).
+        optim: Optimizer and schedule (one step per minibatch).
+        reward_model: The reward run's ``final`` folder (adapter + ``score_head.safetensors``).
+        reward_function: Instead of a reward model, ``module:function`` with
+            ``f(prompts: list[str], responses: list[str]) -> list[float]`` (rule-based rewards).
+        separate_reward: Load the reward model as its own model instead of an adapter on the policy's base
+            (more memory; needed when it was trained on another base or in full).
+        separate_value: Give the value function its own copy of the reward model's base (more memory).
+        rollout: Sampling of the responses (keep ``top_k: 0`` and ``top_p: 1.0``: truncated sampling makes
+            the measured KL negative).
+        ppo: Epochs, minibatches, clipping, GAE.
+        rewards: KL penalty, missing-EOS penalty, score clipping.
+        evaluation: Held-out evaluation and the sample table.
+        logprob_chunk_size: Positions per chunk when applying the LM head.
+    """
+
+    stage = "ppo"
+
+    def __init__(
+        self,
+        model: ModelConfig = ModelConfig(),  # noqa: B008 - dataclass defaults show every field in --help
+        lora: LoraConfig = LoraConfig(),  # noqa: B008
+        optim: OptimConfig = OptimConfig(lr=5e-5, warmup_ratio=0.0, schedule="linear"),  # noqa: B008
+        reward_model: str | None = None,
+        reward_function: str | None = None,
+        separate_reward: bool = False,
+        separate_value: bool = False,
+        rollout: GenerationConfig = GenerationConfig(max_new_tokens=64),  # noqa: B008
+        ppo: PPOConfig = PPOConfig(),  # noqa: B008
+        rewards: RewardShaping = RewardShaping(),  # noqa: B008
+        evaluation: EvalConfig = EvalConfig(),  # noqa: B008
+        logprob_chunk_size: int = 1024,
+    ) -> None:
+        if (reward_model is None) == (reward_function is None):
+            raise ValueError("give exactly one of reward_model (a reward run's final folder) and reward_function")
+        if separate_value and reward_model is None:
+            raise ValueError("separate_value needs a reward_model to start the value function from")
+        if not lora.enabled:
+            raise ValueError("PPO trains LoRA adapters on a shared base model: lora.enabled must be true")
+        if rollout.temperature <= 0:
+            raise ValueError("rollout.temperature must be > 0: PPO needs sampled responses")
+        if rollout.top_k != 0 or rollout.top_p < 1.0:
+            rank_zero_warn("rollout top_k/top_p truncate the sampling distribution: the measured KL becomes biased")
+        super().__init__(model, lora, optim)
+        self.automatic_optimization = False
+        self.reward_model_path = reward_model
+        self.reward_function_path = reward_function
+        self.separate_reward = separate_reward
+        self.separate_value = separate_value
+        self.rollout_config = rollout
+        self.ppo = ppo
+        self.shaping = rewards
+        self.eval_config = evaluation
+        self.logprob_chunk_size = logprob_chunk_size
+        if rewards.adaptive_kl:
+            self.kl_controller = AdaptiveKLController(rewards.kl_coef, rewards.kl_target, rewards.kl_horizon)
+        else:
+            self.kl_controller = FixedKLController(rewards.kl_coef)
+        self.reward_fn = import_callable(reward_function) if reward_function else None
+        self.gold_fn = import_callable(evaluation.gold_function) if evaluation.gold_function else None
+        self.value_head: ScalarHead | None = None
+        self.reward_head: ScalarHead | None = None
+        self.roles: dict[str, Role] = {}
+        self._eval_records: list[dict] = []
+        self._last_warning: dict[str, int] = {}
+        self.last_stats: dict[str, float] = {}
+        self.episodes = 0  # prompts rolled out so far, all ranks
+        self.save_hyperparameters()
+
+    # --- models ------------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        device = self._target_device()
+        cfg = self.model_config
+        self.model = load_causal_lm(cfg, self.lora_config, device=device)  # policy: adapter "default"
+        self.model.train()
+        hidden = hidden_size_of(self.model)
+        if cfg.adapter is not None:
+            self.model.load_adapter(cfg.adapter, adapter_name=REFERENCE, is_trainable=False)
+            reference = Role(self.model, REFERENCE)
+        else:
+            reference = Role(self.model, None)  # base alone
+        reward = self._configure_reward(device, hidden)
+        value = self._configure_value(device, hidden)
+        self.roles = {"policy": Role(self.model, POLICY), "reference": reference, "reward": reward, "value": value}
+        self._set_trainable()
+        self.train()  # adapters loaded for inference come in eval mode; dropout is off either way
+        rank_zero_info(
+            "ppo: policy from "
+            + (cfg.adapter or "fresh LoRA")
+            + f", reference {'SFT adapter' if cfg.adapter else 'base model'}, reward "
+            + (self.reward_function_path or self.reward_model_path)
+            + f", value {'own model' if self.separate_value else 'adapter'}"
+        )
+
+    def _reward_info(self) -> dict:
+        info = read_run_info(self.reward_model_path)
+        if info.get("stage") != "reward":
+            raise ValueError(f"{self.reward_model_path} holds a '{info.get('stage')}' model, not a reward model")
+        return info
+
+    def _shares_base(self, info: dict) -> bool:
+        same = resolve_model_path(info["base_model"]) == resolve_model_path(self.model_config.name_or_path)
+        return bool(info["adapter"]) and same
+
+    def _configure_reward(self, device: torch.device, hidden: int) -> Role | None:
+        if self.reward_fn is not None:
+            return None
+        info = self._reward_info()
+        if not self.separate_reward and not self._shares_base(info):
+            raise ValueError(
+                f"the reward model {self.reward_model_path} was not trained as an adapter on "
+                f"{self.model_config.name_or_path}: set separate_reward: true to load it as its own model"
+            )
+        if self.separate_reward:
+            base = ModelConfig(**{**vars(self.model_config), "adapter": None, "gradient_checkpointing": False})
+            self.reward_backbone = RewardModel.from_folder(self.reward_model_path, base, device)
+            if self.reward_backbone.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                raise ValueError(f"the reward model {self.reward_model_path} uses another tokenizer than the policy")
+            self.reward_backbone.requires_grad_(False)
+            adapter = POLICY if hasattr(self.reward_backbone.model, "peft_config") else None
+            return Role(self.reward_backbone.model, adapter, self.reward_backbone.head)
+        self.model.load_adapter(self.reward_model_path, adapter_name=REWARD, is_trainable=False)
+        self.reward_head = load_head(self.reward_model_path, hidden).to(device).requires_grad_(False)
+        return Role(self.model, REWARD, self.reward_head)
+
+    def _configure_value(self, device: torch.device, hidden: int) -> Role:
+        if self.separate_value:
+            info = self._reward_info()
+            base = {**vars(self.model_config), "name_or_path": info["base_model"], "adapter": None}
+            if info["adapter"]:
+                base["adapter"] = self.reward_model_path
+            else:
+                base["name_or_path"] = self.reward_model_path
+            self.value_backbone = load_causal_lm(ModelConfig(**base), self.lora_config, device=device)
+            self.value_backbone.train()
+            self.value_head = load_head(self.reward_model_path, hidden_size_of(self.value_backbone)).to(device)
+            return Role(self.value_backbone, POLICY, self.value_head)
+        if self.reward_model_path is not None and self._shares_base(self._reward_info()):
+            self.model.load_adapter(self.reward_model_path, adapter_name=VALUE, is_trainable=True)
+            self.value_head = load_head(self.reward_model_path, hidden).to(device)
+        else:
+            from peft import LoraConfig as PeftLoraConfig
+
+            lora = self.lora_config
+            self.model.add_adapter(
+                VALUE,
+                PeftLoraConfig(
+                    r=lora.r,
+                    lora_alpha=lora.alpha,
+                    lora_dropout=lora.dropout,
+                    target_modules=lora.target_modules,
+                    use_rslora=lora.use_rslora,
+                    task_type="CAUSAL_LM",
+                ),
+            )
+            self.value_head = ScalarHead(hidden).to(device)
+        return Role(self.model, VALUE, self.value_head)
+
+    def _set_trainable(self) -> None:
+        """Policy and value adapters and the value head train; everything else is frozen."""
+        self.model.set_requires_grad([n for n in self.model.peft_config if n in (POLICY, VALUE)], True)
+        frozen = [n for n in self.model.peft_config if n not in (POLICY, VALUE)]
+        if frozen:
+            self.model.set_requires_grad(frozen, False)
+        self.value_head.requires_grad_(True)
+
+    # --- forward passes ----------------------------------------------------------------------------------
+    @contextmanager
+    def _active(self, role: str) -> Iterator[Role]:
+        r = self.roles[role]
+        with use_adapter(r.model, r.adapter):
+            yield r
+
+    def _logprobs(self, role: str, sequences, attention_mask, mask, with_entropy: bool = False):
+        with self._active(role) as r:
+            hidden = role_hidden_states(r, sequences, attention_mask)
+            return response_logprobs(
+                r.model, hidden, sequences, mask, self.rollout_config.temperature, self.logprob_chunk_size, with_entropy
+            )
+
+    def _values(self, sequences, attention_mask, response_length: int) -> torch.Tensor:
+        with self._active("value") as r:
+            return response_values(r.head, role_hidden_states(r, sequences, attention_mask), response_length)
+
+    @torch.no_grad()
+    def score(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Raw reward ``(b,)`` of ``[prompt | response]`` sequences, read at the last real token."""
+        if self.reward_fn is not None:
+            decode = self.tokenizer.batch_decode
+            prompts = decode(sequences[:, :prompt_length], skip_special_tokens=True)
+            masked = sequences[:, prompt_length:].masked_fill(attention_mask[:, prompt_length:] == 0, 0)
+            responses = [
+                self.tokenizer.decode(row[: int(n)], skip_special_tokens=True)
+                for row, n in zip(masked.tolist(), attention_mask[:, prompt_length:].sum(-1).tolist())
+            ]
+            values = self.reward_fn(prompts, responses)
+            return torch.as_tensor(values, dtype=torch.float32, device=sequences.device).reshape(-1)
+        with self._active("reward") as r:
+            hidden = role_hidden_states(r, sequences, attention_mask)
+            return last_token_scores(r.head, hidden, attention_mask).float()
+
+    def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        """Scores the policy is optimised on: clipped, optionally rescaled, missing-EOS penalty applied."""
+        s = self.shaping
+        scores = raw
+        if s.score_clip is not None:
+            scores = scores.clamp(-s.score_clip, s.score_clip)
+        if s.whiten_scores and scores.numel() > 1:
+            all_valid = torch.ones_like(scores, dtype=torch.bool)
+            scores = whiten(scores, all_valid, shift_mean=False, all_reduce=True)
+        if s.missing_eos_penalty is not None:
+            penalty = -s.missing_eos_penalty if s.missing_eos_mode == "replace" else s.missing_eos_penalty
+            scores = penalize_unfinished(scores, ended, penalty, s.missing_eos_mode)
+        return scores
+
+    def _micro_slices(self, n: int, size: int | None = None) -> list[slice]:
+        size = size or self.ppo.micro_batch_size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    # --- one iteration ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, prompts: torch.Tensor, prompt_mask: torch.Tensor, role: str = "policy", temperature=None):
+        """Responses to left-padded prompts: ``(sequences, attention_mask, response_mask, ended)``."""
+        cfg = self.rollout_config
+        if temperature is not None:
+            cfg = GenerationConfig(cfg.max_new_tokens, temperature, cfg.top_k, cfg.top_p)
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        with self._active(role) as r:
+            responses = sample_responses(r.model, prompts, prompt_mask, cfg, [eos], pad)
+        responses, mask, ended = truncate_after_stop(responses, [eos], pad)
+        sequences = torch.cat([prompts, responses], dim=1)
+        attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
+        return sequences, attention_mask, mask, ended
+
+    @torch.no_grad()
+    def make_experience(self, sequences, attention_mask, mask, ended, prompt_length: int):
+        """Scoring phase: log-probs, reference log-probs, values, scores, rewards, advantages."""
+        was_training = self.training
+        self.eval()
+        parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("lp", "ent", "ref", "values", "raw")}
+        r = mask.shape[1]
+        for sl in self._micro_slices(sequences.shape[0]):
+            seq, att, m = sequences[sl], attention_mask[sl], mask[sl]
+            out = self._logprobs("policy", seq, att, m, with_entropy=True)
+            parts["lp"].append(out.logprobs)
+            parts["ent"].append(out.entropy)
+            parts["ref"].append(self._logprobs("reference", seq, att, m).logprobs)
+            parts["values"].append(self._values(seq, att, r))
+            parts["raw"].append(self.score(seq, att, prompt_length))
+        self.train(was_training)
+        lp, ent, ref, values, raw = (torch.cat(parts[k]) for k in ("lp", "ent", "ref", "values", "raw"))
+        values = values * mask
+        scores = self.shape_scores(raw, ended)
+        kl = kl_per_token(lp, ref, self.shaping.kl_estimator) * mask
+        shaped = token_rewards(scores, kl, mask, self.kl_controller.beta)
+        advantages, returns = gae(shaped.rewards, values, mask, self.ppo.gamma, self.ppo.lam)
+        if self.ppo.whiten_advantages:
+            advantages = whiten(advantages, mask, shift_mean=True, all_reduce=True)
+        experience = Experience(sequences, attention_mask, mask, lp, ref, values, advantages, returns)
+        seq_kl = ((lp - ref) * mask).sum(-1)  # k1 per sequence, the logged KL whatever the estimator
+        non_score = shaped.non_score.sum(-1)
+        stats = {
+            "objective/kl": seq_kl.mean(),
+            "objective/entropy": (ent * mask).sum(-1).mean(),
+            "objective/non_score_reward": non_score.mean(),
+            "objective/rlhf_reward": (scores + non_score).mean(),
+            "objective/scores": scores.mean(),
+            "objective/raw_scores": raw.mean(),
+            "objective/kl_coef": torch.tensor(self.kl_controller.beta),
+            "val/num_eos_tokens": ended.sum().float(),
+            "rollout/ended_fraction": ended.float().mean(),
+            "rollout/response_length": mask.sum(-1).float().mean(),
+            "val/values_mean": masked_mean(values, mask),
+        }
+        return experience, stats
+
+    def optimize(self, exp: Experience) -> dict[str, torch.Tensor]:
+        """Training phase: ``ppo_epochs`` passes of clipped policy and value updates over minibatches."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        cfg = self.ppo
+        b, r = exp.mask.shape
+        totals: dict[str, list[torch.Tensor]] = {}
+
+        def record(key: str, value: torch.Tensor) -> None:
+            totals.setdefault(key, []).append(value.detach())
+
+        minibatches = max(1, min(cfg.num_minibatches, b))
+        for epoch in range(cfg.ppo_epochs):
+            order = torch.randperm(b, device=exp.mask.device)
+            for mb in range(minibatches):
+                index = order[mb * b // minibatches : (mb + 1) * b // minibatches]
+                tokens = exp.mask[index].sum().clamp(min=1)
+                for sl in self._micro_slices(len(index)):
+                    rows = index[sl]
+                    seq, att, m = exp.sequences[rows], exp.attention_mask[rows], exp.mask[rows]
+                    weight = m.sum() / tokens  # micro-batch losses add up to the minibatch token mean
+                    with self._active("policy") as role:
+                        hidden = role_hidden_states(role, seq, att)
+                        out = response_logprobs(
+                            role.model, hidden, seq, m, self.rollout_config.temperature,
+                            self.logprob_chunk_size, with_entropy=True,
+                        )  # fmt: skip
+                        pg = ppo_policy_loss(out.logprobs, exp.logprobs[rows], exp.advantages[rows], m, cfg.clip_eps)
+                        entropy = masked_mean(out.entropy, m)
+                        self.manual_backward(weight * (pg.loss - cfg.entropy_coef * entropy))
+                    with self._active("value") as role:
+                        hidden = role_hidden_states(role, seq, att)
+                        values = response_values(role.head, hidden, r)
+                        vf, vf_clipfrac = ppo_value_loss(values, exp.values[rows], exp.returns[rows], m, cfg.value_clip)
+                        self.manual_backward(weight * cfg.vf_coef * vf)
+                    if epoch == 0 and mb == 0 and sl.start == 0:
+                        record("policy/first_ratio", pg.ratio)
+                        record("policy/first_approxkl", pg.approxkl)
+                    for key, value in (
+                        ("loss/policy_avg", pg.loss), ("loss/value_avg", vf), ("policy/clipfrac_avg", pg.clipfrac),
+                        ("policy/approxkl_avg", pg.approxkl), ("val/ratio", pg.ratio),
+                        ("val/clipfrac_avg", vf_clipfrac), ("policy/entropy_avg", entropy),
+                    ):  # fmt: skip
+                        record(key, value)
+                if cfg.max_grad_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+        stats = {k: torch.stack(v).mean() for k, v in totals.items()}
+        stats["val/ratio_var"] = torch.stack(totals["val/ratio"]).var() if len(totals["val/ratio"]) > 1 else 0 * b
+        return stats
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        timer = PhaseTimer(self.device)
+        prompts, prompt_mask = batch["input_ids"], batch["attention_mask"]
+        with timer("rollout"):
+            sequences, attention_mask, mask, ended = self.sample(prompts, prompt_mask)
+        with timer("scoring"):
+            experience, stats = self.make_experience(sequences, attention_mask, mask, ended, prompts.shape[1])
+        with timer("training"):
+            stats.update(self.optimize(experience))
+        self.kl_controller.update(stats["objective/kl"].item(), prompts.shape[0] * self.trainer.world_size)
+        generated = mask.sum().item() * self.trainer.world_size
+        trained = attention_mask.sum().item() * self.trainer.world_size * self.ppo.ppo_epochs
+        for phase in ("rollout", "scoring", "training"):
+            stats[f"perf/{phase}_sec"] = timer.seconds[phase]
+            stats[f"perf/peak_memory_gb_{phase}"] = timer.peak_gb[phase]
+        stats["perf/rollout_tokens_per_sec"] = generated / max(timer.seconds["rollout"], 1e-9)
+        stats["perf/scoring_tokens_per_sec"] = trained / self.ppo.ppo_epochs / max(timer.seconds["scoring"], 1e-9)
+        stats["perf/training_tokens_per_sec"] = trained / max(timer.seconds["training"], 1e-9)
+        stats["lr"] = self.optimizers().param_groups[0]["lr"]
+        self.episodes += prompts.shape[0] * self.trainer.world_size
+        stats["episode"] = float(self.episodes)
+        self.last_stats = {k: float(v) for k, v in stats.items()}
+        self.log_dict({k: float(v) for k, v in stats.items()}, batch_size=prompts.shape[0])
+        self.log("objective/scores_bar", stats["objective/scores"], prog_bar=True, logger=False)
+        self.log("kl", stats["objective/kl"], prog_bar=True, logger=False)
+        self._health_warnings(self.last_stats)
+
+    def _warn(self, key: str, message: str, every: int = 10) -> None:
+        iteration = self._iteration()
+        if iteration - self._last_warning.get(key, -every) >= every:
+            self._last_warning[key] = iteration
+            rank_zero_warn(message)
+
+    def _health_warnings(self, stats: dict[str, float]) -> None:
+        if stats["objective/kl"] < -0.1:
+            self._warn(
+                "kl",
+                f"objective/kl is negative ({stats['objective/kl']:.3f}): the rollout's sampling does not match "
+                "the log-prob computation (top_k/top_p, temperature, or a model that differs between generation "
+                "and scoring). See docs/troubleshooting.md.",
+            )
+        if abs(stats["policy/first_ratio"] - 1.0) > 1e-3:
+            self._warn(
+                "ratio",
+                f"the PPO ratio on the first minibatch is {stats['policy/first_ratio']:.4f}, not 1: training and "
+                "rollout forward passes disagree (dropout, non-deterministic kernels).",
+            )
+        if stats["val/ratio"] > 1.0 + self.ppo.clip_eps or stats["val/ratio"] < 1.0 - self.ppo.clip_eps:
+            self._warn("drift", f"val/ratio drifted to {stats['val/ratio']:.3f}: lower the learning rate")
+        if stats["rollout/ended_fraction"] < 0.5:
+            self._warn(
+                "eos",
+                f"only {100 * stats['rollout/ended_fraction']:.0f}% of responses ended with EOS within "
+                f"{self.rollout_config.max_new_tokens} tokens: raise rollout.max_new_tokens or check the SFT model",
+            )
+
+    def _iteration(self) -> int:
+        """0-based index of the current PPO iteration (the x-axis of the logged scalars)."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped if self._trainer is not None else 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        every = self.eval_config.samples_every_n_iterations
+        if every > 0 and self._iteration() % every == 0 and self.trainer.is_global_zero:
+            self._log_samples()
+
+    # --- optimizer ----------------------------------------------------------------------------------------
+    def optimizer_steps_per_iteration(self) -> int:
+        return self.ppo.ppo_epochs * max(1, self.ppo.num_minibatches)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.parameters(), self.optim_config)
+        trainer = self.trainer
+        per_iteration = self.optimizer_steps_per_iteration()
+        limits = []
+        if trainer.max_steps != -1:
+            limits.append(trainer.max_steps)
+        if trainer.max_epochs not in (None, -1):
+            if trainer.train_dataloader is None:
+                trainer.fit_loop.setup_data()
+            if math.isfinite(trainer.num_training_batches):
+                limits.append(int(trainer.num_training_batches) * trainer.max_epochs * per_iteration)
+        if not limits:
+            raise ValueError("PPO needs trainer.max_steps or trainer.max_epochs to plan its learning-rate schedule")
+        scheduler = build_scheduler(optimizer, min(limits), self.optim_config)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- evaluation -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate_batch(self, prompts: torch.Tensor, prompt_mask: torch.Tensor) -> list[dict]:
+        """Policy and reference responses to the same prompts, scored, with the policy's KL to the reference."""
+        temperature = self.eval_config.temperature
+        p = prompts.shape[1]
+        sides = {}
+        for side in ("policy", "reference"):
+            sequences, attention_mask, mask, ended = self.sample(prompts, prompt_mask, side, temperature)
+            scores = self.shape_scores(self.score(sequences, attention_mask, p), ended)
+            sides[side] = (sequences, attention_mask, mask, ended, scores)
+        sequences, attention_mask, mask, _, _ = sides["policy"]
+        lp = self._logprobs("policy", sequences, attention_mask, mask).logprobs
+        ref = self._logprobs("reference", sequences, attention_mask, mask).logprobs
+        kl = ((lp - ref) * mask).sum(-1)
+        decode = self.tokenizer.decode
+        records = []
+        for i in range(prompts.shape[0]):
+            prompt = decode(prompts[i][prompt_mask[i].bool()], skip_special_tokens=False)
+            record = {"prompt": prompt, "kl": kl[i].item()}
+            for side, (seqs, _, m, ended, scores) in sides.items():
+                record[side] = decode(seqs[i, p:][m[i]], skip_special_tokens=True)
+                record[f"{side}_score"] = scores[i].item()
+                record[f"{side}_length"] = int(m[i].sum())
+                record[f"{side}_ended"] = bool(ended[i])
+            records.append(record)
+        if self.gold_fn is not None:
+            prompts_text = [r["prompt"] for r in records]
+            for side in ("policy", "reference"):
+                gold = self.gold_fn(prompts_text, [r[side] for r in records])
+                for record, g in zip(records, gold):
+                    record[f"{side}_gold"] = float(g)
+        return records
+
+    @staticmethod
+    def summarize(records: list[dict]) -> dict[str, float]:
+        """Means over the evaluation records, and win rates (ties count half)."""
+
+        def mean(values) -> float:
+            values = list(values)
+            return sum(values) / max(len(values), 1)
+
+        def win(a: float, b: float) -> float:
+            return 1.0 if a > b else 0.5 if a == b else 0.0
+
+        summary = {
+            "eval/policy_score": mean(r["policy_score"] for r in records),
+            "eval/reference_score": mean(r["reference_score"] for r in records),
+            "eval/win_rate": mean(win(r["policy_score"], r["reference_score"]) for r in records),
+            "eval/kl": mean(r["kl"] for r in records),
+            "eval/policy_length": mean(r["policy_length"] for r in records),
+            "eval/reference_length": mean(r["reference_length"] for r in records),
+            "eval/policy_ended": mean(r["policy_ended"] for r in records),
+        }
+        if records and "policy_gold" in records[0]:
+            summary["eval/gold_policy"] = mean(r["policy_gold"] for r in records)
+            summary["eval/gold_reference"] = mean(r["reference_gold"] for r in records)
+            summary["eval/gold_win_rate"] = mean(win(r["policy_gold"], r["reference_gold"]) for r in records)
+        return summary
+
+    def _evaluation_table(self, records: list[dict]) -> str:
+        rows = [
+            (r["prompt"], r["policy"], r["policy_score"], r["kl"], r["reference"], r["reference_score"])
+            for r in records[: self.eval_config.num_samples]
+        ]
+        return markdown_table(["prompt", "policy", "score", "KL", "reference", "reference score"], rows)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_records.extend(self.evaluate_batch(batch["input_ids"], batch["attention_mask"]))
+
+    def on_validation_epoch_end(self) -> None:
+        records, self._eval_records = self._eval_records, []
+        if not records:
+            return
+        self.log_dict(self.summarize(records), sync_dist=True)
+        self._write_table("evaluation", self._evaluation_table(records))
+
+    def evaluate(self) -> dict:
+        """Run the evaluation over the eval prompts (the training prompts if there are none)."""
+        datamodule = self.trainer.datamodule
+        loader = datamodule.val_dataloader() or datamodule.train_dataloader()
+        records = []
+        for batch in loader:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            records.extend(self.evaluate_batch(batch["input_ids"], batch["attention_mask"]))
+        return {"summary": self.summarize(records), "records": records}
+
+    def _write_table(self, tag: str, markdown: str) -> None:
+        logger = self.logger
+        if logger is not None and hasattr(logger.experiment, "add_text"):
+            logger.experiment.add_text(tag, markdown, global_step=self._iteration())
+
+    @torch.no_grad()
+    def _log_samples(self) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "sample_prompts"):
+            return
+        prompts = datamodule.sample_prompts(self.eval_config.num_samples)
+        if not prompts:
+            return
+        from rlhf_lightning.models.generation import left_pad
+
+        ids, prompt_mask = left_pad(prompts, self.tokenizer.pad_token_id, self.device)
+        sequences, attention_mask, mask, ended = self.sample(ids, prompt_mask, "policy", self.eval_config.temperature)
+        scores = self.shape_scores(self.score(sequences, attention_mask, ids.shape[1]), ended)
+        kl = self._sequence_kl(sequences, attention_mask, mask)
+        decode = self.tokenizer.decode
+        rows = [
+            (decode(p), decode(sequences[i, ids.shape[1] :][mask[i]]), scores[i].item(), kl[i].item())
+            for i, p in enumerate(prompts)
+        ]
+        self._write_table("samples", markdown_table(["prompt", "response", "score", "KL"], rows))
+
+    def _sequence_kl(self, sequences, attention_mask, mask) -> torch.Tensor:
+        lp = self._logprobs("policy", sequences, attention_mask, mask).logprobs
+        ref = self._logprobs("reference", sequences, attention_mask, mask).logprobs
+        return ((lp - ref) * mask).sum(-1)
+
+    # --- checkpoints and final output ---------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ppo"] = {"kl_controller": self.kl_controller.state_dict(), "episodes": self.episodes}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "ppo" in checkpoint:
+            self.kl_controller.load_state_dict(checkpoint["ppo"]["kl_controller"])
+            self.episodes = checkpoint["ppo"]["episodes"]
+
+    def on_train_end(self) -> None:
+        evaluation = None
+        if self.eval_config.at_end:
+            self.eval()
+            evaluation = self.evaluate()
+            self.train()
+            if self.logger is not None:
+                self.logger.log_metrics(evaluation["summary"], step=self._iteration())
+            self._write_table("evaluation", self._evaluation_table(evaluation["records"]))
+            rank_zero_info("ppo evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation["summary"].items()))
+        if self.trainer.is_global_zero:
+            folder = self.save_final()
+            if evaluation is not None:
+                (folder / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+            rank_zero_info(f"ppo: final policy adapter saved to {folder}")
+
+    def save_final(self, folder: Path | None = None) -> Path:
+        """The policy adapter at the top of ``final`` (peft format, loadable like an SFT adapter); the value
+        adapter and head in ``final/value``."""
+        folder = Path(folder) if folder is not None else self.final_folder()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder, selected_adapters=[POLICY])
+        value_folder = folder / "value"
+        if self.separate_value:
+            self.value_backbone.save_pretrained(value_folder)
+        elif VALUE in self.model.peft_config:
+            self.model.save_pretrained(folder, selected_adapters=[VALUE])  # peft writes it to folder/value
+        save_head(self.value_head, value_folder)
+        self.tokenizer.save_pretrained(folder)
+        from rlhf_lightning.models.loading import write_run_info
+
+        write_run_info(
+            folder,
+            {
+                "stage": self.stage,
+                "base_model": self.model_config.name_or_path,
+                "base_model_path": resolve_model_path(self.model_config.name_or_path),
+                "adapter": True,
+                "global_step": self.trainer.global_step if self._trainer is not None else 0,
+                "reference": self.model_config.adapter,
+                "reward_model": self.reward_model_path or self.reward_function_path,
+                "kl_coef": self.kl_controller.beta,
+            },
+        )
+        return folder
+
+
+__all__ = ["EvalConfig", "PPOConfig", "PPOModule", "RewardShaping"]

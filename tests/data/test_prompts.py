@@ -1,0 +1,139 @@
+"""Prompt rows for the PPO stage: token ids, chat rendering, errors, length policy, left padding (one token
+per character)."""
+
+import pytest
+
+from rlhf_lightning.data import DataFormatError, PromptsDataModule, read_rows
+from rlhf_lightning.models.tiny import build_char_tokenizer
+from tests.helpers import write_jsonl
+
+USER = [{"role": "user", "content": "Review the Blue Kettle."}]
+ANSWER = [{"role": "assistant", "content": "Lovely coffee."}]
+
+
+def setup_prompts(tmp_path, tokenizer, rows, **kwargs):
+    kwargs.setdefault("val_fraction", 0.0)
+    dm = PromptsDataModule(train_files=write_jsonl(tmp_path / "p.jsonl", rows), **kwargs)
+    dm.tokenizer = tokenizer
+    dm.setup("fit")
+    return dm
+
+
+def chat_ids(tok, messages):
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_text_and_message_prompts(tmp_path, char_tokenizer):
+    tok = char_tokenizer
+    dm = setup_prompts(tmp_path, tok, [{"prompt": "Q: why?"}, {"prompt": USER}])
+    text, chat = dm.train_examples
+    assert text.input_ids == tok("Q: why?", add_special_tokens=True)["input_ids"] and text.text == "Q: why?"
+    assert chat.input_ids == chat_ids(tok, USER)
+    assert chat.text.endswith("<|im_start|>assistant\n") and "Review the Blue Kettle." in chat.text
+    assert dm.example_length(chat) == len(chat.input_ids)
+
+
+def test_demonstration_and_comparison_rows_are_reused_as_prompts(tmp_path, char_tokenizer):
+    tok = char_tokenizer
+    system = [{"role": "system", "content": "Be brief."}]
+    rows = [
+        {"messages": system + USER + ANSWER},  # the demonstration's answer is dropped
+        {"messages": USER + ANSWER + USER + ANSWER + ANSWER},  # only the trailing assistant turns go
+        {"prompt": USER, "chosen": ANSWER, "rejected": [{"role": "assistant", "content": "Meh."}]},
+        {"prompt": "Q:", "completion": "A"},
+    ]
+    dm = setup_prompts(tmp_path, tok, rows)
+    assert [e.input_ids for e in dm.train_examples] == [
+        chat_ids(tok, system + USER),
+        chat_ids(tok, USER + ANSWER + USER),
+        chat_ids(tok, USER),
+        tok("Q:")["input_ids"],
+    ]
+
+
+@pytest.mark.parametrize(
+    "row, expected",
+    [
+        ({"question": "hi"}, r"row 2, field 'prompt': missing \(the row has fields \['question'\]\)"),
+        ({"prompt": 3}, r"row 2, field 'prompt': expected a string or a list of messages, got int"),
+        ({"prompt": None}, r"row 2, field 'prompt': expected a string or a list of messages, got null"),
+        ({"prompt": "  "}, r"row 2, field 'prompt': is empty"),
+        ({"prompt": USER + ANSWER}, r"row 2, field 'prompt': ends with an assistant message"),
+        ({"prompt": [{"role": "bot", "content": "x"}]}, r"row 2, field 'prompt\[0\]\.role': expected one of"),
+        ({"prompt": []}, r"row 2, field 'prompt': is an empty list of messages"),
+        ({"messages": ANSWER}, r"row 2, field 'messages': has no message before the assistant's"),
+        (["hi"], r"row 2: expected an object with named fields, got list"),
+    ],
+)
+def test_bad_rows_name_file_row_and_field(tmp_path, char_tokenizer, row, expected):
+    with pytest.raises(DataFormatError, match=r"p\.jsonl, " + expected):
+        setup_prompts(tmp_path, char_tokenizer, [{"prompt": "fine"}, row])
+
+
+def test_message_prompts_need_a_chat_template(tmp_path):
+    tok = build_char_tokenizer()
+    tok.chat_template = None
+    with pytest.raises(DataFormatError, match=r"p\.jsonl, row 1, field 'messages': .* chat template"):
+        setup_prompts(tmp_path, tok, [{"messages": USER}])
+
+
+def test_overlong_prompts_are_dropped_or_keep_their_end(tmp_path, char_tokenizer):
+    tok = char_tokenizer
+    rows = [{"prompt": "short"}, {"prompt": "abcdefghijklmnop"}, {"prompt": USER}]
+    dropped = setup_prompts(tmp_path, tok, rows, max_length=13)
+    assert [e.text for e in dropped.train_examples] == ["short"]
+    assert dropped.stats["dropped overlong"] == 2
+
+    cut = setup_prompts(tmp_path, tok, rows, max_length=13, overlong="truncate")
+    assert cut.stats["truncated"] == 2
+    short, text, chat = cut.train_examples
+    assert short.text == "short"
+    assert text.text == "defghijklmnop" and text.input_ids == tok("defghijklmnop")["input_ids"]
+    assert chat.input_ids == chat_ids(tok, USER)[-13:]  # the generation prompt survives
+    assert chat.text == "<|im_end|>\n<|im_start|>assistant\n"  # 3 special/newline tokens + "assistant\n"
+    assert tok(chat.text, add_special_tokens=False)["input_ids"] == chat.input_ids
+
+
+def test_collate_left_pads_with_masks_from_lengths(tmp_path, char_tokenizer):
+    tok = char_tokenizer
+    dm = setup_prompts(tmp_path, tok, [{"prompt": "abc"}, {"prompt": "a"}, {"prompt": USER}], shuffle=False)
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask"}
+    lengths = [len(e.input_ids) for e in dm.train_examples]
+    assert batch["input_ids"].shape == (3, max(lengths))
+    mask = batch["attention_mask"]
+    assert mask[:, -1].tolist() == [1, 1, 1]
+    assert mask.sum(1).tolist() == lengths
+    for row, example in zip(batch["input_ids"].tolist(), dm.train_examples):
+        pad = len(row) - len(example.input_ids)
+        assert row[pad:] == example.input_ids and row[:pad] == [tok.pad_token_id] * pad
+
+
+def test_held_out_split_and_sample_prompts(tmp_path, char_tokenizer):
+    rows = [{"prompt": f"prompt {i}"} for i in range(10)]
+    dm = setup_prompts(tmp_path, char_tokenizer, rows, val_fraction=0.2, split_seed=3)
+    assert len(dm.val_examples) == 2 and len(dm.train_examples) == 8
+    val, train = {e.text for e in dm.val_examples}, {e.text for e in dm.train_examples}
+    assert not val & train and len(val | train) == 10
+    assert dm.sample_prompts(2) == [e.input_ids for e in dm.val_examples]
+    no_val = setup_prompts(tmp_path, char_tokenizer, rows)
+    assert no_val.sample_prompts(2) == [e.input_ids for e in no_val.train_examples[:2]]
+
+
+def test_builtin_prompts_are_valid_and_match_their_generator(tiny_llama, tmp_path):
+    from rlhf_lightning.data import synthetic
+    from rlhf_lightning.models import load_tokenizer
+
+    dm = PromptsDataModule()
+    dm.tokenizer = load_tokenizer(tiny_llama)
+    dm.setup("fit")
+    assert dm.stats["rows"] == 208 and len(dm.train_examples) > 180 and len(dm.val_examples) > 0
+    texts = [e.text for e in dm.train_examples + dm.val_examples]
+    assert len(set(texts)) == len(texts)  # no prompt repeats, so evaluation prompts are unseen in training
+    assert all(e.text.endswith("<|im_start|>assistant\n") for e in dm.train_examples)
+    synthetic.write_assets(tmp_path)
+    shipped = [row for _, row in read_rows("builtin:prompts.jsonl")]
+    assert shipped == [row for _, row in read_rows(str(tmp_path / "prompts.jsonl"))]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 16 and batch["attention_mask"][:, -1].all()

@@ -1,0 +1,295 @@
+"""The PPO stage: shared-base roles, padding invariance, first-step sanity, learning, resume, saved output."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad, load_causal_lm, load_tokenizer
+from rlhf_lightning.models.loading import write_run_info
+from rlhf_lightning.models.reward import ScalarHead, save_head
+from rlhf_lightning.modules import PPOModule
+from rlhf_lightning.modules.ppo import RewardShaping
+from tests.helpers import run_cli, scalars, write_jsonl
+
+
+def make_run_folder(base: str, folder: Path, stage: str, seed: int) -> Path:
+    """A run's ``final`` folder with a LoRA adapter whose weights are random (not the zero-B init), so
+    that the adapter changes the model's outputs; a reward folder also gets a score head."""
+    torch.manual_seed(seed)
+    model = load_causal_lm(ModelConfig(name_or_path=base), LoraConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    model.save_pretrained(folder)
+    load_tokenizer(base).save_pretrained(folder)
+    if stage == "reward":
+        head = ScalarHead(model.config.hidden_size)
+        with torch.no_grad():
+            head.linear.bias.fill_(0.5)
+        save_head(head, folder)
+    write_run_info(folder, {"stage": stage, "base_model": base, "adapter": True})
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo-inputs")
+    return make_run_folder(tiny_llama, root / "sft", "sft", 1), make_run_folder(
+        tiny_llama, root / "reward", "reward", 2
+    )
+
+
+def shared_module(base: str, sft: Path, reward: Path, **kwargs) -> PPOModule:
+    module = PPOModule(
+        model=ModelConfig(name_or_path=base, adapter=str(sft)), lora=LoraConfig(r=4), reward_model=str(reward), **kwargs
+    )
+    module.configure_model()
+    return module
+
+
+def trainable(module: PPOModule) -> set[str]:
+    return {n for n, p in module.named_parameters() if p.requires_grad}
+
+
+def test_roles_share_one_base_and_trainable_flags_survive_switches(folders, tiny_llama):
+    sft, reward = folders
+    module = shared_module(tiny_llama, sft, reward)
+    names = trainable(module)
+    assert set(module.model.peft_config) == {"default", "reference", "reward", "value"}
+    # policy ("default") and value adapters plus the value head train; reference and reward are frozen
+    assert any(".default." in n for n in names) and any(".value." in n for n in names)
+    assert "value_head.linear.weight" in names
+    assert not any(".reference." in n or ".reward." in n for n in names)
+    assert not any("lora" not in n and "value_head" not in n for n in names)  # the base stays frozen
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        module.score(ids, mask, 2)
+        module._logprobs("reference", ids, mask, mask[:, 2:].bool())
+        module._values(ids, mask, 3)
+    assert trainable(module) == names
+    assert module.model.active_adapter == "default"
+
+
+def test_policy_starts_as_reference_and_value_as_reward(folders, tiny_llama):
+    sft, reward = folders
+    module = shared_module(tiny_llama, sft, reward).eval()
+    seq = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    att = torch.ones_like(seq)
+    resp = torch.ones(1, 4, dtype=torch.bool)
+    with torch.no_grad():
+        lp = module._logprobs("policy", seq, att, resp).logprobs
+        ref = module._logprobs("reference", seq, att, resp).logprobs
+        assert torch.equal(lp, ref)  # exactly: the KL at step 0 is 0, not merely small
+        values = module._values(seq, att, 4)
+        # value of the state before response token i = reward model's score of the prefix ending there
+        prefixes = [module.score(seq[:, : 2 + i], att[:, : 2 + i], 2) for i in range(4)]
+        torch.testing.assert_close(values[0], torch.cat(prefixes), atol=1e-5, rtol=1e-5)
+        # and the reward adapter really changes the scores (the head alone would not explain them)
+        base_only = load_causal_lm(ModelConfig(name_or_path=tiny_llama), None, trainable=False)
+        hidden = base_only.model(input_ids=seq).last_hidden_state
+        assert abs(module.reward_head(hidden[:, -1]).item() - module.score(seq, att, 2).item()) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_left_padded_prompts_and_right_padded_responses_change_nothing(arch, request, tmp_path):
+    base = request.getfixturevalue(arch)
+    sft = make_run_folder(base, tmp_path / "sft", "sft", 3)
+    reward = make_run_folder(base, tmp_path / "reward", "reward", 4)
+    module = shared_module(base, sft, reward).eval()
+    prompts = [[5, 6, 7], [8], [9, 10, 11, 12, 13]]
+    responses = [[20, 21, 2], [22, 23, 24, 25], [26, 2]]
+    ids, prompt_mask = left_pad(prompts, pad_id=0)
+    r = max(len(x) for x in responses)
+    resp = torch.zeros(3, r, dtype=torch.long)
+    resp_mask = torch.zeros(3, r, dtype=torch.bool)
+    for i, x in enumerate(responses):
+        resp[i, : len(x)] = torch.tensor(x)
+        resp_mask[i, : len(x)] = True
+    seq, att = torch.cat([ids, resp], 1), torch.cat([prompt_mask, resp_mask.long()], 1)
+    p = ids.shape[1]
+    with torch.no_grad():
+        batch = (
+            module._logprobs("policy", seq, att, resp_mask).logprobs,
+            module._logprobs("reference", seq, att, resp_mask).logprobs,
+            module._values(seq, att, r) * resp_mask,
+            module.score(seq, att, p),
+        )
+        for i, (prompt, response) in enumerate(zip(prompts, responses)):
+            alone = torch.tensor([prompt + response])
+            ones, m = torch.ones_like(alone), torch.ones(1, len(response), dtype=torch.bool)
+            n = len(response)
+            torch.testing.assert_close(
+                batch[0][i, :n], module._logprobs("policy", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
+            )
+            torch.testing.assert_close(
+                batch[1][i, :n], module._logprobs("reference", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
+            )
+            torch.testing.assert_close(batch[2][i, :n], module._values(alone, ones, n)[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(batch[3][i], module.score(alone, ones, len(prompt))[0], atol=1e-5, rtol=1e-4)
+            assert torch.all(batch[0][i, n:] == 0) and torch.all(batch[2][i, n:] == 0)  # nothing after the end
+
+
+def test_score_shaping_penalises_unfinished_responses():
+    module = PPOModule.__new__(PPOModule)
+    raw, ended = torch.tensor([2.0, 2.0, -5.0]), torch.tensor([True, False, False])
+    module.shaping = RewardShaping(missing_eos_penalty=1.0, missing_eos_mode="subtract")
+    assert module.shape_scores(raw, ended).tolist() == [2.0, 1.0, -6.0]
+    module.shaping = RewardShaping(missing_eos_penalty=1.0, missing_eos_mode="replace")
+    assert module.shape_scores(raw, ended).tolist() == [2.0, -1.0, -1.0]
+    module.shaping = RewardShaping(missing_eos_penalty=None, score_clip=3.0)
+    assert module.shape_scores(raw, ended).tolist() == [2.0, 2.0, -3.0]
+
+
+def vowel_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """A rule the tiny model can learn: 10 x the fraction of response characters that are vowels."""
+    return [10.0 * sum(c in "aeiou" for c in r.replace(" ", "")) / max(len(r.replace(" ", "")), 1) for r in responses]
+
+
+def ppo_args(base: str, prompts: str, run_dir: Path, *extra: str) -> list[str]:
+    return [
+        "fit",
+        "--model=rlhf_lightning.PPOModule",
+        f"--model.model.name_or_path={base}",
+        "--model.reward_function=tests.modules.test_ppo:vowel_reward",
+        "--model.rollout.max_new_tokens=12",
+        "--model.lora.r=8",
+        "--model.optim.lr=0.002",
+        "--model.ppo.num_minibatches=2",
+        "--model.evaluation.samples_every_n_iterations=5",
+        "--data=rlhf_lightning.PromptsDataModule",
+        f"--data.train_files={prompts}",
+        "--data.batch_size=16",
+        "--data.val_fraction=0.2",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.accelerator=cpu",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.num_sanity_val_steps=0",
+        "--seed_everything=0",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo-prompts")
+    return write_jsonl(root / "prompts.jsonl", [{"prompt": f"q{i}:"} for i in range(80)])
+
+
+def test_policy_reward_rises_while_kl_stays_bounded(tiny_llama, prompts_file, tmp_path):
+    # The random tiny model writes near-uniform characters: about 5 of its ~100 tokens are vowels, so the
+    # reward starts near 10 * 5/100 = 0.5. With beta = 0.3 the KL-regularised optimum (pi ~ pi_ref *
+    # exp(r / beta), about 10/12 reward per vowel token) writes ~46% vowels (reward ~4.6) at ~0.7 nats per
+    # token, ~9 nats per 12-token response; unpenalised, a vowels-only policy sits ~36 nats away. PPO must
+    # quadruple the reward within 32 iterations and keep the KL well under that 36.
+    run = tmp_path / "run"
+    shaping = '--model.rewards={"kl_coef": 0.3, "missing_eos_penalty": null}'
+    run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_epochs=8", "--model.optim.lr=0.003", shaping))
+    scores, kl = scalars(run, "objective/scores"), scalars(run, "objective/kl")
+    steps = sorted(scores)
+    assert len(steps) == 32
+    first, last = sum(scores[s] for s in steps[:4]) / 4, sum(scores[s] for s in steps[-4:]) / 4
+    assert first < 1.0 and last > 4 * first and last > 2.0, (first, last)
+    assert kl[steps[0]] == 0.0  # policy == reference before the first update
+    assert max(kl.values()) < 15.0, kl
+    assert scalars(run, "policy/first_ratio")[steps[0]] == pytest.approx(1.0, abs=1e-6)
+    assert scalars(run, "policy/first_approxkl")[steps[0]] == pytest.approx(0.0, abs=1e-10)
+    for tag in ("objective/entropy", "objective/rlhf_reward", "loss/value_avg", "val/clipfrac_avg", "lr"):
+        assert len(scalars(run, tag)) == 32, tag
+    evaluation = scalars(run, "eval/win_rate")
+    assert evaluation and evaluation[max(evaluation)] > 0.5
+    final = run / "final"
+    assert (final / "adapter_model.safetensors").exists() and (final / "value" / "score_head.safetensors").exists()
+    evaluation = json.loads((final / "evaluation.json").read_text())
+    assert evaluation["summary"]["eval/win_rate"] > 0.5 and len(evaluation["records"]) == 16
+    # evaluation on demand, from the last checkpoint
+    args = ppo_args(tiny_llama, prompts_file, tmp_path / "validate", shaping)[1:]
+    cli = run_cli(["validate", *args, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
+    metrics = cli.trainer.callback_metrics
+    assert metrics["eval/policy_score"] > metrics["eval/reference_score"] and metrics["eval/win_rate"] > 0.5
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny_llama, prompts_file, tmp_path):
+    # 8 optimizer steps per iteration (4 epochs x 2 minibatches), so max_steps 32 is 4 iterations; a
+    # checkpoint after every iteration, a crash after 2, then --ckpt_path last.
+    common = ["--trainer.max_steps=32", "--checkpoint.every_n_train_steps=8", "--model.evaluation.at_end=false"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_cli(ppo_args(tiny_llama, prompts_file, full, *common))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_cli(ppo_args(tiny_llama, prompts_file, resumed, *common, "--trainer.callbacks+=tests.helpers.StopAfterStep",
+                         "--trainer.callbacks.stop_at=16"))  # fmt: skip
+    run_cli(ppo_args(tiny_llama, prompts_file, resumed, *common, "--ckpt_path=last"))
+    for tag in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg", "objective/kl_coef"):
+        a, b = scalars(full, tag), scalars(resumed, tag)
+        assert sorted(a) == sorted(b) == [0, 1, 2, 3], (tag, a, b)
+        for step in (2, 3):
+            assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), (tag, step, a, b)
+
+
+def test_saved_policy_adapter_reloads_with_the_same_log_probs(folders, tiny_llama, tmp_path):
+    from peft import PeftModel
+
+    sft, reward = folders
+    module = shared_module(tiny_llama, sft, reward).eval()
+    with torch.no_grad():  # make the policy differ from the SFT adapter
+        for name, p in module.model.named_parameters():
+            if ".default." in name:
+                p.add_(0.05)
+    folder = module.save_final(tmp_path / "final")
+    assert (folder / "adapter_config.json").exists() and not (folder / "reference").exists()
+    reloaded = PeftModel.from_pretrained(load_causal_lm(ModelConfig(name_or_path=tiny_llama), None), folder).eval()
+    seq = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        expected = module._logprobs("policy", seq, torch.ones_like(seq), torch.ones(1, 3, dtype=torch.bool))
+        logits = reloaded(input_ids=seq).logits[:, 2:-1] / module.rollout_config.temperature
+        got = torch.log_softmax(logits.float(), -1).gather(-1, seq[:, 3:, None]).squeeze(-1)
+    torch.testing.assert_close(got, expected.logprobs, atol=1e-5, rtol=1e-5)
+
+
+def test_separate_reward_and_value_models_match_the_shared_adapters(folders, tiny_llama):
+    sft, reward = folders
+    shared = shared_module(tiny_llama, sft, reward).eval()
+    separate = shared_module(tiny_llama, sft, reward, separate_reward=True, separate_value=True).eval()
+    assert set(separate.model.peft_config) == {"default", "reference"}  # the others live in their own models
+    seq = torch.tensor([[5, 6, 7, 8, 9, 10], [0, 0, 11, 12, 13, 2]])
+    att = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+    with torch.no_grad():
+        torch.testing.assert_close(separate.score(seq, att, 3), shared.score(seq, att, 3))
+        torch.testing.assert_close(separate._values(seq, att, 3), shared._values(seq, att, 3))
+    assert any(n.startswith("value_backbone.") for n in trainable(separate))
+
+
+def test_gradient_checkpointing_gives_the_same_updates(tiny_llama, prompts_file, tmp_path):
+    # The backward pass of a checkpointed layer re-runs its forward with the adapter active at that moment;
+    # each loss is back-propagated before switching adapters, so the updates must not change.
+    common = ["--trainer.max_steps=16", "--model.evaluation.at_end=false"]
+    run_cli(ppo_args(tiny_llama, prompts_file, tmp_path / "plain", *common))
+    run_cli(ppo_args(tiny_llama, prompts_file, tmp_path / "ckpt", *common, "--model.model.gradient_checkpointing=true"))
+    for tag in ("objective/scores", "objective/kl", "loss/policy_avg", "loss/value_avg"):
+        a, b = scalars(tmp_path / "plain", tag), scalars(tmp_path / "ckpt", tag)
+        assert sorted(a) == sorted(b) == [0, 1]
+        assert b[1] == pytest.approx(a[1], rel=1e-4, abs=1e-6), (tag, a, b)
+
+
+def test_health_warnings_name_the_problem(folders, tiny_llama):
+    sft, reward = folders
+    module = shared_module(tiny_llama, sft, reward)
+    healthy = {"objective/kl": 0.5, "policy/first_ratio": 1.0, "val/ratio": 1.01, "rollout/ended_fraction": 0.9}
+    with pytest.warns(UserWarning) as caught:
+        module._health_warnings(healthy | {"objective/kl": -0.5})
+        module._health_warnings(healthy | {"policy/first_ratio": 1.05})
+        module._health_warnings(healthy | {"val/ratio": 1.5})
+        module._health_warnings(healthy | {"rollout/ended_fraction": 0.2})
+    messages = " ".join(str(w.message) for w in caught)
+    for expected in ("objective/kl is negative", "first minibatch is 1.0500", "drifted to 1.500", "only 20%"):
+        assert expected in messages
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module._last_warning.clear()
+        module._health_warnings(healthy)  # nothing to say about a healthy iteration
