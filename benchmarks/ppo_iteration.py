@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -153,7 +154,9 @@ def main() -> None:
     measured = records[1:]
     keys = ("rollout", "scoring", "training")
     result = {
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor()})",
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({platform.machine()}, {os.cpu_count()} cores)",
         "threads": torch.get_num_threads(),
         "model": args.model,
         "vocab": vocab,

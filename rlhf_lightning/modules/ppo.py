@@ -443,7 +443,8 @@ class PPOModule(CausalLMModule):
         seq_kl = ((lp - ref) * mask).sum(-1)  # k1 per sequence, the logged KL whatever the estimator
         non_score = shaped.non_score.sum(-1)
         stats = {
-            "objective/kl": seq_kl.mean(),
+            # all ranks: the adaptive KL controller must see the same KL everywhere
+            "objective/kl": masked_mean(seq_kl, torch.ones_like(seq_kl, dtype=torch.bool), all_reduce=True),
             "objective/entropy": (ent * mask).sum(-1).mean(),
             "objective/non_score_reward": non_score.mean(),
             "objective/rlhf_reward": (scores + non_score).mean(),
@@ -675,6 +676,8 @@ class PPOModule(CausalLMModule):
     def evaluate(self) -> dict:
         """Run the evaluation over the eval prompts (the training prompts if there are none)."""
         datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise ValueError("evaluation needs the prompts DataModule (pass datamodule= to the trainer)")
         loader = datamodule.val_dataloader() or datamodule.train_dataloader()
         records = []
         for batch in loader:
