@@ -148,7 +148,6 @@ class Experience(NamedTuple):
     attention_mask: torch.Tensor  # (b, p + r)
     mask: torch.Tensor  # response tokens through the first EOS
     logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
@@ -439,7 +438,7 @@ class PPOModule(CausalLMModule):
         advantages, returns = gae(shaped.rewards, values, mask, self.ppo.gamma, self.ppo.lam)
         if self.ppo.whiten_advantages:
             advantages = whiten(advantages, mask, shift_mean=True, all_reduce=True)
-        experience = Experience(sequences, attention_mask, mask, lp, ref, values, advantages, returns)
+        experience = Experience(sequences, attention_mask, mask, lp, values, advantages, returns)
         seq_kl = ((lp - ref) * mask).sum(-1)  # k1 per sequence, the logged KL whatever the estimator
         non_score = shaped.non_score.sum(-1)
         stats = {
@@ -608,9 +607,7 @@ class PPOModule(CausalLMModule):
             scores = self.shape_scores(self.score(sequences, attention_mask, p), ended)
             sides[side] = (sequences, attention_mask, mask, ended, scores)
         sequences, attention_mask, mask, _, _ = sides["policy"]
-        lp = self._logprobs("policy", sequences, attention_mask, mask).logprobs
-        ref = self._logprobs("reference", sequences, attention_mask, mask).logprobs
-        kl = ((lp - ref) * mask).sum(-1)
+        kl = self._sequence_kl(sequences, attention_mask, mask)
         decode = self.tokenizer.decode
         records = []
         for i in range(prompts.shape[0]):
