@@ -86,8 +86,11 @@ class RLHFLightningCLI(LightningCLI):
             )
 
 
-COMMANDS = {
-    "score": ("rlhf_lightning.scoring", "score_file"),
+COMMANDS = {  # name: (module, function, required arguments are positional)
+    "score": ("rlhf_lightning.scoring", "score_file", True),
+    "export": ("rlhf_lightning.export", "export_model", True),
+    "evaluate": ("rlhf_lightning.evaluation", "evaluate_policies", False),
+    "pipeline": ("rlhf_lightning.pipeline", "run_pipeline", False),
 }
 
 
@@ -101,8 +104,13 @@ def main(argv: list[str] | None = None) -> None:
 
         from jsonargparse import CLI
 
-        module, function = COMMANDS[args[0]]
-        CLI(getattr(importlib.import_module(module), function), args=args[1:], prog=f"rlhf-lightning {args[0]}")
+        module, function, positional = COMMANDS[args[0]]
+        CLI(
+            getattr(importlib.import_module(module), function),
+            args=args[1:],
+            prog=f"rlhf-lightning {args[0]}",
+            as_positional=positional,
+        )
         return
     RLHFLightningCLI(args=argv)
 

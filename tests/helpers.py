@@ -27,15 +27,9 @@ def run_cli(args: list[str]):
 
 def scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
     """``{step: value}`` of a scalar in a run folder's TensorBoard events (later writes win)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from rlhf_lightning.runs import read_scalars
 
-    values: dict[int, float] = {}
-    for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):
-        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        acc.Reload()
-        if tag in acc.Tags()["scalars"]:
-            values.update({e.step: e.value for e in acc.Scalars(tag)})
-    return values
+    return read_scalars(run_dir, tag)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> str:

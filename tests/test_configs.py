@@ -7,12 +7,42 @@ import yaml
 
 from tests.helpers import run_cli
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ALL_CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+PIPELINES = [c for c in ALL_CONFIGS if "root_dir" in yaml.safe_load(c.read_text())]
+CONFIGS = [c for c in ALL_CONFIGS if c not in PIPELINES]  # stage configs for `rlhf-lightning fit`
 
 
 def test_there_are_configs():
     expected = {"sft.yaml", "sft_quick.yaml", "reward.yaml", "reward_quick.yaml", "ppo.yaml", "ppo_quick.yaml"}
     assert expected <= {c.name for c in CONFIGS}
+    assert "quickstart.yaml" in {c.name for c in PIPELINES}
+
+
+@pytest.mark.parametrize("config", PIPELINES, ids=lambda p: p.name)
+def test_pipeline_config_and_each_stage_with_its_overrides_parse(config, capsys, tmp_path):
+    """The pipeline config parses, and every stage's config parses with the overrides and wiring the
+    pipeline adds, so that a misspelt override fails here rather than minutes into a run."""
+    from rlhf_lightning.cli import main
+    from rlhf_lightning.pipeline import StageSpec, stage_arguments
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pipeline", f"--config={config}", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    root = Path(__file__).parent.parent
+    for stage in ("sft", "reward", "ppo"):
+        spec = StageSpec(str(root / printed[stage]["config"]), printed[stage].get("overrides") or {})
+        args = stage_arguments(stage, spec, tmp_path, printed.get("common") or {}, resume=False)
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli([*args, "--print_config"])
+        assert exit_info.value.code in (0, None), f"{stage}: {capsys.readouterr().err[-500:]}"
+        resolved = yaml.safe_load(capsys.readouterr().out)
+        assert resolved["trainer"]["default_root_dir"] == str(tmp_path / stage)
+        for key, value in spec.overrides.items():
+            node = resolved
+            for part in key.split("."):
+                node = node[part]
+            assert node == value, key
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)

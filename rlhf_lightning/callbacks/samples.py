@@ -28,14 +28,17 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>") or " "
 
 
-def markdown_table(headers: list[str], rows: list[tuple]) -> str:
-    """A numbered markdown table (TensorBoard's text tab renders it); floats are shown with 3 decimals."""
+def markdown_table(headers: list[str], rows: list[tuple], numbered: bool = True) -> str:
+    """A markdown table (TensorBoard's text tab renders it), its rows numbered unless ``numbered=False``;
+    floats are shown with 3 decimals."""
 
     def cell(value) -> str:
         return f"{value:.3f}" if isinstance(value, float) else _cell(str(value))
 
-    lines = ["| # | " + " | ".join(headers) + " |", "|---" * (len(headers) + 1) + "|"]
-    lines += [f"| {i} | " + " | ".join(cell(v) for v in row) + " |" for i, row in enumerate(rows)]
+    if numbered:
+        headers, rows = ["#", *headers], [(i, *row) for i, row in enumerate(rows)]
+    lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

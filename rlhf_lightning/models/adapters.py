@@ -125,3 +125,53 @@ def last_token_scores(head: ScalarHead, hidden: torch.Tensor, attention_mask: to
     """Scores ``(b,)`` read at each sequence's last real token (the EOS of an ended response)."""
     last = last_token_index(attention_mask)
     return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
+
+
+@torch.no_grad()
+def sample_from_role(
+    role: Role,
+    prompts: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    config,
+    eos_token_ids: list[int],
+    pad_token_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Responses of ``role`` to left-padded prompts ``(b, p)``, cut after their first EOS.
+
+    Returns ``(sequences (b, p + r), attention_mask, response_mask (b, r) bool, ended (b,) bool)``.
+    ``config`` is a :class:`~rlhf_lightning.models.generation.GenerationConfig`.
+    """
+    from rlhf_lightning.models.generation import sample_responses
+    from rlhf_lightning.ops import truncate_after_stop
+
+    with use_adapter(role.model, role.adapter):
+        responses = sample_responses(role.model, prompts, prompt_mask, config, eos_token_ids, pad_token_id)
+    responses, mask, ended = truncate_after_stop(responses, eos_token_ids, pad_token_id)
+    sequences = torch.cat([prompts, responses], dim=1)
+    attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
+    return sequences, attention_mask, mask, ended
+
+
+def role_logprobs(
+    role: Role,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    chunk_size: int = 1024,
+    with_entropy: bool = False,
+):
+    """:func:`response_logprobs` of ``role``'s model with its adapter active."""
+    with use_adapter(role.model, role.adapter):
+        hidden = role_hidden_states(role, sequences, attention_mask)
+        return response_logprobs(role.model, hidden, sequences, response_mask, temperature, chunk_size, with_entropy)
+
+
+@torch.no_grad()
+def role_scores(role: Role, sequences: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scores ``(b,)`` of a reward role, read at each sequence's last real token, in float32."""
+    if role.head is None:
+        raise ValueError("scoring needs a role with a scalar head (a reward model)")
+    with use_adapter(role.model, role.adapter):
+        hidden = role_hidden_states(role, sequences, attention_mask)
+        return last_token_scores(role.head, hidden, attention_mask).float()

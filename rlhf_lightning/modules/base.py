@@ -118,8 +118,9 @@ class CausalLMModule(L.LightningModule):
         write_run_info(folder, {**read_run_info(folder), **fields})
 
     def on_train_end(self) -> None:
+        folder = self.final_folder()  # on every rank: trainer.log_dir is a collective call under DDP
         if self.trainer.is_global_zero:
-            folder = self.save_final()
+            self.save_final(folder)
             rank_zero_info(
                 f"{self.stage}: final {'adapter' if self.lora_config.enabled else 'model'} saved to {folder}"
             )

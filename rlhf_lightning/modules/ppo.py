@@ -17,6 +17,7 @@ Policy, reference, value and reward share one (optionally 4-bit) base model as n
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import math
@@ -31,17 +32,19 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from rlhf_lightning.callbacks import PhaseTimer, markdown_table
+from rlhf_lightning.evaluation import compare_batch, samples_table, summarize
 from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig
 from rlhf_lightning.models.adapters import (
     Role,
-    last_token_scores,
     response_logprobs,
     response_values,
     role_hidden_states,
+    role_logprobs,
+    role_scores,
+    sample_from_role,
     use_adapter,
 )
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.generation import sample_responses
 from rlhf_lightning.models.loading import load_causal_lm, read_run_info
 from rlhf_lightning.models.reward import RewardModel, ScalarHead, hidden_size_of, load_head, save_head
 from rlhf_lightning.modules.base import CausalLMModule
@@ -56,11 +59,11 @@ from rlhf_lightning.ops import (
     ppo_policy_loss,
     ppo_value_loss,
     token_rewards,
-    truncate_after_stop,
     whiten,
 )
 
 POLICY, REFERENCE, REWARD, VALUE = "default", "reference", "reward", "value"
+SIDES = ("policy", "reference")  # the evaluation compares the policy with the reference
 
 # A PPO checkpoint is taken between iterations and must hold the state after the iteration's updates (with
 # the RNG and data position of the next one); Lightning's advice to save a pre-optimization copy does not
@@ -354,11 +357,10 @@ class PPOModule(CausalLMModule):
             yield r
 
     def _logprobs(self, role: str, sequences, attention_mask, mask, with_entropy: bool = False):
-        with self._active(role) as r:
-            hidden = role_hidden_states(r, sequences, attention_mask)
-            return response_logprobs(
-                r.model, hidden, sequences, mask, self.rollout_config.temperature, self.logprob_chunk_size, with_entropy
-            )
+        return role_logprobs(
+            self.roles[role], sequences, attention_mask, mask, self.rollout_config.temperature,
+            self.logprob_chunk_size, with_entropy,
+        )  # fmt: skip
 
     def _values(self, sequences, attention_mask, response_length: int) -> torch.Tensor:
         with self._active("value") as r:
@@ -377,19 +379,18 @@ class PPOModule(CausalLMModule):
             ]
             values = self.reward_fn(prompts, responses)
             return torch.as_tensor(values, dtype=torch.float32, device=sequences.device).reshape(-1)
-        with self._active("reward") as r:
-            hidden = role_hidden_states(r, sequences, attention_mask)
-            return last_token_scores(r.head, hidden, attention_mask).float()
+        return role_scores(self.roles["reward"], sequences, attention_mask)
 
-    def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
-        """Scores the policy is optimised on: clipped, optionally rescaled, missing-EOS penalty applied."""
+    def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor, all_reduce: bool = True) -> torch.Tensor:
+        """Scores the policy is optimised on: clipped, optionally rescaled, missing-EOS penalty applied.
+        ``all_reduce=False`` rescales with this rank's statistics only (for tables rank 0 writes alone)."""
         s = self.shaping
         scores = raw
         if s.score_clip is not None:
             scores = scores.clamp(-s.score_clip, s.score_clip)
         if s.whiten_scores and scores.numel() > 1:
             all_valid = torch.ones_like(scores, dtype=torch.bool)
-            scores = whiten(scores, all_valid, shift_mean=False, all_reduce=True)
+            scores = whiten(scores, all_valid, shift_mean=False, all_reduce=all_reduce)
         if s.missing_eos_penalty is not None:
             penalty = -s.missing_eos_penalty if s.missing_eos_mode == "replace" else s.missing_eos_penalty
             scores = penalize_unfinished(scores, ended, penalty, s.missing_eos_mode)
@@ -407,12 +408,7 @@ class PPOModule(CausalLMModule):
         if temperature is not None:
             cfg = GenerationConfig(cfg.max_new_tokens, temperature, cfg.top_k, cfg.top_p)
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        with self._active(role) as r:
-            responses = sample_responses(r.model, prompts, prompt_mask, cfg, [eos], pad)
-        responses, mask, ended = truncate_after_stop(responses, [eos], pad)
-        sequences = torch.cat([prompts, responses], dim=1)
-        attention_mask = torch.cat([prompt_mask, mask.long()], dim=1)
-        return sequences, attention_mask, mask, ended
+        return sample_from_role(self.roles[role], prompts, prompt_mask, cfg, [eos], pad)
 
     @torch.no_grad()
     def make_experience(self, sequences, attention_mask, mask, ended, prompt_length: int):
@@ -531,7 +527,8 @@ class PPOModule(CausalLMModule):
         self.episodes += prompts.shape[0] * self.trainer.world_size
         stats["episode"] = float(self.episodes)
         self.last_stats = {k: float(v) for k, v in stats.items()}
-        self.log_dict({k: float(v) for k, v in stats.items()}, batch_size=prompts.shape[0])
+        # means over ranks (the KL is already global); one small all-reduce per iteration under DDP
+        self.log_dict({k: float(v) for k, v in stats.items()}, batch_size=prompts.shape[0], sync_dist=True)
         self.log("objective/scores_bar", stats["objective/scores"], prog_bar=True, logger=False)
         self.log("kl", stats["objective/kl"], prog_bar=True, logger=False)
         self._health_warnings(self.last_stats)
@@ -574,6 +571,16 @@ class PPOModule(CausalLMModule):
         if every > 0 and self._iteration() % every == 0 and self.trainer.is_global_zero:
             self._log_samples()
 
+    def on_fit_start(self) -> None:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):
+            raise ValueError(
+                "PPO under DDP needs --trainer.strategy=ddp_find_unused_parameters_true: each backward pass "
+                "reaches only the policy's or only the value's adapter, and DDP must be told the rest is unused"
+            )
+
     # --- optimizer ----------------------------------------------------------------------------------------
     def optimizer_steps_per_iteration(self) -> int:
         return self.ppo.ppo_epochs * max(1, self.ppo.num_minibatches)
@@ -598,67 +605,28 @@ class PPOModule(CausalLMModule):
     # --- evaluation -----------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate_batch(self, prompts: torch.Tensor, prompt_mask: torch.Tensor) -> list[dict]:
-        """Policy and reference responses to the same prompts, scored, with the policy's KL to the reference."""
+        """Policy and reference responses to the same prompts, scored (with the missing-EOS penalty), with the
+        policy's KL to the reference; see :func:`rlhf_lightning.evaluation.compare_batch`."""
         temperature = self.eval_config.temperature
-        p = prompts.shape[1]
-        sides = {}
-        for side in ("policy", "reference"):
-            sequences, attention_mask, mask, ended = self.sample(prompts, prompt_mask, side, temperature)
-            scores = self.shape_scores(self.score(sequences, attention_mask, p), ended)
-            sides[side] = (sequences, attention_mask, mask, ended, scores)
-        sequences, attention_mask, mask, _, _ = sides["policy"]
-        kl = self._sequence_kl(sequences, attention_mask, mask)
-        decode = self.tokenizer.decode
-        records = []
-        for i in range(prompts.shape[0]):
-            prompt = decode(prompts[i][prompt_mask[i].bool()], skip_special_tokens=False)
-            record = {"prompt": prompt, "kl": kl[i].item()}
-            for side, (seqs, _, m, ended, scores) in sides.items():
-                record[side] = decode(seqs[i, p:][m[i]], skip_special_tokens=True)
-                record[f"{side}_score"] = scores[i].item()
-                record[f"{side}_length"] = int(m[i].sum())
-                record[f"{side}_ended"] = bool(ended[i])
-            records.append(record)
-        if self.gold_fn is not None:
-            prompts_text = [r["prompt"] for r in records]
-            for side in ("policy", "reference"):
-                gold = self.gold_fn(prompts_text, [r[side] for r in records])
-                for record, g in zip(records, gold):
-                    record[f"{side}_gold"] = float(g)
-        return records
+        samplers = {side: functools.partial(self.sample, role=side, temperature=temperature) for side in SIDES}
+        return compare_batch(
+            prompts,
+            prompt_mask,
+            samplers,
+            score=lambda seq, att, p, ended: self.shape_scores(self.score(seq, att, p), ended),
+            tokenizer=self.tokenizer,
+            kl=lambda side, seq, att, mask: self._sequence_kl(seq, att, mask),
+            kl_sides=["policy"],
+            gold_fn=self.gold_fn,
+        )
 
     @staticmethod
     def summarize(records: list[dict]) -> dict[str, float]:
-        """Means over the evaluation records, and win rates (ties count half)."""
-
-        def mean(values) -> float:
-            values = list(values)
-            return sum(values) / max(len(values), 1)
-
-        def win(a: float, b: float) -> float:
-            return 1.0 if a > b else 0.5 if a == b else 0.0
-
-        summary = {
-            "eval/policy_score": mean(r["policy_score"] for r in records),
-            "eval/reference_score": mean(r["reference_score"] for r in records),
-            "eval/win_rate": mean(win(r["policy_score"], r["reference_score"]) for r in records),
-            "eval/kl": mean(r["kl"] for r in records),
-            "eval/policy_length": mean(r["policy_length"] for r in records),
-            "eval/reference_length": mean(r["reference_length"] for r in records),
-            "eval/policy_ended": mean(r["policy_ended"] for r in records),
-        }
-        if records and "policy_gold" in records[0]:
-            summary["eval/gold_policy"] = mean(r["policy_gold"] for r in records)
-            summary["eval/gold_reference"] = mean(r["reference_gold"] for r in records)
-            summary["eval/gold_win_rate"] = mean(win(r["policy_gold"], r["reference_gold"]) for r in records)
-        return summary
+        """``eval/*`` means over the evaluation records, and win rates (ties count half)."""
+        return {f"eval/{k}": v for k, v in summarize(records, *SIDES).items()}
 
     def _evaluation_table(self, records: list[dict]) -> str:
-        rows = [
-            (r["prompt"], r["policy"], r["policy_score"], r["kl"], r["reference"], r["reference_score"])
-            for r in records[: self.eval_config.num_samples]
-        ]
-        return markdown_table(["prompt", "policy", "score", "KL", "reference", "reference score"], rows)
+        return samples_table(records, *SIDES, limit=self.eval_config.num_samples, tokenizer=self.tokenizer)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_records.extend(self.evaluate_batch(batch["input_ids"], batch["attention_mask"]))
@@ -699,7 +667,8 @@ class PPOModule(CausalLMModule):
 
         ids, prompt_mask = left_pad(prompts, self.tokenizer.pad_token_id, self.device)
         sequences, attention_mask, mask, ended = self.sample(ids, prompt_mask, "policy", self.eval_config.temperature)
-        scores = self.shape_scores(self.score(sequences, attention_mask, ids.shape[1]), ended)
+        raw = self.score(sequences, attention_mask, ids.shape[1])
+        scores = self.shape_scores(raw, ended, all_reduce=False)  # rank 0 alone: no collective calls
         kl = self._sequence_kl(sequences, attention_mask, mask)
         decode = self.tokenizer.decode
         rows = [
@@ -734,8 +703,9 @@ class PPOModule(CausalLMModule):
                 self.logger.log_metrics(evaluation["summary"], step=self._iteration())
             self._write_table("evaluation", self._evaluation_table(evaluation["records"]))
             rank_zero_info("ppo evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation["summary"].items()))
+        folder = self.final_folder()  # on every rank: trainer.log_dir is a collective call under DDP
         if self.trainer.is_global_zero:
-            folder = self.save_final()
+            self.save_final(folder)
             if evaluation is not None:
                 (folder / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
             rank_zero_info(f"ppo: final policy adapter saved to {folder}")

@@ -87,7 +87,7 @@ class RewardModule(CausalLMModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._step(batch, self.val_metrics)
-        self.log("val/loss", loss, batch_size=int(batch["group"].max()) + 1)
+        self.log("val/loss", loss, batch_size=int(batch["group"].max()) + 1, sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         stats = self.val_metrics.compute()

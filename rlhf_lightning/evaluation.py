@@ -1,0 +1,335 @@
+"""Comparing two policies on the same prompts: reward-model score, win rate, KL to a reference, response
+length, the "gold" score of a known preference when there is one, and the texts side by side.
+
+The PPO stage evaluates its policy against the SFT reference with :func:`compare_batch`; the
+``rlhf-lightning evaluate`` command (:func:`evaluate_policies`) compares any two policies, each a run's
+``final`` folder (an adapter on a base model) or a Hugging Face model folder:
+
+    rlhf-lightning evaluate --policy runs/quickstart/ppo/final --baseline runs/quickstart/sft/final \\
+        --reward_model runs/quickstart/reward/final --prompts builtin:prompts.jsonl --val_fraction 0.1 \\
+        --output runs/quickstart/evaluation
+
+It writes ``evaluation.json`` (summary and every record) and ``evaluation.md`` (summary and samples).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from rlhf_lightning.callbacks import markdown_table
+from rlhf_lightning.models.adapters import Role, role_logprobs, role_scores, sample_from_role
+from rlhf_lightning.models.config import DType, ModelConfig, Quantization
+from rlhf_lightning.models.embedded import resolve_model_path
+from rlhf_lightning.models.generation import GenerationConfig, left_pad
+from rlhf_lightning.models.loading import RUN_INFO_FILE, load_causal_lm, load_tokenizer, read_run_info
+from rlhf_lightning.models.reward import hidden_size_of, load_head
+
+log = logging.getLogger(__name__)
+
+JSON_FILE, MARKDOWN_FILE = "evaluation.json", "evaluation.md"
+
+Sampler = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+"""``(prompts, prompt_mask) -> (sequences, attention_mask, response_mask, ended)``."""
+
+
+def win(a: float, b: float) -> float:
+    """1 if ``a`` beats ``b``, 0.5 for a tie, else 0."""
+    return 1.0 if a > b else 0.5 if a == b else 0.0
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / max(len(values), 1)
+
+
+@torch.no_grad()
+def compare_batch(
+    prompts: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    samplers: dict[str, Sampler],
+    score: Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor],
+    tokenizer,
+    kl: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    kl_sides: Sequence[str] = (),
+    gold_fn: Callable[[list[str], list[str]], list[float]] | None = None,
+) -> list[dict]:
+    """One record per prompt with each side's response, score, length, whether it ended, and for the sides in
+    ``kl_sides`` the summed KL of its response to the reference; ``gold_fn`` adds ``{side}_gold``.
+
+    ``score(sequences, attention_mask, prompt_length, ended)`` gives the scores ``(b,)``;
+    ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses.
+    """
+    p = prompts.shape[1]
+    decode = tokenizer.decode
+    records = [{"prompt": decode(prompts[i][prompt_mask[i].bool()])} for i in range(prompts.shape[0])]
+    for side, sample in samplers.items():
+        sequences, attention_mask, mask, ended = sample(prompts, prompt_mask)
+        scores = score(sequences, attention_mask, p, ended)
+        kls = kl(side, sequences, attention_mask, mask) if kl is not None and side in kl_sides else None
+        for i, record in enumerate(records):
+            record[side] = decode(sequences[i, p:][mask[i]], skip_special_tokens=True)
+            record[f"{side}_score"] = scores[i].item()
+            if kls is not None:
+                record[f"{side}_kl"] = kls[i].item()
+            record[f"{side}_length"] = int(mask[i].sum())
+            record[f"{side}_ended"] = bool(ended[i])
+    if gold_fn is not None:
+        for side in samplers:
+            gold = gold_fn([r["prompt"] for r in records], [r[side] for r in records])
+            for record, g in zip(records, gold):
+                record[f"{side}_gold"] = float(g)
+    return records
+
+
+def summarize(records: list[dict], a: str, b: str) -> dict[str, float]:
+    """Means over the records; ``win_rate`` is ``a`` over ``b`` by score (ties count half), and
+    ``gold_win_rate`` the same by the gold score."""
+    summary = {
+        f"{a}_score": _mean(r[f"{a}_score"] for r in records),
+        f"{b}_score": _mean(r[f"{b}_score"] for r in records),
+        "win_rate": _mean(win(r[f"{a}_score"], r[f"{b}_score"]) for r in records),
+    }
+    for side in (a, b):
+        if records and f"{side}_kl" in records[0]:
+            summary[f"{side}_kl"] = _mean(r[f"{side}_kl"] for r in records)
+    for side in (a, b):
+        summary[f"{side}_length"] = _mean(r[f"{side}_length"] for r in records)
+        summary[f"{side}_ended"] = _mean(r[f"{side}_ended"] for r in records)
+    if records and f"{a}_gold" in records[0]:
+        summary[f"gold_{a}"] = _mean(r[f"{a}_gold"] for r in records)
+        summary[f"gold_{b}"] = _mean(r[f"{b}_gold"] for r in records)
+        summary["gold_win_rate"] = _mean(win(r[f"{a}_gold"], r[f"{b}_gold"]) for r in records)
+    return summary
+
+
+def short_prompt(text: str, tokenizer, keep: int = 120) -> str:
+    """The end of a prompt with its special tokens removed (a chat prompt ends with the user's request)."""
+    for token in tokenizer.all_special_tokens:
+        text = text.replace(token, " ")
+    plain = " ".join(text.split())
+    return plain if len(plain) <= keep else "…" + plain[-keep:]
+
+
+def samples_table(records: list[dict], a: str, b: str, limit: int | None = None, tokenizer=None) -> str:
+    """Markdown table: prompt (its end, without special tokens, given the ``tokenizer``), then each side's
+    response and score (and KL when measured)."""
+    header = ["prompt", a, f"{a} score"]
+    has_kl = bool(records) and f"{a}_kl" in records[0]
+    if has_kl:
+        header.append(f"{a} KL")
+    header += [b, f"{b} score"]
+    rows = []
+    for r in records[:limit]:
+        prompt = short_prompt(r["prompt"], tokenizer) if tokenizer is not None else r["prompt"]
+        row = [prompt, r[a], r[f"{a}_score"]] + ([r[f"{a}_kl"]] if has_kl else []) + [r[b], r[f"{b}_score"]]
+        rows.append(row)
+    return markdown_table(header, rows)
+
+
+def report_markdown(
+    summary: dict[str, float], records: list[dict], a: str, b: str, sources: dict, limit: int, tokenizer=None
+) -> str:
+    lines = [f"# {a} vs {b}", ""]
+    lines += [f"- {name}: `{value}`" for name, value in sources.items()]
+    metrics = markdown_table(["metric", "value"], [(k, f"{v:.4f}") for k, v in summary.items()], numbered=False)
+    lines += ["", metrics, ""]
+    table = samples_table(records, a, b, limit, tokenizer)
+    lines += [f"## Samples ({min(limit, len(records))} of {len(records)})", "", table, ""]
+    return "\n".join(lines)
+
+
+# --- loading policies and a reward model from folders ---------------------------------------------------------
+def _describe_folder(path: str) -> dict:
+    """``{"base": ..., "adapter": folder or None, "stage": ...}`` for a run folder; a model folder or hub id
+    (or ``embedded``) is a full model."""
+    if (Path(path) / RUN_INFO_FILE).exists():
+        info = read_run_info(path)
+        if info.get("adapter"):
+            return {"base": info["base_model"], "adapter": path, "stage": info.get("stage")}
+        return {"base": path, "adapter": None, "stage": info.get("stage")}
+    return {"base": path, "adapter": None, "stage": None}
+
+
+class RoleLoader:
+    """Loads policies and reward models as :class:`Role` s; adapters on the same base share one copy of it."""
+
+    def __init__(self, model_config: ModelConfig, device: torch.device | str) -> None:
+        self.model_config, self.device = model_config, device
+        self._bases: dict[str, torch.nn.Module] = {}
+
+    def _base(self, name_or_path: str, shared: bool) -> torch.nn.Module:
+        key = resolve_model_path(name_or_path)
+        if shared and key in self._bases:
+            return self._bases[key]
+        cfg = ModelConfig(**{**vars(self.model_config), "name_or_path": name_or_path, "adapter": None})
+        model = load_causal_lm(cfg, lora=None, device=self.device, trainable=False).to(self.device).eval()
+        if shared:
+            self._bases[key] = model
+        return model
+
+    def load(self, path: str, name: str) -> Role:
+        """A policy (``head`` None) or, for a reward run's folder, a reward model (with its score head)."""
+        what = _describe_folder(path)
+        if what["adapter"] is None:
+            model = self._base(what["base"], shared=False)
+            role = Role(model, None)
+        else:
+            from peft import PeftModel
+
+            base = self._base(what["base"], shared=True)
+            key = resolve_model_path(what["base"])
+            if isinstance(base, PeftModel):
+                base.load_adapter(what["adapter"], adapter_name=name, is_trainable=False)
+            else:
+                base = PeftModel.from_pretrained(base, what["adapter"], adapter_name=name, is_trainable=False)
+                self._bases[key] = base
+            base.eval()
+            role = Role(base, name)
+        if what["stage"] == "reward":
+            role.head = load_head(path, hidden_size_of(role.model)).to(self.device).eval()
+        return role
+
+
+def _tokenizer_of(path: str):
+    return load_tokenizer(path if (Path(path) / "tokenizer_config.json").exists() else _describe_folder(path)["base"])
+
+
+def _check_same_vocabulary(tokenizer, paths: dict[str, str]) -> None:
+    vocab = tokenizer.get_vocab()
+    for name, path in paths.items():
+        other = _tokenizer_of(path)
+        if other.get_vocab() != vocab:
+            raise ValueError(f"the {name} {path} uses another tokenizer than the policy; scores and KL need one")
+
+
+def load_prompts(
+    tokenizer, prompts: str | list[str], val_fraction: float, split_seed: int, max_length: int, max_prompts
+):
+    """Tokenized prompts from a prompts file (PPO's format); with ``val_fraction`` only the held-out split
+    that a PPO run with the same file, fraction and seed kept for evaluation."""
+    from rlhf_lightning.data.prompts import PromptsDataModule
+
+    data = PromptsDataModule(
+        train_files=prompts, val_fraction=val_fraction, split_seed=split_seed, max_length=max_length
+    )
+    data.tokenizer = tokenizer
+    data.setup("fit")
+    examples = data.val_examples if val_fraction > 0 else data.train_examples
+    return [list(e.input_ids) for e in examples[:max_prompts]]
+
+
+def evaluate_policies(
+    policy: str,
+    baseline: str,
+    reward_model: str,
+    output: str,
+    prompts: str | list[str] = "builtin:prompts.jsonl",
+    reference: str | None = None,
+    val_fraction: float = 0.0,
+    split_seed: int = 0,
+    max_prompts: int | None = None,
+    max_length: int = 256,
+    max_new_tokens: int = 64,
+    temperature: float = 0.7,
+    batch_size: int = 16,
+    gold_function: str | None = None,
+    num_samples: int = 8,
+    seed: int = 0,
+    device: str = "auto",
+    dtype: DType = "float32",
+    quantization: Quantization = "none",
+) -> dict:
+    """Compare ``policy`` with ``baseline`` on the same prompts; write evaluation.json and evaluation.md.
+
+    Args:
+        policy: The policy to evaluate: a run's ``final`` folder (SFT or PPO), a model folder, or a hub id.
+        baseline: The policy to compare against, in the same forms (usually the SFT run's ``final``).
+        reward_model: A reward run's ``final`` folder; it scores both sides' responses.
+        output: Folder for ``evaluation.json`` and ``evaluation.md``.
+        prompts: Prompts in the PPO stage's formats (a file, ``builtin:NAME`` or ``hf:OWNER/NAME``).
+        reference: The model KL is measured to (default: ``baseline``), in the same forms.
+        val_fraction: When > 0, use only the held-out split a PPO run with the same ``prompts``,
+            ``val_fraction`` and ``split_seed`` evaluated on; 0 uses every prompt.
+        split_seed: Seed of that split (the prompts DataModule's ``split_seed``).
+        max_prompts: Evaluate at most this many prompts.
+        max_length: Longest prompt in tokens (longer ones are dropped).
+        max_new_tokens: Longest response.
+        temperature: Sampling temperature of both policies (0 = greedy); KL is measured at the same one.
+        batch_size: Prompts per generation batch.
+        gold_function: ``module:function`` giving the true preference, ``f(prompts, responses) -> scores``.
+        num_samples: Rows of the sample table in evaluation.md.
+        seed: Seed of the sampling.
+        device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        dtype: Weight dtype of the base models.
+        quantization: Load the base models 4-bit / 8-bit to save memory.
+    """
+    from rlhf_lightning.modules.ppo import import_callable
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(seed)
+    loader = RoleLoader(ModelConfig(dtype=dtype, quantization=quantization), device)
+    sides = {"policy": loader.load(policy, "policy"), "baseline": loader.load(baseline, "baseline")}
+    if reference is None or reference == baseline:
+        ref_role = sides["baseline"]
+    else:
+        ref_role = loader.load(reference, "reference")
+    reward = loader.load(reward_model, "reward")
+    if reward.head is None:
+        raise ValueError(f"{reward_model} is not a reward model folder (no score head / not a reward run)")
+    tokenizer = _tokenizer_of(policy)
+    others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
+    _check_same_vocabulary(tokenizer, others)
+    gold_fn = import_callable(gold_function) if gold_function else None
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    kl_temperature = temperature if temperature > 0 else 1.0
+
+    def sampler(role: Role) -> Sampler:
+        return lambda ids, mask: sample_from_role(role, ids, mask, cfg, [eos], pad)
+
+    def score(sequences, attention_mask, prompt_length, ended):
+        return role_scores(reward, sequences, attention_mask)
+
+    def kl(side, sequences, attention_mask, mask):
+        lp = role_logprobs(sides[side], sequences, attention_mask, mask, kl_temperature).logprobs
+        ref = role_logprobs(ref_role, sequences, attention_mask, mask, kl_temperature).logprobs
+        return ((lp - ref) * mask).sum(-1)
+
+    token_lists = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts)
+    if not token_lists:
+        raise ValueError(f"no prompts to evaluate in {prompts} (val_fraction {val_fraction})")
+    kl_sides = [s for s, role in sides.items() if role is not ref_role]
+    samplers = {s: sampler(role) for s, role in sides.items()}
+    records: list[dict] = []
+    for start in range(0, len(token_lists), batch_size):
+        ids, mask = left_pad(token_lists[start : start + batch_size], pad, device)
+        records.extend(compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn))
+        log.info(f"evaluate: {len(records)}/{len(token_lists)} prompts")
+    summary = summarize(records, "policy", "baseline")
+    sources = {
+        "policy": policy,
+        "baseline": baseline,
+        "reward_model": reward_model,
+        "reference": reference or baseline,
+        "prompts": prompts if val_fraction <= 0 else f"{prompts} (held-out {val_fraction}, seed {split_seed})",
+        "temperature": temperature,
+    }
+    return _write(output, summary, records, sources, num_samples, tokenizer)
+
+
+def _write(output: str, summary: dict, records: list[dict], sources: dict, num_samples: int, tokenizer) -> dict:
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"sources": sources, "summary": summary, "records": records}
+    (out / JSON_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    report = report_markdown(summary, records, "policy", "baseline", sources, num_samples, tokenizer)
+    (out / MARKDOWN_FILE).write_text(report)
+    print(markdown_table(["metric", "value"], [(k, f"{v:.4f}") for k, v in summary.items()], numbered=False))
+    print(f"-> {out / JSON_FILE}, {out / MARKDOWN_FILE}")
+    return result

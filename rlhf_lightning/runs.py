@@ -1,0 +1,19 @@
+"""Reading what a run folder's TensorBoard event files hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
+    """``{step: value}`` of one scalar over every event file in ``run_dir`` (a resumed run adds files; for a
+    step logged twice the later file wins). Empty when the tag was never logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[int, float] = {}
+    for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):  # names start with creation time
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return dict(sorted(values.items()))

@@ -1,0 +1,213 @@
+"""The whole pipeline on a tiny model: SFT -> reward -> PPO -> evaluation -> export, stage-level resume, and the
+exported folders loading with plain transformers."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from rlhf_lightning.cli import main
+from rlhf_lightning.data.synthetic import gold_reward
+from tests.helpers import write_jsonl
+
+PROMPTS = ["Say hi.", "Greet me.", "Hello?", "Wave.", "Say hey.", "Any word.", "Speak.", "Talk."]
+
+
+def gold_rule(prompts: list[str], responses: list[str]) -> list[float]:
+    """The tiny task's true preference: more 'a's is better."""
+    return [float(r.count("a")) for r in responses]
+
+
+def stage_configs(root: Path, base: str) -> dict[str, str]:
+    demos = write_jsonl(root / "demos.jsonl", [{"prompt": p, "completion": "aa ba."} for p in PROMPTS * 2])
+    pairs = write_jsonl(
+        root / "pairs.jsonl",
+        [{"prompt": p, "chosen": "a" * (2 + i % 3), "rejected": "b" * (2 + i % 3)} for i, p in enumerate(PROMPTS * 4)],
+    )
+    prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS * 2])
+    trainer = {"accelerator": "cpu", "log_every_n_steps": 1, "enable_progress_bar": False}
+    model = {"name_or_path": base}
+    configs = {
+        "sft": {
+            "trainer": {**trainer, "max_steps": 4},
+            "model": {"class_path": "rlhf_lightning.SFTModule", "init_args": {"model": model, "lora": {"r": 4}}},
+            "data": {"class_path": "rlhf_lightning.DemonstrationsDataModule",
+                     "init_args": {"train_files": demos, "batch_size": 4, "val_fraction": 0.25}},
+        },
+        "reward": {
+            "trainer": {**trainer, "max_steps": 6},
+            "model": {"class_path": "rlhf_lightning.RewardModule",
+                      "init_args": {"model": model, "optim": {"lr": 0.003}}},
+            "data": {"class_path": "rlhf_lightning.ComparisonsDataModule",
+                     "init_args": {"train_files": pairs, "batch_size": 4, "val_fraction": 0.25}},
+        },
+        "ppo": {
+            "trainer": {**trainer, "max_steps": 4, "num_sanity_val_steps": 0, "limit_val_batches": 0},
+            "model": {"class_path": "rlhf_lightning.PPOModule", "init_args": {
+                "model": model, "rollout": {"max_new_tokens": 6},
+                "evaluation": {"at_end": False, "gold_function": "tests.integration.test_pipeline:gold_rule"}}},
+            "data": {"class_path": "rlhf_lightning.PromptsDataModule",
+                     "init_args": {"train_files": prompts, "batch_size": 4, "val_fraction": 0.25}},
+        },
+    }  # fmt: skip
+    paths = {}
+    for stage, config in configs.items():
+        paths[stage] = str(root / f"{stage}.yaml")
+        Path(paths[stage]).write_text(yaml.safe_dump(config))
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    paths = stage_configs(root, tiny_llama)
+    config = {
+        "root_dir": str(root / "out"),
+        "sft": {"config": paths["sft"]},
+        "reward": {"config": paths["reward"]},
+        "ppo": {"config": paths["ppo"], "overrides": {"model.init_args.lora.r": 4}},
+        "evaluation": {"num_samples": 2},
+    }
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    main(["pipeline", "--config", str(root / "pipeline.yaml")])
+    return root
+
+
+def test_pipeline_runs_every_step_into_one_root(pipeline_run):
+    out = pipeline_run / "out"
+    state = json.loads((out / "pipeline.json").read_text())
+    assert [s for s in state["steps"] if state["steps"][s]["status"] == "done"] == [
+        "sft", "reward", "ppo", "evaluation", "export"
+    ]  # fmt: skip
+    # each stage read the previous stage's folder
+    ppo_info = json.loads((out / "ppo" / "final" / "rlhf_lightning.json").read_text())
+    assert ppo_info["reference"] == str(out / "sft" / "final")
+    assert ppo_info["reward_model"] == str(out / "reward" / "final")
+    reward_config = yaml.safe_load((out / "reward" / "config.yaml").read_text())
+    assert reward_config["model"]["init_args"]["model"]["adapter"] == str(out / "sft" / "final")
+    # the evaluation used PPO's held-out prompts (25% of 16) and the gold rule from the PPO config
+    evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
+    assert len(evaluation["records"]) == 4
+    assert {"policy_score", "baseline_score", "win_rate", "policy_kl", "gold_win_rate"} <= set(evaluation["summary"])
+    assert all(r["policy_gold"] == r["policy"].count("a") for r in evaluation["records"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sft/train_loss_first"] is not None and summary["reward/val_accuracy"] is not None
+    assert summary["ppo/kl_first_iteration"] == pytest.approx(0.0, abs=1e-4)  # policy == SFT at the start
+    assert "Gold win rate of PPO over SFT" in (out / "summary.md").read_text()
+
+
+def test_pipeline_started_again_skips_finished_steps(pipeline_run, capsys):
+    out = pipeline_run / "out"
+    before = (out / "ppo" / "final" / "adapter_model.safetensors").stat().st_mtime
+    main(["pipeline", "--config", str(pipeline_run / "pipeline.yaml")])
+    printed = capsys.readouterr().out
+    assert printed.count("done earlier, skipped") == 5
+    assert (out / "ppo" / "final" / "adapter_model.safetensors").stat().st_mtime == before
+
+
+def test_pipeline_resumes_an_interrupted_stage_and_refuses_stale_results(pipeline_run, tmp_path):
+    out = pipeline_run / "out"
+    state = json.loads((out / "pipeline.json").read_text())
+    del state["steps"]["ppo"]  # as if PPO had been interrupted after its last checkpoint
+    (out / "pipeline.json").write_text(json.dumps(state))
+    with pytest.raises(SystemExit, match="evaluation"):  # results built on the old PPO are still there
+        main(["pipeline", "--config", str(pipeline_run / "pipeline.yaml")])
+    import shutil
+
+    for step in ("evaluation", "export"):
+        shutil.rmtree(out / step)
+        del state["steps"][step]
+    (out / "pipeline.json").write_text(json.dumps(state))
+    main(["pipeline", "--config", str(pipeline_run / "pipeline.yaml")])
+    state = json.loads((out / "pipeline.json").read_text())
+    assert state["steps"]["ppo"]["status"] == "done" and (out / "export" / "policy").exists()
+    # the resumed PPO continued from its last checkpoint (global step 4 of 4) instead of starting over
+    ppo_config = yaml.safe_load((out / "ppo" / "config.yaml").read_text())
+    assert ppo_config["ckpt_path"] == "last"
+
+
+def test_exported_policy_loads_with_plain_transformers_and_matches_the_adapter(pipeline_run, tiny_llama):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = pipeline_run / "out"
+    exported = AutoModelForCausalLM.from_pretrained(out / "export" / "policy", dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out / "export" / "policy")
+    assert tokenizer.chat_template and tokenizer.pad_token_id != tokenizer.eos_token_id
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    adapter = PeftModel.from_pretrained(base, str(out / "ppo" / "final")).eval()
+    messages = [{"role": "user", "content": "Say hi."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(**ids).logits, adapter(**ids).logits, atol=1e-5, rtol=1e-4)
+        generated = exported.generate(**ids, max_new_tokens=5, do_sample=False)
+    assert generated.shape[1] > ids["input_ids"].shape[1]
+    assert not any(p.name.startswith("value") for p in (out / "export" / "policy").iterdir())
+
+
+def test_exported_reward_model_is_a_sequence_classifier_with_the_same_scores(pipeline_run):
+    from transformers import AutoModelForSequenceClassification
+
+    from rlhf_lightning.export import SCORE_BIAS_KEY
+    from rlhf_lightning.models.reward import RewardModel
+
+    out = pipeline_run / "out"
+    ours = RewardModel.from_folder(out / "reward" / "final")
+    exported = AutoModelForSequenceClassification.from_pretrained(out / "export" / "reward", dtype=torch.float32)
+    exported.eval()
+    tok = ours.tokenizer
+    rows = [tok(text, add_special_tokens=False)["input_ids"] for text in ("Say hi. aaa", "Hi bb")]
+    longest = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (longest - len(r)) for r in rows])  # right padding
+    mask = torch.tensor([[1] * len(r) + [0] * (longest - len(r)) for r in rows])
+    with torch.no_grad():
+        theirs = exported(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    bias = getattr(exported.config, SCORE_BIAS_KEY)
+    torch.testing.assert_close(theirs + bias, ours(ids, mask), atol=1e-4, rtol=1e-4)
+
+
+def test_gold_reward_prefers_warmer_reviews():
+    """The quickstart's gold rule, which the summary's gold rows measure."""
+    prompts = ["Write a one-sentence review of a cafe."] * 2
+    warm, flat = gold_reward(prompts, ["A lovely, warm cafe with wonderful coffee!", "A cafe. It has coffee."])
+    assert warm > flat
+
+
+def test_evaluate_compares_a_hugging_face_folder_with_a_run_folder(pipeline_run, tmp_path):
+    """The exported policy (a plain HF folder) and the PPO run's adapter are the same model: greedy answers
+    match, so the win rate is exactly 0.5 and the KL to the reference (the adapter) is 0."""
+    out = pipeline_run / "out"
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in PROMPTS[:5]])
+    main([
+        "evaluate", f"--policy={out / 'export' / 'policy'}", f"--baseline={out / 'ppo' / 'final'}",
+        f"--reward_model={out / 'reward' / 'final'}", f"--prompts={prompts}", "--temperature=0",
+        "--max_new_tokens=6", "--gold_function=tests.integration.test_pipeline:gold_rule",
+        f"--output={tmp_path / 'eval'}", "--num_samples=3",
+    ])  # fmt: skip
+    result = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert len(result["records"]) == 5
+    assert all(r["policy"] == r["baseline"] for r in result["records"])
+    assert result["summary"]["win_rate"] == 0.5 and result["summary"]["gold_win_rate"] == 0.5
+    assert abs(result["summary"]["policy_kl"]) < 1e-3
+    report = (tmp_path / "eval" / "evaluation.md").read_text()
+    assert "| prompt | policy | policy score | policy KL | baseline | baseline score |" in report
+    rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert len(rows) == 3  # --num_samples
+
+
+def test_evaluate_refuses_a_policy_as_reward_model(pipeline_run, tmp_path):
+    out = pipeline_run / "out"
+    with pytest.raises(ValueError, match="not a reward model"):
+        main([
+            "evaluate", f"--policy={out / 'ppo' / 'final'}", f"--baseline={out / 'sft' / 'final'}",
+            f"--reward_model={out / 'sft' / 'final'}", f"--output={tmp_path / 'eval'}",
+        ])  # fmt: skip
+
+
+def test_export_refuses_to_overwrite_and_names_the_folder(pipeline_run):
+    out = pipeline_run / "out"
+    with pytest.raises(FileExistsError, match="export/policy is not empty"):
+        main(["export", str(out / "ppo" / "final"), str(out / "export" / "policy")])
