@@ -270,6 +270,8 @@ def evaluate_policies(
     """
     from rlhf_lightning.modules.ppo import import_callable
 
+    if _describe_folder(reward_model)["stage"] != "reward":
+        raise ValueError(f"{reward_model} is not a reward model folder (the final folder of a reward run)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(seed)
@@ -280,8 +282,6 @@ def evaluate_policies(
     else:
         ref_role = loader.load(reference, "reference")
     reward = loader.load(reward_model, "reward")
-    if reward.head is None:
-        raise ValueError(f"{reward_model} is not a reward model folder (no score head / not a reward run)")
     tokenizer = _tokenizer_of(policy)
     others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
     _check_same_vocabulary(tokenizer, others)

@@ -47,7 +47,8 @@ class StageSpec:
 @dataclass
 class EvaluationSpec:
     """The comparison of the PPO policy with the SFT model after training (``rlhf-lightning evaluate``).
-    Fields left empty are taken from the PPO stage's config, so the evaluation uses the prompts PPO held out."""
+    Fields left empty are taken from the PPO run's resolved config, so the evaluation uses the prompts PPO
+    held out."""
 
     prompts: str | None = None
     """Prompts file; default: the PPO stage's ``data.init_args.train_files``."""
@@ -96,14 +97,6 @@ def _lookup(config: dict, dotted: str, default: Any = None) -> Any:
             return default
         node = node[part]
     return node
-
-
-def _effective(spec: StageSpec, common: dict[str, Any], dotted: str, default: Any) -> Any:
-    """A setting of a stage as its run will see it: override, else its YAML, else ``default``."""
-    merged = {**common, **spec.overrides}
-    if dotted in merged:
-        return merged[dotted]
-    return _lookup(yaml.safe_load(Path(spec.config).read_text()) or {}, dotted, default)
 
 
 class Pipeline:
@@ -170,29 +163,32 @@ class Pipeline:
         self._mark(stage, time.perf_counter() - start)
 
     def evaluation_arguments(self) -> dict[str, Any]:
-        ev, ppo = self.evaluation, self.specs["ppo"]
+        """The evaluation's settings: those given in ``evaluation``, the rest from the PPO run's resolved
+        ``config.yaml`` (its prompts and held-out split, response length, gold function and seed)."""
+        ev = self.evaluation
+        resolved = yaml.safe_load((self.root / "ppo" / "config.yaml").read_text())
 
-        def from_ppo(value, dotted: str, default):
-            return value if value is not None else _effective(ppo, self.common, dotted, default)
+        def ppo(dotted: str, given: Any = None) -> Any:
+            return given if given is not None else _lookup(resolved, dotted)
 
-        val_files = _effective(ppo, self.common, "data.init_args.val_files", None)
+        val_files = ppo("data.init_args.val_files")
         if ev.prompts is None and val_files:  # PPO evaluated on its own validation files
             prompts, val_fraction = val_files, 0.0
         else:
-            prompts = from_ppo(ev.prompts, "data.init_args.train_files", "builtin:prompts.jsonl")
-            val_fraction = from_ppo(ev.val_fraction, "data.init_args.val_fraction", 0.1)
+            prompts = ppo("data.init_args.train_files", ev.prompts)
+            val_fraction = ppo("data.init_args.val_fraction", ev.val_fraction)
         return {
             "prompts": prompts,
             "val_fraction": val_fraction,
-            "split_seed": from_ppo(ev.split_seed, "data.init_args.split_seed", 0),
-            "max_length": _effective(ppo, self.common, "data.init_args.max_length", 256),
-            "max_new_tokens": from_ppo(ev.max_new_tokens, "model.init_args.rollout.max_new_tokens", 64),
-            "gold_function": from_ppo(ev.gold_function, "model.init_args.evaluation.gold_function", None),
+            "split_seed": ppo("data.init_args.split_seed", ev.split_seed),
+            "max_length": ppo("data.init_args.max_length"),
+            "max_new_tokens": ppo("model.init_args.rollout.max_new_tokens", ev.max_new_tokens),
+            "gold_function": ppo("model.init_args.evaluation.gold_function", ev.gold_function),
             "max_prompts": ev.max_prompts,
             "temperature": ev.temperature,
             "num_samples": ev.num_samples,
             "batch_size": ev.batch_size,
-            "seed": _effective(ppo, self.common, "seed_everything", 0) or 0,
+            "seed": ppo("seed_everything") or 0,
         }
 
     def run_evaluation(self) -> None:

@@ -123,9 +123,19 @@ def test_pipeline_resumes_an_interrupted_stage_and_refuses_stale_results(pipelin
     main(["pipeline", "--config", str(pipeline_run / "pipeline.yaml")])
     state = json.loads((out / "pipeline.json").read_text())
     assert state["steps"]["ppo"]["status"] == "done" and (out / "export" / "policy").exists()
-    # the resumed PPO continued from its last checkpoint (global step 4 of 4) instead of starting over
+    # the resumed PPO continued from its last checkpoint (global step 4 of 4) instead of starting over: it
+    # was started with --ckpt_path last, and no second run's training curves were written
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     ppo_config = yaml.safe_load((out / "ppo" / "config.yaml").read_text())
     assert ppo_config["ckpt_path"] == "last"
+    files = sorted((out / "ppo").glob("events.out.tfevents.*"))
+    trained = []
+    for events in files:
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        trained.append("objective/kl" in acc.Tags()["scalars"])
+    assert len(files) == 2 and trained == [True, False]
 
 
 def test_exported_policy_loads_with_plain_transformers_and_matches_the_adapter(pipeline_run, tiny_llama):
