@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from rlhf_lightning.callbacks import markdown_table
-from rlhf_lightning.models.adapters import Role, role_logprobs, role_scores, sample_from_role
+from rlhf_lightning.models.adapters import Role, role_scores, sample_from_role, sequence_kl
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.embedded import resolve_model_path
 from rlhf_lightning.models.generation import GenerationConfig, left_pad
@@ -297,9 +297,7 @@ def evaluate_policies(
         return role_scores(reward, sequences, attention_mask)
 
     def kl(side, sequences, attention_mask, mask):
-        lp = role_logprobs(sides[side], sequences, attention_mask, mask, kl_temperature).logprobs
-        ref = role_logprobs(ref_role, sequences, attention_mask, mask, kl_temperature).logprobs
-        return ((lp - ref) * mask).sum(-1)
+        return sequence_kl(sides[side], ref_role, sequences, attention_mask, mask, kl_temperature)
 
     token_lists = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts)
     if not token_lists:

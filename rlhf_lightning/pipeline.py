@@ -120,12 +120,11 @@ class Pipeline:
     def done(self, step: str) -> bool:
         return self.state["steps"].get(step, {}).get("status") == "done"
 
-    def _mark(self, step: str, seconds: float, **extra) -> None:
+    def _mark(self, step: str, seconds: float) -> None:
         self.state["steps"][step] = {
             "status": "done",
             "seconds": round(seconds, 1),
             "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            **extra,
         }
         self.root.mkdir(parents=True, exist_ok=True)
         self.state_path.write_text(json.dumps(self.state, indent=2) + "\n")

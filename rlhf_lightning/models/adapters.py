@@ -175,3 +175,20 @@ def role_scores(role: Role, sequences: torch.Tensor, attention_mask: torch.Tenso
     with use_adapter(role.model, role.adapter):
         hidden = role_hidden_states(role, sequences, attention_mask)
         return last_token_scores(role.head, hidden, attention_mask).float()
+
+
+@torch.no_grad()
+def sequence_kl(
+    role: Role,
+    reference: Role,
+    sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_mask: torch.Tensor,
+    temperature: float,
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """KL ``(b,)`` of each response of ``role`` to ``reference``: the k1 estimate ``log p - log q`` summed over
+    the response tokens, at ``logits / temperature``."""
+    lp = role_logprobs(role, sequences, attention_mask, response_mask, temperature, chunk_size).logprobs
+    ref = role_logprobs(reference, sequences, attention_mask, response_mask, temperature, chunk_size).logprobs
+    return ((lp - ref) * response_mask).sum(-1)

@@ -42,6 +42,7 @@ from rlhf_lightning.models.adapters import (
     role_logprobs,
     role_scores,
     sample_from_role,
+    sequence_kl,
     use_adapter,
 )
 from rlhf_lightning.models.embedded import resolve_model_path
@@ -678,9 +679,10 @@ class PPOModule(CausalLMModule):
         self._write_table("samples", markdown_table(["prompt", "response", "score", "KL"], rows))
 
     def _sequence_kl(self, sequences, attention_mask, mask) -> torch.Tensor:
-        lp = self._logprobs("policy", sequences, attention_mask, mask).logprobs
-        ref = self._logprobs("reference", sequences, attention_mask, mask).logprobs
-        return ((lp - ref) * mask).sum(-1)
+        return sequence_kl(
+            self.roles["policy"], self.roles["reference"], sequences, attention_mask, mask,
+            self.rollout_config.temperature, self.logprob_chunk_size,
+        )  # fmt: skip
 
     # --- checkpoints and final output ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
