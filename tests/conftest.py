@@ -25,3 +25,11 @@ def char_tokenizer():
     from rlhf_lightning.models.tiny import build_char_tokenizer
 
     return build_char_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def embedded_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer: a real chat template that injects a default system prompt."""
+    from rlhf_lightning.models import load_tokenizer
+
+    return load_tokenizer("embedded")

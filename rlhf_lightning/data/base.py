@@ -13,7 +13,7 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from rlhf_lightning.data.formats import RowLocation
+from rlhf_lightning.data.errors import RowLocation
 from rlhf_lightning.data.loading import ListDataset, ResumableDataLoader, ResumableSampler
 from rlhf_lightning.data.readers import describe, read_rows
 
@@ -134,18 +134,32 @@ class RowsDataModule(L.LightningDataModule):
             return
         self.stats = Counter()
         examples = self.load_examples(self.train_files)
+        if not examples:
+            raise ValueError(
+                f"{self.kind}: no usable rows in train_files {self.train_files} (counts: {dict(self.stats)})"
+            )
         if self.val_files:
             self.train_examples, self.val_examples = examples, self.load_examples(self.val_files)
+            if not self.val_examples:
+                raise ValueError(
+                    f"{self.kind}: no usable rows in val_files {self.val_files} (counts: {dict(self.stats)}); "
+                    "fix the files, or leave val_files empty"
+                )
         elif self.val_fraction > 0:
+            held_out = max(1, round(self.val_fraction * len(examples)))
+            if held_out >= len(examples):
+                raise ValueError(
+                    f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the {len(examples)} "
+                    f"usable rows in {self.train_files}, leaving none to train on. Set val_fraction: 0 (no "
+                    "validation), give more rows, or put validation rows in val_files"
+                )
             order = list(range(len(examples)))
             random.Random(self.split_seed).shuffle(order)
-            val_index = set(order[: max(1, round(self.val_fraction * len(examples)))])
+            val_index = set(order[:held_out])
             self.val_examples = [e for i, e in enumerate(examples) if i in val_index]
             self.train_examples = [e for i, e in enumerate(examples) if i not in val_index]
         else:
             self.train_examples = examples
-        if not self.train_examples:
-            raise ValueError(f"no training examples left in {self.train_files} (counts: {dict(self.stats)})")
         self.stats["train examples"] = len(self.train_examples)
         self.stats["val examples"] = len(self.val_examples)
         counts = ", ".join(f"{k} {v}" for k, v in self.stats.items())

@@ -19,13 +19,16 @@ rankings are left out and counted.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
 
 from rlhf_lightning.data.base import Dropped, RowsDataModule
-from rlhf_lightning.data.formats import RowLocation, require_text, tokenize_chat, validate_messages
+from rlhf_lightning.data.chat import Conversation, encode_text, validate_messages, validate_tools
+from rlhf_lightning.data.errors import RowLocation, type_name
+from rlhf_lightning.data.formats import require_text, tokenize_conversation
 
 
 class ComparisonExample(NamedTuple):
@@ -37,22 +40,27 @@ class ComparisonExample(NamedTuple):
     margin: float = 0.0
 
 
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
-def tokenize_response(tokenizer, prompt: str | list | None, response: str | list, where: RowLocation, field: str):
-    """Token ids of prompt + response, ending with the response's EOS (the scoring position)."""
+def tokenize_response(
+    tokenizer,
+    prompt: str | list | None,
+    response: str | list,
+    where: RowLocation,
+    field: str,
+    tools: list[dict] | None = None,
+) -> list[int]:
+    """Token ids of prompt + response, ending with the response's end-of-turn token or EOS (the scoring
+    position). Control-token spellings in the text are ordinary characters."""
     eos = tokenizer.eos_token_id
     if isinstance(response, str):
         if prompt is None:
-            return tokenizer(response, add_special_tokens=True)["input_ids"] + [eos]
-        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
-    messages = (prompt or []) + response
-    example = tokenize_chat(tokenizer, messages, len(prompt or []), where, field)
+            return encode_text(tokenizer, response, add_special_tokens=True) + [eos]
+        prompt_ids = encode_text(tokenizer, prompt, add_special_tokens=True)
+        return prompt_ids + encode_text(tokenizer, response, add_special_tokens=False) + [eos]
+    parts = ([("prompt", prompt)] if prompt else []) + [(field, response)]
+    conversation = Conversation.of(parts, tools)
+    example = tokenize_conversation(tokenizer, conversation, len(prompt or []), where, field)
     last_target = max(i for i, m in enumerate(example.loss_mask) if m)
-    return example.input_ids[: last_target + 1]  # drop the template's text after the final EOS
+    return example.input_ids[: last_target + 1]  # drop the template's text after the final end of turn
 
 
 def _response(row: dict, key: str, conversational: bool, where: RowLocation):
@@ -62,6 +70,23 @@ def _response(row: dict, key: str, conversational: bool, where: RowLocation):
             raise where.error(key, "has no assistant message")
         return messages
     return require_text(row, key, where)
+
+
+def _margin(value: object, where: RowLocation) -> float:
+    """A pair's margin: a finite number (0 when absent). CSV cells hold numbers as text, which is accepted."""
+    if value is None:
+        return 0.0
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise where.error("margin", f"expected a number, got the text {value!r}") from None
+    if isinstance(number, bool) or not isinstance(number, int | float):
+        raise where.error("margin", f"expected a number, got {type_name(value)}")
+    if not math.isfinite(number):
+        raise where.error("margin", f"expected a finite number, got {value!r}")
+    return float(number)
 
 
 class ComparisonsDataModule(RowsDataModule):
@@ -111,7 +136,7 @@ class ComparisonsDataModule(RowsDataModule):
     # --- rows ----------------------------------------------------------------------------------------------
     def tokenize_row(self, row: object, where: RowLocation) -> ComparisonExample:
         if not isinstance(row, dict):
-            raise where.error(None, f"expected an object with named fields, got {_type_name(row)}")
+            raise where.error(None, f"expected an object with named fields, got {type_name(row)}")
         if "responses" in row:
             return self._ranking(row, where)
         if "chosen" in row or "rejected" in row:
@@ -140,18 +165,17 @@ class ComparisonsDataModule(RowsDataModule):
         conversational = isinstance(prompt, list) or (prompt is None and isinstance(row["chosen"], list))
         chosen = _response(row, "chosen", conversational, where)
         rejected = _response(row, "rejected", conversational, where)
-        margin = row.get("margin", 0.0)
-        if margin is None:
-            margin = 0.0
-        if isinstance(margin, bool) or not isinstance(margin, int | float):
-            raise where.error("margin", f"expected a number, got {_type_name(margin)}")
+        margin = _margin(row.get("margin"), where)
+        tools = validate_tools(row, where)
         if chosen == rejected:
             raise Dropped("identical chosen and rejected")
         sequences = [
-            tokenize_response(self.tokenizer, prompt, chosen, where, "chosen"),
-            tokenize_response(self.tokenizer, prompt, rejected, where, "rejected"),
+            tokenize_response(self.tokenizer, prompt, chosen, where, "chosen", tools),
+            tokenize_response(self.tokenizer, prompt, rejected, where, "rejected", tools),
         ]
-        return ComparisonExample(sequences, [(0, 1)], float(margin))
+        if sequences[0] == sequences[1]:
+            raise Dropped("chosen and rejected identical once tokenized")
+        return ComparisonExample(sequences, [(0, 1)], margin)
 
     def _ranking(self, row: dict, where: RowLocation) -> ComparisonExample:
         prompt = self._prompt(row, where, required=True)
@@ -167,7 +191,13 @@ class ComparisonsDataModule(RowsDataModule):
             raise where.error("ranking", f"expected a list of {len(responses)} ranks, one per response")
         for i, rank in enumerate(ranks):
             if isinstance(rank, bool) or not isinstance(rank, int):
-                raise where.error(f"ranking[{i}]", f"expected an integer rank (1 = best), got {_type_name(rank)}")
+                raise where.error(f"ranking[{i}]", f"expected an integer rank (1 = best), got {type_name(rank)}")
+            if not 1 <= rank <= len(responses):
+                raise where.error(
+                    f"ranking[{i}]",
+                    f"rank {rank} is outside 1..{len(responses)} (1 = best, one rank per response, ties allowed)",
+                )
+        tools = validate_tools(row, where)
         conversational = isinstance(prompt, list)
         items = []
         for i, response in enumerate(responses):
@@ -175,7 +205,7 @@ class ComparisonsDataModule(RowsDataModule):
             if conversational:
                 items.append(_response({field: response}, field, True, where))
             elif not isinstance(response, str):
-                raise where.error(field, f"expected a string, got {_type_name(response)}")
+                raise where.error(field, f"expected a string, got {type_name(response)}")
             elif not response.strip():
                 raise where.error(field, "is empty")
             else:
@@ -193,7 +223,7 @@ class ComparisonsDataModule(RowsDataModule):
         if not pairs:
             raise Dropped("ranking without a strict preference")
         sequences = [
-            tokenize_response(self.tokenizer, prompt, r, where, f"responses[{i}]") for i, r in enumerate(items)
+            tokenize_response(self.tokenizer, prompt, r, where, f"responses[{i}]", tools) for i, r in enumerate(items)
         ]
         return ComparisonExample(sequences, pairs)
 

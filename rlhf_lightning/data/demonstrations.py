@@ -6,7 +6,8 @@ import functools
 from typing import Literal
 
 from rlhf_lightning.data.base import Dropped, RowsDataModule
-from rlhf_lightning.data.formats import RowLocation, TokenizedExample, tokenize_demonstration, truncate
+from rlhf_lightning.data.errors import RowLocation
+from rlhf_lightning.data.formats import TokenizedExample, tokenize_demonstration, truncate
 from rlhf_lightning.data.loading import collate_right_padded
 
 

@@ -12,20 +12,28 @@ conv. prompt-compl.  ``{"prompt": [messages], "completion": [messages]}``     th
 ===================  =======================================================  ==========================
 
 Standard text is tokenized as is (prompt and completion separately, then concatenated, so the boundary
-is exact). Message lists go through the tokenizer's chat template; an assistant turn's trained tokens run
-through its end-of-turn token (EOS for ChatML templates) so that the model learns to stop.
+is exact). Message lists go through the tokenizer's chat template (:mod:`rlhf_lightning.data.chat`); an
+assistant turn's trained tokens run through its end-of-turn token so that the model learns to stop. In every
+format, content that spells a control token (``<|im_end|>``, ``</s>``) is tokenized as ordinary text.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import NamedTuple
 
-from rlhf_lightning.data.errors import DataFormatError
+from rlhf_lightning.data.chat import Conversation, encode_conversation, encode_text, validate_messages, validate_tools
+from rlhf_lightning.data.errors import RowLocation, type_name
 
-log = logging.getLogger(__name__)
-
-ROLES = ("system", "user", "assistant", "tool")
+__all__ = [
+    "RowLocation",
+    "TokenizedExample",
+    "detect_format",
+    "require_text",
+    "scored_sequence",
+    "tokenize_conversation",
+    "tokenize_demonstration",
+    "truncate",
+]
 
 
 class TokenizedExample(NamedTuple):
@@ -40,55 +48,22 @@ class TokenizedExample(NamedTuple):
         return next((i for i, m in enumerate(self.loss_mask) if m), len(self.loss_mask))
 
 
-class RowLocation(NamedTuple):
-    source: str
-    row: int
-
-    def error(self, field: str | None, problem: str) -> DataFormatError:
-        return DataFormatError(self.source, self.row, field, problem)
-
-
-def _type_name(value: object) -> str:
-    return "null" if value is None else type(value).__name__
-
-
 def require_text(row: dict, key: str, where: RowLocation, allow_empty: bool = False) -> str:
     if key not in row:
         raise where.error(key, f"missing (the row has fields {sorted(row)})")
     value = row[key]
     if not isinstance(value, str):
-        raise where.error(key, f"expected a string, got {_type_name(value)}")
+        raise where.error(key, f"expected a string, got {type_name(value)}")
     if not allow_empty and not value.strip():
         raise where.error(key, "is empty")
     return value
-
-
-def validate_messages(value: object, field: str, where: RowLocation) -> list[dict]:
-    """Check a list of ``{"role", "content"}`` messages and return it as plain dicts."""
-    if not isinstance(value, list):
-        raise where.error(field, f"expected a list of messages, got {_type_name(value)}")
-    if not value:
-        raise where.error(field, "is an empty list of messages")
-    messages = []
-    for i, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise where.error(f"{field}[{i}]", f"expected a message object, got {_type_name(message)}")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise where.error(f"{field}[{i}].role", f"expected one of {ROLES}, got {role!r}")
-        if not isinstance(content, str):
-            raise where.error(f"{field}[{i}].content", f"expected a string, got {_type_name(content)}")
-        if role == "assistant" and not content.strip():
-            raise where.error(f"{field}[{i}].content", "assistant message is empty")
-        messages.append({"role": role, "content": content})
-    return messages
 
 
 def detect_format(row: object, where: RowLocation) -> str:
     """Name the demonstration format of ``row``: ``text``, ``prompt_completion``, ``messages``,
     or ``conversational_prompt_completion``."""
     if not isinstance(row, dict):
-        raise where.error(None, f"expected an object with named fields, got {_type_name(row)}")
+        raise where.error(None, f"expected an object with named fields, got {type_name(row)}")
     if "messages" in row:
         return "messages"
     if "prompt" in row and "completion" in row:
@@ -109,50 +84,13 @@ def detect_format(row: object, where: RowLocation) -> str:
     )
 
 
-def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-
-
-def tokenize_chat(
-    tokenizer, messages: list[dict], first_trainable: int, where: RowLocation, field: str
+def tokenize_conversation(
+    tokenizer, conversation: Conversation, train_from: int, where: RowLocation, field: str
 ) -> TokenizedExample:
-    """Tokenize a conversation through the chat template; assistant turns at index >= ``first_trainable``
-    are marked for loss, each through its first EOS token."""
-    if tokenizer.chat_template is None:
-        raise where.error(field, "message lists need a tokenizer with a chat template; this one has none")
-    text = _render(tokenizer, messages, add_generation_prompt=False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant" or i < first_trainable:
-            continue
-        before = _render(tokenizer, messages[:i], add_generation_prompt=True) if i else ""
-        through = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        if not (text.startswith(through) and through.startswith(before)):
-            raise where.error(
-                field,
-                "the chat template renders a conversation differently from its prefixes, so the assistant "
-                "turns cannot be located; use prompt/completion text instead",
-            )
-        spans.append((len(before), len(through)))
-    if not spans:
-        raise where.error(field, "has no assistant message to learn from")
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
-    loss_mask = [False] * len(ids)
-    eos = tokenizer.eos_token_id
-    last_span_ended = False
-    for start, end in spans:
-        last_span_ended = False
-        for j, (tok_start, tok_end) in enumerate(offsets):
-            if tok_start >= start and tok_end <= end and tok_end > tok_start:
-                loss_mask[j] = True
-                if ids[j] == eos:
-                    last_span_ended = True
-                    break  # the turn ends at EOS; the template's trailing newline is not a target
-    if messages[-1]["role"] == "assistant" and not last_span_ended:
-        ids.append(eos)  # templates whose turns do not end in EOS still need the model to learn to stop
-        loss_mask.append(True)
-    return TokenizedExample(ids, loss_mask)
+    """Tokenize a conversation through the chat template; assistant turns at index >= ``train_from`` are
+    marked for loss (see :func:`rlhf_lightning.data.chat.encode_conversation`)."""
+    encoding, loss_mask = encode_conversation(tokenizer, conversation, where, field, train_from=train_from)
+    return TokenizedExample(encoding.input_ids, loss_mask)
 
 
 def tokenize_demonstration(
@@ -162,24 +100,26 @@ def tokenize_demonstration(
     kind = detect_format(row, where)
     eos = tokenizer.eos_token_id
     if kind == "text":
-        ids = tokenizer(require_text(row, "text", where), add_special_tokens=True)["input_ids"] + [eos]
+        ids = encode_text(tokenizer, require_text(row, "text", where), add_special_tokens=True) + [eos]
         return TokenizedExample(ids, [True] * len(ids))
     if kind == "prompt_completion":
         prompt = require_text(row, "prompt", where, allow_empty=True)
         completion = require_text(row, "completion", where)
-        prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"] + [eos]
+        prompt_ids = encode_text(tokenizer, prompt, add_special_tokens=True)
+        completion_ids = encode_text(tokenizer, completion, add_special_tokens=False) + [eos]
         mask = [not completion_only_loss] * len(prompt_ids) + [True] * len(completion_ids)
         return TokenizedExample(prompt_ids + completion_ids, mask)
+    tools = validate_tools(row, where)
     if kind == "messages":
-        messages = validate_messages(row["messages"], "messages", where)
-        example = tokenize_chat(tokenizer, messages, 0, where, "messages")
+        conversation = Conversation.of([("messages", validate_messages(row["messages"], "messages", where))], tools)
+        example = tokenize_conversation(tokenizer, conversation, 0, where, "messages")
     else:
         prompt = validate_messages(row["prompt"], "prompt", where)
         completion = validate_messages(row["completion"], "completion", where)
         if not any(m["role"] == "assistant" for m in completion):
             raise where.error("completion", "has no assistant message")
-        example = tokenize_chat(tokenizer, prompt + completion, len(prompt), where, "completion")
+        conversation = Conversation.of([("prompt", prompt), ("completion", completion)], tools)
+        example = tokenize_conversation(tokenizer, conversation, len(prompt), where, "completion")
     if not completion_only_loss:
         example = TokenizedExample(example.input_ids, [True] * len(example.input_ids))
     return example

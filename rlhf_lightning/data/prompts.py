@@ -2,11 +2,14 @@
 
 Accepted rows:
 
-- ``{"prompt": str}``: plain text, tokenized as is (with the tokenizer's special tokens, e.g. BOS);
+- ``{"prompt": str}``: plain text, tokenized as is (with the tokenizer's special tokens, e.g. BOS; text that
+  spells a control token stays text);
 - ``{"prompt": [messages]}``: rendered through the chat template with the generation prompt; it must not
   end with an assistant message (the policy writes that turn);
 - ``{"messages": [messages]}``: a conversation whose trailing assistant messages are dropped, the rest
   rendered with the generation prompt.
+
+A row's ``tools`` list goes to the chat template with its messages.
 
 Other fields (``completion``, ``chosen``, ``rejected``, ``responses``, ...) are ignored, so demonstration
 and comparison files can be reused as prompt files.
@@ -21,7 +24,9 @@ from typing import Literal, NamedTuple
 import torch
 
 from rlhf_lightning.data.base import RowsDataModule
-from rlhf_lightning.data.formats import RowLocation, _type_name, require_text, validate_messages
+from rlhf_lightning.data.chat import Conversation, encode_conversation, encode_text, validate_messages, validate_tools
+from rlhf_lightning.data.errors import RowLocation, type_name
+from rlhf_lightning.data.formats import require_text
 from rlhf_lightning.models.generation import left_pad
 
 
@@ -90,46 +95,42 @@ class PromptsDataModule(RowsDataModule):
 
     def tokenize_row(self, row: object, where: RowLocation) -> PromptExample:
         if not isinstance(row, dict):
-            raise where.error(None, f"expected an object with named fields, got {_type_name(row)}")
+            raise where.error(None, f"expected an object with named fields, got {type_name(row)}")
         if "prompt" in row:
             prompt = row["prompt"]
             if isinstance(prompt, str):
                 text = require_text(row, "prompt", where)
-                return PromptExample(self.tokenizer(text, add_special_tokens=True)["input_ids"], text)
+                return PromptExample(encode_text(self.tokenizer, text, add_special_tokens=True), text)
             if not isinstance(prompt, list):
-                raise where.error("prompt", f"expected a string or a list of messages, got {_type_name(prompt)}")
+                raise where.error("prompt", f"expected a string or a list of messages, got {type_name(prompt)}")
             messages = validate_messages(prompt, "prompt", where)
             if messages[-1]["role"] == "assistant":
                 raise where.error("prompt", "ends with an assistant message; the policy writes that turn")
-            return self._chat(messages, where, "prompt")
+            return self._chat(messages, row, where, "prompt")
         if "messages" in row:
             messages = validate_messages(row["messages"], "messages", where)
             while messages and messages[-1]["role"] == "assistant":
                 messages.pop()  # a demonstration's answer: the policy writes its own
             if not messages:
                 raise where.error("messages", "has no message before the assistant's to use as a prompt")
-            return self._chat(messages, where, "messages")
+            return self._chat(messages, row, where, "messages")
         raise where.error(
             "prompt",
             f"missing (the row has fields {sorted(row)}); expected 'prompt' (a string or a list of messages) "
             "or 'messages'",
         )
 
-    def _chat(self, messages: list[dict], where: RowLocation, field: str) -> PromptExample:
-        if self.tokenizer.chat_template is None:
-            raise where.error(field, "message lists need a tokenizer with a chat template; this one has none")
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return PromptExample(self.tokenizer(text, add_special_tokens=False)["input_ids"], text)
+    def _chat(self, messages: list[dict], row: dict, where: RowLocation, field: str) -> PromptExample:
+        conversation = Conversation.of([(field, messages)], validate_tools(row, where))
+        encoding, _ = encode_conversation(self.tokenizer, conversation, where, field, add_generation_prompt=True)
+        return PromptExample(encoding.input_ids, encoding.text)
 
     def example_length(self, example: PromptExample) -> int:
         return len(example.input_ids)
 
     def truncate(self, example: PromptExample) -> PromptExample:
-        """Keep the last ``max_length`` tokens, and the text they come from."""
+        """Keep the last ``max_length`` tokens (the end of a chat prompt holds the generation prompt)."""
         ids = example.input_ids[-self.max_length :]
-        encoding = self.tokenizer(example.text, add_special_tokens=False, return_offsets_mapping=True)
-        if encoding["input_ids"][-len(ids) :] == ids:  # cut the text where its kept tokens start
-            return PromptExample(ids, example.text[encoding["offset_mapping"][-len(ids)][0] :])
         return PromptExample(ids, self.tokenizer.decode(ids, skip_special_tokens=False))
 
     def collate_fn(self):

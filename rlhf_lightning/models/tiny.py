@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
@@ -24,10 +24,20 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_char_tokenizer() -> PreTrainedTokenizerFast:
+def build_char_tokenizer(pad_is_eos: bool = False) -> PreTrainedTokenizerFast:
+    """The character tokenizer. ``pad_is_eos`` builds it GPT-2 style: ``<|endoftext|>`` is its only special
+    token (BOS, EOS and unknown at once), there is no pad token and no chat template."""
+    if pad_is_eos:
+        vocab = {tok: i for i, tok in enumerate(["<|endoftext|>"] + CHARACTERS)}
+        core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+        core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+        core.decoder = decoders.Fuse()
+        special = "<|endoftext|>"
+        return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=special, eos_token=special, unk_token=special)
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    core.decoder = decoders.Fuse()  # decode("ab") == "ab", not "a b"
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
         eos_token="<|im_end|>",
@@ -45,16 +55,19 @@ def build_tiny_model(
     hidden_size: int = 64,
     num_layers: int = 2,
     seed: int = 0,
+    pad_is_eos: bool = False,
 ) -> Path:
-    """Write a random-weight causal LM and its char tokenizer to ``folder``; returns the folder."""
-    tokenizer = build_char_tokenizer()
+    """Write a random-weight causal LM and its char tokenizer to ``folder``; returns the folder.
+    ``pad_is_eos`` gives it the GPT-2 style tokenizer (see :func:`build_char_tokenizer`)."""
+    tokenizer = build_char_tokenizer(pad_is_eos)
     vocab_size = len(tokenizer)
+    bos = tokenizer.bos_token_id if pad_is_eos else tokenizer.convert_tokens_to_ids("<|im_start|>")
     common = dict(
         # The usual 0.02 leaves frozen tied embeddings so small that no LoRA update can make a logit
         # confident (|logit| < ~1.5, loss floor ~3.4); 0.1 starts near uniform and lets adapters learn.
         initializer_range=0.1,
         vocab_size=vocab_size,
-        bos_token_id=tokenizer.convert_tokens_to_ids("<|im_start|>"),
+        bos_token_id=bos,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )

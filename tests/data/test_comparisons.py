@@ -115,6 +115,9 @@ def test_overlong_rows_are_dropped_by_default_or_truncated(tmp_path, tiny_llama)
         ({"prompt": "q", "responses": ["a", 2]}, "responses[1]", "expected a string"),
         ({"prompt": "q", "responses": ["a", "b"], "ranking": [1]}, "ranking", "2 ranks"),
         ({"prompt": "q", "responses": ["a", "b"], "ranking": [1, "2"]}, "ranking[1]", "integer rank"),
+        ({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 1]}, "ranking[0]", "outside 1..2"),
+        ({"prompt": "q", "responses": ["a", "b", "c"], "ranking": [1, 2, 4]}, "ranking[2]", "outside 1..3"),
+        ({"prompt": "q", "responses": ["a", "b"], "ranking": [-1, 1]}, "ranking[0]", "outside 1..2"),
         ({"prompt": "q", "responses": ["a", "b"], "margin": 1}, "margin", "not to rankings"),
         ({"question": "q"}, None, "no recognised fields"),
         ("text", None, "expected an object"),
@@ -156,3 +159,34 @@ def test_shipped_comparisons_are_valid_match_their_generator_and_the_gold_rule(t
             gold = [synthetic.gold_score(r[0]["content"]) for r in row["responses"]]
             best_first = sorted(range(3), key=lambda i: row["ranking"][i])
             assert gold[best_first[0]] > gold[best_first[1]] > gold[best_first[2]]
+
+
+@pytest.mark.parametrize("margin", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_margins_in_a_file_are_refused_with_file_row_field(tmp_path, char_tokenizer, margin):
+    path = tmp_path / "prefs.jsonl"  # Python's json reads NaN and Infinity; they must never reach the loss
+    path.write_text(
+        '{"prompt": "q", "chosen": "a", "rejected": "b", "margin": 1.0}\n'
+        f'{{"prompt": "q", "chosen": "a", "rejected": "b", "margin": {margin}}}\n'
+    )
+    module = ComparisonsDataModule(train_files=str(path), val_fraction=0.0)
+    module.tokenizer = char_tokenizer
+    with pytest.raises(DataFormatError) as info:
+        module.setup()
+    assert (info.value.row, info.value.field) == (2, "margin") and "finite number" in str(info.value)
+
+
+def test_csv_margins_are_numbers_written_as_text(tmp_path, char_tokenizer):
+    path = tmp_path / "prefs.csv"
+    path.write_text("prompt,chosen,rejected,margin\nq,a,b,0.5\nq,c,d,nan\n")
+    module = ComparisonsDataModule(train_files=str(path), val_fraction=0.0)
+    module.tokenizer = char_tokenizer
+    with pytest.raises(DataFormatError, match=r"prefs\.csv, row 2, field 'margin': expected a finite number"):
+        module.setup()
+    path.write_text("prompt,chosen,rejected,margin\nq,a,b,0.5\n")
+    module.setup()
+    assert module.train_examples[0].margin == 0.5
+
+
+def test_ties_within_one_to_k_are_allowed(dm):
+    ex = dm.tokenize_row({"prompt": "Q:", "responses": ["a", "b", "c"], "ranking": [1, 3, 3]}, WHERE)
+    assert sorted(ex.pairs) == [(0, 1), (0, 2)]

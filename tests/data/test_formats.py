@@ -122,13 +122,14 @@ def test_bad_rows_name_file_row_and_field(char_tokenizer, row, field, problem):
     assert str(err).startswith("data.jsonl, row 7" + (f", field '{field}'" if field else ""))
 
 
-def test_template_that_is_not_prefix_consistent_is_reported(char_tokenizer):
+def test_template_that_renders_earlier_turns_differently_still_trains_each_turn(char_tokenizer):
     odd = copy.deepcopy(char_tokenizer)
-    # numbers each turn by the conversation length: prefixes render differently from the whole
+    # numbers each turn by the conversation length: a prefix renders differently from the whole
     odd.chat_template = "{% for m in messages %}{{ messages|length }}{{ m['content'] }}{% endfor %}"
     row = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    with pytest.raises(DataFormatError, match="renders a conversation differently"):
-        tokenize_demonstration(row, odd, WHERE)
+    ex = tokenize_demonstration(row, odd, WHERE)
+    assert ex.input_ids == ids(odd, "2q2a") + [odd.eos_token_id]
+    assert [t for t, m in zip(ex.input_ids, ex.loss_mask) if m] == ids(odd, "a") + [odd.eos_token_id]
 
 
 def test_eos_is_appended_when_the_template_does_not_end_turns_with_it(char_tokenizer):

@@ -46,6 +46,79 @@ def test_unknown_file_type_and_missing_file(tmp_path):
         list(read_rows(str(tmp_path / "absent.jsonl")))
 
 
+COLUMNS = {k: [r[k] for r in ROWS] for k in ("prompt", "completion")}
+LAYOUTS = {
+    "json list on one line, .jsonl": ("d.jsonl", json.dumps(ROWS)),
+    "pretty json list, .jsonl": ("d.jsonl", json.dumps(ROWS, indent=2)),
+    "json lines, .json": ("d.json", "\n".join(json.dumps(r) for r in ROWS)),
+    "columns": ("d.json", json.dumps(COLUMNS)),
+    "pretty columns, .jsonl": ("d.jsonl", json.dumps(COLUMNS, indent=1)),
+    "one list under a key": ("d.json", json.dumps({"data": ROWS}, indent=2)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_every_json_layout_the_datasets_library_reads_gives_the_same_rows(tmp_path, layout):
+    name, text = LAYOUTS[layout]
+    (tmp_path / name).write_text(text)
+    assert list(read_rows(str(tmp_path / name))) == list(enumerate(ROWS, start=1))
+
+
+def test_compressed_files_and_byte_order_marks_are_read(tmp_path):
+    import gzip
+
+    lines = "\n".join(json.dumps(r) for r in ROWS)
+    (tmp_path / "d.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + lines.encode())  # as Windows tools write UTF-8
+    csv_text = "prompt,completion\n" + "".join(f"{r['prompt']},{r['completion']}\n" for r in ROWS)
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + csv_text.encode())
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS).encode())
+    for name in ("d.jsonl.gz", "bom.jsonl", "bom.csv", "bom.json"):
+        assert list(read_rows(str(tmp_path / name))) == list(enumerate(ROWS, start=1)), name
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "expected"),
+    [
+        ("d.jsonl", b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "x"}\n',
+         r"d\.jsonl, row 2: the line is not UTF-8 text \(byte 0xE9 at column 16\)"),
+        ("d.csv", b"prompt,completion\na,b\ncaf\xe9,x\n", r"d\.csv, row 2: line 3 is not UTF-8 text \(byte 0xE9"),
+        ("d.json", b'[\n{"prompt": "caf\xe9"}\n]', r"d\.json: line 2 is not UTF-8 text"),
+        ("d.json", b'{"prompt": ["a", "b"], "completion": ["c"]}', r"found column lists of different lengths"),
+        ("d.json", b'"just text"', r"expected JSON lines .*; found a string"),
+        ("d.json", b'[\n {"a": 1},\n {bad}\n]', r"malformed JSON at line 3, column 3 .*; expected JSON lines"),
+        ("d.csv", b"prompt,completion\na,b,c\n", r"d\.csv, row 1: has 3 cells but the header names 2 fields"),
+        ("d.csv", b"", r"expected a header row"),
+        ("d.parquet", b'{"prompt": "a"}', r"expected a Parquet file; found a file starting with"),
+        ("d.txt", b"x", r"unsupported file type"),
+    ],
+)  # fmt: skip
+def test_unreadable_files_say_what_was_expected_and_found(tmp_path, name, content, expected):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DataFormatError, match=expected):
+        list(read_rows(str(tmp_path / name)))
+
+
+@pytest.mark.parametrize(("rows", "fraction"), [(1, 0.1), (3, 0.9)])
+def test_val_fraction_leaving_nothing_to_train_names_the_option_counts_and_fix(tmp_path, tiny_llama, rows, fraction):
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS[:rows])
+    with pytest.raises(ValueError) as info:
+        _datamodule(path, tiny_llama, val_fraction=fraction)
+    message = str(info.value)
+    assert f"val_fraction {fraction} holds out {rows} of the {rows} usable rows" in message
+    assert "val_fraction: 0" in message and "val_files" in message
+
+
+def test_files_without_usable_rows_are_named(tmp_path, tiny_llama):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match=r"no usable rows in train_files .*empty\.jsonl"):
+        _datamodule(str(empty), tiny_llama)
+    path = write_jsonl(tmp_path / "d.jsonl", ROWS)
+    with pytest.raises(ValueError, match=r"no usable rows in val_files .*empty\.jsonl"):
+        _datamodule(path, tiny_llama, val_files=str(empty))
+
+
 def _datamodule(path, tiny_llama, **kwargs):
     dm = DemonstrationsDataModule(train_files=path, tokenizer=tiny_llama, **kwargs)
     dm.setup("fit")
