@@ -28,6 +28,7 @@ from rlhf_lightning.models.embedded import resolve_model_path
 from rlhf_lightning.models.generation import GenerationConfig, left_pad
 from rlhf_lightning.models.loading import RUN_INFO_FILE, load_causal_lm, load_tokenizer, read_run_info
 from rlhf_lightning.models.reward import hidden_size_of, load_head
+from rlhf_lightning.scores import ScoreFunction, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def compare_batch(
     tokenizer,
     kl: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     kl_sides: Sequence[str] = (),
-    gold_fn: Callable[[list[str], list[str]], list[float]] | None = None,
+    gold_fn: ScoreFunction | None = None,
 ) -> list[dict]:
     """One record per prompt with each side's response, score, length, whether it ended, and for the sides in
     ``kl_sides`` the summed KL of its response to the reference; ``gold_fn`` adds ``{side}_gold``.
@@ -81,8 +82,8 @@ def compare_batch(
     if gold_fn is not None:
         for side in samplers:
             gold = gold_fn([r["prompt"] for r in records], [r[side] for r in records])
-            for record, g in zip(records, gold):
-                record[f"{side}_gold"] = float(g)
+            for record, g in zip(records, gold.tolist()):
+                record[f"{side}_gold"] = g
     return records
 
 
@@ -268,12 +269,18 @@ def evaluate_policies(
         dtype: Weight dtype of the base models.
         quantization: Load the base models 4-bit / 8-bit to save memory.
     """
-    from rlhf_lightning.modules.ppo import import_callable
-
     if _describe_folder(reward_model)["stage"] != "reward":
         raise ValueError(f"{reward_model} is not a reward model folder (the final folder of a reward run)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Everything the user named is checked before any weight is loaded: folders, vocabularies, prompts.
+    tokenizer = _tokenizer_of(policy)
+    others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
+    _check_same_vocabulary(tokenizer, others)
+    gold_fn = ScoreFunction(gold_function, "gold_function") if gold_function else None
+    token_lists = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts)
+    if not token_lists:
+        raise ValueError(f"no prompts to evaluate in {prompts} (val_fraction {val_fraction})")
     torch.manual_seed(seed)
     loader = RoleLoader(ModelConfig(dtype=dtype, quantization=quantization), device)
     sides = {"policy": loader.load(policy, "policy"), "baseline": loader.load(baseline, "baseline")}
@@ -282,10 +289,6 @@ def evaluate_policies(
     else:
         ref_role = loader.load(reference, "reference")
     reward = loader.load(reward_model, "reward")
-    tokenizer = _tokenizer_of(policy)
-    others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
-    _check_same_vocabulary(tokenizer, others)
-    gold_fn = import_callable(gold_function) if gold_function else None
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     kl_temperature = temperature if temperature > 0 else 1.0
@@ -294,14 +297,11 @@ def evaluate_policies(
         return lambda ids, mask: sample_from_role(role, ids, mask, cfg, [eos], pad)
 
     def score(sequences, attention_mask, prompt_length, ended):
-        return role_scores(reward, sequences, attention_mask)
+        return require_finite(role_scores(reward, sequences, attention_mask), f"the reward model {reward_model}")
 
     def kl(side, sequences, attention_mask, mask):
         return sequence_kl(sides[side], ref_role, sequences, attention_mask, mask, kl_temperature)
 
-    token_lists = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts)
-    if not token_lists:
-        raise ValueError(f"no prompts to evaluate in {prompts} (val_fraction {val_fraction})")
     kl_sides = [s for s, role in sides.items() if role is not ref_role]
     samplers = {s: sampler(role) for s, role in sides.items()}
     records: list[dict] = []

@@ -83,6 +83,23 @@ def _classification_model(causal_lm: nn.Module, head, pad_token_id: int) -> nn.M
     return model
 
 
+def _give_distinct_pad(tokenizer, causal_lm: nn.Module) -> None:
+    """transformers' sequence classifiers read the score at the last token that is not the pad token. With a
+    pad equal to EOS (GPT-2, Llama-3 base) that skips the EOS every scored sequence ends with, so the exported
+    model would read its score one token early. Such a tokenizer gets a new pad token (its embedding row is
+    never read: pad positions are masked out and come after the scored token)."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocabulary = tokenizer.get_vocab()
+    pad = next(t for t in ("<pad>", "<|pad|>", "<|rlhf_lightning_pad|>") if t not in vocabulary)
+    tokenizer.add_special_tokens({"pad_token": pad})
+    causal_lm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    print(
+        f"the tokenizer's pad token was its EOS: added {pad!r} (id {tokenizer.pad_token_id}) as the pad token, so "
+        "that transformers reads the score at the EOS the reward model was trained on"
+    )
+
+
 def export_model(
     run: str,
     output: str,
@@ -108,6 +125,7 @@ def export_model(
     causal_lm = _merged_causal_lm(folder, info)
     target = _target_dtype(dtype, folder, info)
     if stage == "reward":
+        _give_distinct_pad(tokenizer, causal_lm)
         model = _classification_model(
             causal_lm, load_head(folder, causal_lm.config.hidden_size), tokenizer.pad_token_id
         )

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import torch
 
-from rlhf_lightning.data.formats import RowLocation, scored_sequence
+from rlhf_lightning.data.errors import RowLocation
+from rlhf_lightning.data.formats import scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
+from rlhf_lightning.models.loading import load_tokenizer, read_run_info
 from rlhf_lightning.models.reward import RewardModel, score_sequences
+from rlhf_lightning.scores import require_finite
 
 
 def score_file(
@@ -40,16 +43,19 @@ def score_file(
         dtype: Weight dtype of the base model.
         quantization: Load the base 4-bit / 8-bit to save memory.
     """
+    if read_run_info(model).get("stage") != "reward":
+        raise ValueError(f"{model} is not a reward model folder (the final folder of a reward run)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    reward = RewardModel.from_folder(model, ModelConfig(dtype=dtype, quantization=quantization), device=device)
-    tokenizer = reward.tokenizer
+    tokenizer = load_tokenizer(model)
     name = describe(input)
     rows, sequences = [], []
-    for row_number, row in read_rows(input):  # every row is checked before any scoring
+    for row_number, row in read_rows(input):  # every row is checked before any weight is loaded
         sequences.append(scored_sequence(row, tokenizer, RowLocation(name, row_number)))
         rows.append(row)
+    reward = RewardModel.from_folder(model, ModelConfig(dtype=dtype, quantization=quantization), device=device)
     scores = score_sequences(reward.model, reward.head, sequences, tokenizer.pad_token_id, batch_size)
+    require_finite(torch.tensor(scores), f"the reward model {model}")
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:

@@ -6,6 +6,11 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
+
+from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm, load_tokenizer
+from rlhf_lightning.models.loading import write_run_info
+from rlhf_lightning.models.reward import ScalarHead, save_head
 
 
 class StopAfterStep(L.Callback):
@@ -35,3 +40,23 @@ def scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
 def write_jsonl(path: Path, rows: list[dict]) -> str:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
+
+
+def make_run_folder(base: str, folder: Path, stage: str, seed: int) -> Path:
+    """A run's ``final`` folder with a LoRA adapter whose weights are random (not the zero-B init), so
+    that the adapter changes the model's outputs; a reward folder also gets a score head."""
+    torch.manual_seed(seed)
+    model = load_causal_lm(ModelConfig(name_or_path=base), LoraConfig(r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.3)
+    model.save_pretrained(folder)
+    load_tokenizer(base).save_pretrained(folder)
+    if stage == "reward":
+        head = ScalarHead(model.config.hidden_size)
+        with torch.no_grad():
+            head.linear.bias.fill_(0.5)
+        save_head(head, folder)
+    write_run_info(folder, {"stage": stage, "base_model": base, "adapter": True})
+    return folder

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from rlhf_lightning.models import LoraConfig, ModelConfig, count_parameters, load_causal_lm, load_tokenizer
 from rlhf_lightning.models.embedded import resolve_model_path
 from rlhf_lightning.models.loading import read_run_info, write_run_info
+from rlhf_lightning.modules.guard import NonFiniteGuard
 from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ class CausalLMModule(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
         self.strict_loading = False  # base weights are deliberately absent from checkpoints
+        self.nonfinite = NonFiniteGuard(optim.max_nonfinite_steps)
+        self._step_losses: list[torch.Tensor] = []
 
     # --- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -64,6 +67,7 @@ class CausalLMModule(L.LightningModule):
         trainable = self._trainable_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["rng_states"] = _collect_rng_states()
+        checkpoint["nonfinite_steps"] = self.nonfinite.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         saved = set(checkpoint["state_dict"])
@@ -79,6 +83,8 @@ class CausalLMModule(L.LightningModule):
         # iterator after this hook, and that draws from the global RNG (its base seed). The saved states are
         # those at the end of the checkpointed step, which is where the next batch must start from.
         self._pending_rng_states = checkpoint.get("rng_states")
+        if "nonfinite_steps" in checkpoint:
+            self.nonfinite.load_state_dict(checkpoint["nonfinite_steps"])
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         if getattr(self, "_pending_rng_states", None) is not None:
@@ -86,6 +92,30 @@ class CausalLMModule(L.LightningModule):
             self._pending_rng_states = None
 
     # --- optimization ----------------------------------------------------------------------------------
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self._step_losses.append(loss.detach())
+
+    def step_is_finite(self, optimizer) -> bool:
+        """Check the step about to be taken (the losses back-propagated since the last one and the gradient
+        norm) on every rank; a non-finite step is counted and its gradients dropped. Returns whether to step."""
+        losses, self._step_losses = self._step_losses, []
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        finite = self.nonfinite.is_finite(params, losses)
+        finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
+        finite = self.nonfinite.check(params, finite, self.trainer.global_step)
+        return finite
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Automatic optimization: skip a non-finite step. Under ``16-mixed`` the gradient scaler already
+        skips such steps (and lowers its scale), so nothing is done here."""
+        if not self.automatic_optimization:
+            return
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            self._step_losses = []
+            return
+        self.step_is_finite(optimizer)
+        self.log("train/nonfinite_steps", float(self.nonfinite.total))
+
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.optim_config)
         total = int(self.trainer.estimated_stepping_batches)

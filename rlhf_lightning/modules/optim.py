@@ -34,6 +34,10 @@ class OptimConfig:
     """Decay after warmup."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of ``lr`` (cosine and linear)."""
+    max_nonfinite_steps: int = 10
+    """An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and optimizer
+    state untouched) and counted in ``train/nonfinite_steps``; after more than this many in a row the run
+    stops with an error (0: stop at the first)."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
@@ -42,6 +46,8 @@ class OptimConfig:
             raise ValueError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.max_nonfinite_steps < 0:
+            raise ValueError(f"optim.max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:

@@ -18,11 +18,10 @@ Policy, reference, value and reward share one (optionally 4-bit) base model as n
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +61,7 @@ from rlhf_lightning.ops import (
     token_rewards,
     whiten,
 )
+from rlhf_lightning.scores import ScoreFunction, require_finite
 
 POLICY, REFERENCE, REWARD, VALUE = "default", "reference", "reward", "value"
 SIDES = ("policy", "reference")  # the evaluation compares the policy with the reference
@@ -157,15 +157,6 @@ class Experience(NamedTuple):
     returns: torch.Tensor
 
 
-def import_callable(path: str) -> Callable:
-    """``package.module:function`` (or ``package.module.function``) to the function."""
-    module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise ValueError(f"cannot import {path!r} (expected 'package.module:function'): {error}") from error
-
-
 class PPOModule(CausalLMModule):
     """PPO on one base model with named adapters: policy (trained, from the SFT adapter), reference (the
     SFT adapter, frozen), reward (adapter + score head, frozen) and value (from the reward adapter and head,
@@ -240,8 +231,8 @@ class PPOModule(CausalLMModule):
             self.kl_controller = AdaptiveKLController(rewards.kl_coef, rewards.kl_target, rewards.kl_horizon)
         else:
             self.kl_controller = FixedKLController(rewards.kl_coef)
-        self.reward_fn = import_callable(reward_function) if reward_function else None
-        self.gold_fn = import_callable(evaluation.gold_function) if evaluation.gold_function else None
+        self.reward_fn = ScoreFunction(reward_function, "reward_function") if reward_function else None
+        self.gold_fn = ScoreFunction(evaluation.gold_function, "gold_function") if evaluation.gold_function else None
         self.value_head: ScalarHead | None = None
         self.reward_head: ScalarHead | None = None
         self.roles: dict[str, Role] = {}
@@ -378,9 +369,9 @@ class PPOModule(CausalLMModule):
                 self.tokenizer.decode(row[: int(n)], skip_special_tokens=True)
                 for row, n in zip(masked.tolist(), attention_mask[:, prompt_length:].sum(-1).tolist())
             ]
-            values = self.reward_fn(prompts, responses)
-            return torch.as_tensor(values, dtype=torch.float32, device=sequences.device).reshape(-1)
-        return role_scores(self.roles["reward"], sequences, attention_mask)
+            return self.reward_fn(prompts, responses, f"at iteration {self._iteration()}", sequences.device)
+        scores = role_scores(self.roles["reward"], sequences, attention_mask)
+        return require_finite(scores, f"the reward model {self.reward_model_path} at iteration {self._iteration()}")
 
     def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor, all_reduce: bool = True) -> torch.Tensor:
         """Scores the policy is optimised on: clipped, optionally rescaled, missing-EOS penalty applied.
@@ -497,8 +488,10 @@ class PPOModule(CausalLMModule):
                         ("val/clipfrac_avg", vf_clipfrac), ("policy/entropy_avg", entropy),
                     ):  # fmt: skip
                         record(key, value)
-                if cfg.max_grad_norm is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=cfg.max_grad_norm, gradient_clip_algorithm="norm")
+                # a NaN/inf loss or gradient is never applied: the guard drops those gradients, and the
+                # optimizer step (still counted, like the schedule) leaves every weight and its state alone
+                if self.step_is_finite(optimizer) and cfg.max_grad_norm is not None:
+                    self.clip_gradients(optimizer, cfg.max_grad_norm, gradient_clip_algorithm="norm")
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -525,6 +518,7 @@ class PPOModule(CausalLMModule):
         stats["perf/scoring_tokens_per_sec"] = trained / self.ppo.ppo_epochs / max(timer.seconds["scoring"], 1e-9)
         stats["perf/training_tokens_per_sec"] = trained / max(timer.seconds["training"], 1e-9)
         stats["lr"] = self.optimizers().param_groups[0]["lr"]
+        stats["train/nonfinite_steps"] = float(self.nonfinite.total)
         self.episodes += prompts.shape[0] * self.trainer.world_size
         stats["episode"] = float(self.episodes)
         self.last_stats = {k: float(v) for k, v in stats.items()}

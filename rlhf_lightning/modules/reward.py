@@ -16,6 +16,7 @@ from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.metrics import PreferenceMetrics
 from rlhf_lightning.modules.optim import OptimConfig
 from rlhf_lightning.ops import preference_loss
+from rlhf_lightning.scores import require_finite
 
 
 class RewardModule(CausalLMModule):
@@ -54,6 +55,7 @@ class RewardModule(CausalLMModule):
         self.calibration_batch_size = calibration_batch_size
         self.score_head: ScalarHead | None = None
         self.calibration_shift = 0.0
+        self.calibration_sequences: list[list[int]] = []
         self.train_metrics = PreferenceMetrics()
         self.val_metrics = PreferenceMetrics()
         self.save_hyperparameters()
@@ -96,19 +98,31 @@ class RewardModule(CausalLMModule):
         self.log_dict({f"val/{k}": v for k, v in stats.items()})
 
     # --- calibration and saving ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def reference_mean_score(self) -> float:
-        """Mean score of the calibration responses (each prompt + response, ending at its EOS)."""
+    def setup(self, stage: str) -> None:
+        """Read and check the calibration files before any weight is loaded, so that a bad row in them stops
+        the run now rather than after training."""
+        if self.calibration_files and not self.calibration_sequences:
+            self.calibration_sequences = self.read_calibration_sequences()
+
+    def read_calibration_sequences(self) -> list[list[int]]:
+        """Prompt + response ids of every calibration row, each ending at its EOS (the scored position)."""
         sequences = []
         for source in self.calibration_files:
             name = describe(source)
             for row_number, row in read_rows(source):
                 sequences.append(scored_sequence(row, self.tokenizer, RowLocation(name, row_number)))
         if not sequences:
-            raise ValueError(f"no calibration responses in {self.calibration_files}")
+            raise ValueError(f"calibration_files {self.calibration_files} hold no rows")
+        return sequences
+
+    @torch.no_grad()
+    def reference_mean_score(self) -> float:
+        """Mean score of the calibration responses (each prompt + response, ending at its EOS)."""
+        sequences = self.calibration_sequences or self.read_calibration_sequences()
         scores = score_sequences(
             self.model, self.score_head, sequences, self.tokenizer.pad_token_id, self.calibration_batch_size
         )
+        require_finite(torch.tensor(scores), f"the reward model on calibration_files {self.calibration_files}")
         return sum(scores) / len(scores)
 
     def calibrate(self) -> float:

@@ -14,8 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.helpers import make_run_folder
 from tests.integration.test_pipeline import stage_configs
-from tests.modules.test_ppo import make_run_folder, shared_module
+from tests.modules.test_ppo import shared_module
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,37 +1,19 @@
 """The PPO stage: shared-base roles, padding invariance, first-step sanity, learning, resume, saved output."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad, load_causal_lm, load_tokenizer
-from rlhf_lightning.models.loading import write_run_info
-from rlhf_lightning.models.reward import ScalarHead, save_head
+from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad, load_causal_lm
 from rlhf_lightning.modules import PPOModule
 from rlhf_lightning.modules.ppo import RewardShaping
-from tests.helpers import run_cli, scalars, write_jsonl
-
-
-def make_run_folder(base: str, folder: Path, stage: str, seed: int) -> Path:
-    """A run's ``final`` folder with a LoRA adapter whose weights are random (not the zero-B init), so
-    that the adapter changes the model's outputs; a reward folder also gets a score head."""
-    torch.manual_seed(seed)
-    model = load_causal_lm(ModelConfig(name_or_path=base), LoraConfig(r=4, alpha=8))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.3)
-    model.save_pretrained(folder)
-    load_tokenizer(base).save_pretrained(folder)
-    if stage == "reward":
-        head = ScalarHead(model.config.hidden_size)
-        with torch.no_grad():
-            head.linear.bias.fill_(0.5)
-        save_head(head, folder)
-    write_run_info(folder, {"stage": stage, "base_model": base, "adapter": True})
-    return folder
+from rlhf_lightning.ops import ppo_value_loss
+from rlhf_lightning.scores import ScoreError
+from tests.helpers import make_run_folder, run_cli, scalars, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -293,3 +275,37 @@ def test_health_warnings_name_the_problem(folders, tiny_llama):
         warnings.simplefilter("error")
         module._last_warning.clear()
         module._health_warnings(healthy)  # nothing to say about a healthy iteration
+
+
+def reward_with_a_nan(prompts: list[str], responses: list[str]) -> list[float]:
+    """Fine scores except a NaN for the third response: a rule that divided by zero."""
+    return [math.nan if i == 2 else 1.0 for i in range(len(responses))]
+
+
+def test_a_reward_function_returning_nan_stops_ppo_before_any_update(tiny_llama, prompts_file, tmp_path):
+    run = tmp_path / "run"
+    bad = "--model.reward_function=tests.modules.test_ppo:reward_with_a_nan"
+    with pytest.raises(ScoreError) as info:
+        run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_steps=16", bad))
+    assert str(info.value) == (
+        "reward_function tests.modules.test_ppo:reward_with_a_nan at iteration 0 returned nan for response 2; "
+        "scores must be finite numbers"
+    )
+    assert not (run / "final").exists() and not scalars(run, "loss/policy_avg")
+
+
+def test_a_non_finite_ppo_loss_skips_that_optimizer_step(tiny_llama, prompts_file, tmp_path, monkeypatch):
+    import rlhf_lightning.modules.ppo as ppo_module
+
+    calls = []
+
+    def value_loss_nan_once(*args, **kwargs):
+        loss, clipfrac = ppo_value_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * math.nan if len(calls) == 1 else loss), clipfrac
+
+    monkeypatch.setattr(ppo_module, "ppo_value_loss", value_loss_nan_once)
+    run = tmp_path / "run"
+    run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_steps=16", "--model.evaluation.at_end=false"))
+    assert scalars(run, "train/nonfinite_steps") == {0: 1.0, 1: 1.0}  # the first of 8 steps, then none
+    assert all(torch.isfinite(v).all() for v in load_file(str(run / "final" / "adapter_model.safetensors")).values())

@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 
+from rlhf_lightning.data import DataFormatError
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad
 from rlhf_lightning.models.reward import RewardModel, ScalarHead
@@ -198,3 +199,17 @@ def test_nf4_reward_model_trains_its_adapter_and_head_on_cpu(tiny_llama):
         losses.append(loss.item())
     assert losses[-1] < losses[0]
     assert not torch.equal(head_before, module.score_head.linear.weight)
+
+
+def test_a_bad_calibration_row_stops_the_run_before_any_weight_is_loaded(tiny_llama, tmp_path, monkeypatch):
+    import rlhf_lightning.modules.base as base
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the calibration files were checked")
+
+    monkeypatch.setattr(base, "load_causal_lm", no_weights)
+    train = write_jsonl(tmp_path / "train.jsonl", z_rule_rows(16, seed=0))
+    calibration = write_jsonl(tmp_path / "reference.jsonl", [{"prompt": "q", "completion": "fine"}, {"prompt": "q"}])
+    args = reward_args(tiny_llama, train, train, tmp_path / "run", f"--model.calibration_files=[{calibration}]")
+    with pytest.raises(DataFormatError, match=r"reference\.jsonl, row 2, field 'completion': missing"):
+        run_cli(args)

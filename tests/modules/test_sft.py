@@ -1,8 +1,11 @@
 """The SFT stage through the ``rlhf-lightning fit`` CLI on a tiny random model."""
 
+import shutil
+
 import pytest
 import torch
 
+from rlhf_lightning.data import DataFormatError
 from tests.helpers import run_cli, scalars, write_jsonl
 
 # A task a 2-layer char model learns in a few dozen steps: answer with the prompt's letter repeated.
@@ -125,3 +128,31 @@ def test_starting_a_fresh_run_over_an_existing_one_is_refused(trained, tiny_llam
     _, run_dir, data = trained
     with pytest.raises(SystemExit, match="already holds a run"):
         run_cli(sft_args(tiny_llama, data, run_dir, 30))
+
+
+def test_a_row_the_chat_template_refuses_stops_the_run_before_any_weight_is_loaded(tiny_llama, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import rlhf_lightning.modules.base as base
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the data was checked")
+
+    monkeypatch.setattr(base, "load_causal_lm", no_weights)
+    model = tmp_path / "no-system-role"  # a Gemma-like template that refuses system messages
+    shutil.copytree(tiny_llama, model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    )
+    tokenizer.save_pretrained(model)
+    good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    bad = {"messages": [{"role": "system", "content": "Be brief."}, *good["messages"]]}
+    data = write_jsonl(tmp_path / "chat.jsonl", [good, good, bad])
+    with pytest.raises(DataFormatError) as info:
+        run_cli(sft_args(str(model), data, tmp_path / "run", 2))
+    assert str(info.value) == (
+        f"{data}, row 3, field 'messages': the model's chat template refused this conversation: "
+        "System role not supported"
+    )
