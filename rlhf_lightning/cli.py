@@ -21,6 +21,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from rlhf_lightning.data.errors import DataFormatError
+from rlhf_lightning.modules.guard import NonFiniteStepsError
+from rlhf_lightning.scores import ScoreError
+
 DEFAULT_RUN_DIR = "runs/default"
 
 
@@ -94,11 +98,22 @@ COMMANDS = {  # name: (module, function, required arguments are positional)
 }
 
 
+USER_ERRORS = (DataFormatError, ScoreError, NonFiniteStepsError)
+"""Errors whose message says everything (file, row, field; function and value; the step): printed without
+a traceback."""
+
+
 def main(argv: list[str] | None = None) -> None:
     """``rlhf-lightning fit|validate|... --config ...`` (LightningCLI) or one of the :data:`COMMANDS`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     _quiet_libraries()
-    args = sys.argv[1:] if argv is None else argv
+    try:
+        _run(sys.argv[1:] if argv is None else argv, argv)
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
+
+
+def _run(args: list[str], argv: list[str] | None) -> None:
     if args and args[0] in COMMANDS:
         import importlib
 

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+FLOAT32_MAX = torch.finfo(torch.float32).max
+
 
 class ScoreError(ValueError):
     """A reward or gold function, or a reward model, gave something other than one finite number per response."""
@@ -72,9 +74,17 @@ def checked_scores(values: object, count: int, source: str, device: torch.device
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             kind = type(value).__name__
             raise ScoreError(f"{source} returned {value!r} ({kind}) for response {i}; expected a number")
-        if not math.isfinite(float(value)):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            number = math.inf if value > 0 else -math.inf
+        if not math.isfinite(number):
             raise ScoreError(f"{source} returned {value!r} for response {i}; scores must be finite numbers")
-        scores.append(float(value))
+        if abs(number) > FLOAT32_MAX:
+            raise ScoreError(
+                f"{source} returned {value!r} for response {i}, beyond float32's range (+-{FLOAT32_MAX:.3g})"
+            )
+        scores.append(number)
     return torch.tensor(scores, dtype=torch.float32, device=device)
 
 

@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from rlhf_lightning.data.chat import text_fields_spell_control_tokens
 from rlhf_lightning.data.errors import RowLocation
 from rlhf_lightning.data.loading import ListDataset, ResumableDataLoader, ResumableSampler
 from rlhf_lightning.data.readers import describe, read_rows
@@ -116,6 +117,8 @@ class RowsDataModule(L.LightningDataModule):
             name = describe(source)
             for row_number, row in read_rows(source):
                 self.stats["rows"] += 1
+                if text_fields_spell_control_tokens(self.tokenizer, row):
+                    self.stats["text rows spelling control tokens (trained as text)"] += 1
                 try:
                     example = self.tokenize_row(row, RowLocation(name, row_number))
                     if self.example_length(example) > self.max_length:
@@ -164,6 +167,14 @@ class RowsDataModule(L.LightningDataModule):
         self.stats["val examples"] = len(self.val_examples)
         counts = ", ".join(f"{k} {v}" for k, v in self.stats.items())
         rank_zero_info(f"{self.kind}: {counts} (max_length {self.max_length}, overlong: {self.overlong})")
+        spelled = self.stats["text rows spelling control tokens (trained as text)"]
+        if spelled:
+            rank_zero_warn(
+                f"{self.kind}: {spelled} text row(s) spell the tokenizer's control tokens (such as "
+                f"{self.tokenizer.eos_token}); they are read as plain characters. If they are conversations "
+                "rendered through a chat template by hand, give them as message lists instead "
+                "(docs/data-formats.md#text-that-spells-a-control-token)"
+            )
 
     def _batches_done(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0

@@ -62,8 +62,10 @@ def validate_messages(value: object, field: str, where: RowLocation) -> list[dic
     ``role`` is one of :data:`ROLES`; ``content`` a string (an assistant message with ``tool_calls`` may have
     none). ``tool_calls`` (assistant) is a list of ``{"type": "function", "function": {"name", "arguments"}}``
     objects, whose ``arguments`` may be given as a JSON string (as the OpenAI API writes them) and are passed
-    to the template as an object (as transformers' chat templates expect). Fields that are ``null`` (Arrow
-    and Parquet give every message every field) are left out; every other field is kept for the template.
+    to the template as an object (as transformers' chat templates expect); OpenAI's older ``function_call``
+    becomes one tool call. ``weight`` (OpenAI's fine-tuning format) on an assistant message is 1 (trained, the
+    default) or 0 (context only). Fields that are ``null`` (Arrow and Parquet give every message every
+    field) are left out; every other field is kept for the template.
     """
     if not isinstance(value, list):
         raise where.error(field, f"expected a list of messages, got {type_name(value)}")
@@ -77,7 +79,16 @@ def validate_messages(value: object, field: str, where: RowLocation) -> list[dic
         message = {k: v for k, v in message.items() if v is not None}
         role = message.get("role")
         if role not in ROLES:
-            raise where.error(f"{name}.role", f"expected one of {ROLES}, got {role!r}")
+            hint = " (OpenAI's deprecated 'function' role is 'tool' now)" if role == "function" else ""
+            raise where.error(f"{name}.role", f"expected one of {ROLES}, got {role!r}{hint}")
+        if "function_call" in message:  # OpenAI's deprecated single call: the same as one tool call
+            if "tool_calls" in message:
+                raise where.error(f"{name}.function_call", "give either function_call or tool_calls, not both")
+            message["tool_calls"] = [{"type": "function", "function": message.pop("function_call")}]
+        if "weight" in message:
+            if role != "assistant" or message["weight"] not in (0, 1) or isinstance(message["weight"], bool):
+                problem = f"expected 0 (context only) or 1 (trained) on an assistant message, got {message['weight']!r}"
+                raise where.error(f"{name}.weight", problem)
         if "tool_calls" in message:
             if role != "assistant":
                 raise where.error(f"{name}.tool_calls", f"only assistant messages make tool calls, not {role!r} ones")
@@ -114,12 +125,17 @@ def _tool_calls(value: object, field: str, where: RowLocation) -> list[dict]:
     return calls
 
 
-def validate_tools(row: dict, where: RowLocation) -> list[dict] | None:
+def validate_tools(row: dict, where: RowLocation, conversational: bool = True) -> list[dict] | None:
     """The row's ``tools`` (JSON schemas of the functions the assistant may call): a list, or a JSON string
-    of one (as datasets with mixed schemas store it); ``None`` when absent."""
+    of one (as datasets with mixed schemas store it); ``None`` when absent. Only a chat template can render
+    tools, so a text row (``conversational=False``) with tools is refused rather than trained without them."""
     tools = row.get("tools")
     if tools is None:
         return None
+    if not conversational:
+        raise where.error(
+            "tools", "only message lists can carry tools (the chat template renders them); this row is text"
+        )
     if isinstance(tools, str):
         try:
             tools = json.loads(tools)
@@ -147,6 +163,18 @@ def special_token_texts(tokenizer) -> tuple[str, ...]:
 
 def contains_special_text(tokenizer, text: str) -> bool:
     return any(token in text for token in special_token_texts(tokenizer))
+
+
+def text_fields_spell_control_tokens(tokenizer, row: object) -> bool:
+    """Whether a row's plain-text fields (not message lists) spell a control token: often a conversation
+    rendered through a chat template by hand, which is then trained as plain characters."""
+    if not isinstance(row, dict):
+        return False
+    texts = [v for v in row.values() if isinstance(v, str)]
+    texts += (
+        [r for r in row.get("responses", []) if isinstance(r, str)] if isinstance(row.get("responses"), list) else []
+    )
+    return any(contains_special_text(tokenizer, t) for t in texts)
 
 
 def encode_text(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
@@ -236,22 +264,20 @@ def _whole_turn(message: dict, placeholder: str) -> dict:
 
 
 # --- tokenizing ----------------------------------------------------------------------------------------------
-def _tokenize(tokenizer, text: str, literal: list[tuple[int, int]]) -> Encoding:
-    """Tokenize ``text``; the character spans in ``literal`` are tokenized with special tokens split into
-    ordinary characters. Other text is tokenized whole, so a conversation without control-token spellings
-    in its content gets exactly the tokenizer's own tokenization of the rendered template."""
+def _tokenize(tokenizer, text: str, literal: list[tuple[int, int]], cuts: set[int]) -> Encoding:
+    """Tokenize ``text`` in pieces split at the character positions ``cuts`` (where a trained turn starts and
+    ends: generation starts on a token boundary, so the prompt is tokenized as generation sees it and a
+    reply's leading whitespace never merges with the header's newline). The spans in ``literal`` are
+    tokenized with special tokens split into ordinary characters. Pieces end at the template's special
+    tokens anyway, so a conversation whose turns start and end at special tokens gets exactly the
+    tokenizer's own tokenization of the rendered template."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("chat data needs a fast tokenizer (one with character offsets); this one is not")
+    bounds = sorted({0, len(text), *cuts, *(p for span in literal for p in span)})
     ids: list[int] = []
     offsets: list[tuple[int, int]] = []
-    pieces, cursor = [], 0
-    for start, end in sorted(literal):
-        pieces += [(cursor, start, False), (start, end, True)]
-        cursor = end
-    pieces.append((cursor, len(text), False))
-    for start, end, split in pieces:
-        if start >= end:
-            continue
+    for start, end in zip(bounds, bounds[1:]):
+        split = any(a <= start and end <= b for a, b in literal)
         enc = tokenizer(
             text[start:end], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=split
         )
@@ -299,21 +325,20 @@ def encode_conversation(
                 raise where.error(f"{conversation.names[i]}.{key}", problem)
     if conversation.tools and contains_special_text(tokenizer, json.dumps(conversation.tools)):
         raise where.error("tools", "spells a control token of this tokenizer; remove it")
-    encoding = _tokenize(tokenizer, text, literal)
-    loss_mask = [False] * len(encoding.input_ids)
-    if train_from is None:
-        return encoding, loss_mask
-    spans, last_ended = [], True
-    for i, message in enumerate(messages):
-        if message["role"] == "assistant" and i >= train_from:
+    spans, last_ended, last_trained = [], True, None
+    for i, message in enumerate(messages if train_from is not None else []):
+        if message["role"] == "assistant" and i >= train_from and message.get("weight", 1) == 1:
             start, end, last_ended = _assistant_span(renderer, text, i, add_generation_prompt)
             spans.append((start, end))
-    if not spans:
-        raise where.error(field, "has no assistant message to learn from")
+            last_trained = i
+    if train_from is not None and not spans:
+        raise where.error(field, "has no assistant message to learn from (or every one has weight 0)")
+    encoding = _tokenize(tokenizer, text, literal, {p for span in spans for p in span})
+    loss_mask = [False] * len(encoding.input_ids)
     for j, (a, b) in enumerate(encoding.offsets):
         if b > a and any(a < end and b > start for start, end in spans):
             loss_mask[j] = True
-    if messages[-1]["role"] == "assistant" and len(messages) - 1 >= train_from and not last_ended:
+    if last_trained == len(messages) - 1 and not last_ended:
         encoding = Encoding([*encoding.input_ids, tokenizer.eos_token_id], [*encoding.offsets, (len(text),) * 2], text)
         loss_mask.append(True)
     return encoding, loss_mask
@@ -367,6 +392,6 @@ def _check_nothing_dropped(renderer: _Renderer, text: str, gen: bool) -> None:
                     "use a model whose template supports tools, or write the call into the content",
                 )
         if message["role"] == "tool":
-            start, end = renderer.span(text, i, _content_only, gen=gen)
-            if start >= end:
+            a, b = (renderer(_with(messages, i, _content_only(message, p)), gen) for p in _PLACEHOLDERS)
+            if a == b:
                 raise where.error(name, "the model's chat template does not render tool messages")

@@ -74,7 +74,7 @@ def _response(row: dict, key: str, conversational: bool, where: RowLocation):
 
 def _margin(value: object, where: RowLocation) -> float:
     """A pair's margin: a finite number (0 when absent). CSV cells hold numbers as text, which is accepted."""
-    if value is None:
+    if value is None or value == "":  # absent, or an empty csv cell
         return 0.0
     number = value
     if isinstance(value, str):
@@ -84,6 +84,8 @@ def _margin(value: object, where: RowLocation) -> float:
             raise where.error("margin", f"expected a number, got the text {value!r}") from None
     if isinstance(number, bool) or not isinstance(number, int | float):
         raise where.error("margin", f"expected a number, got {type_name(value)}")
+    if isinstance(number, int) and abs(number) > 2**53:
+        raise where.error("margin", f"expected a number of a sensible size, got {len(str(number))} digits")
     if not math.isfinite(number):
         raise where.error("margin", f"expected a finite number, got {value!r}")
     return float(number)
@@ -163,10 +165,16 @@ class ComparisonsDataModule(RowsDataModule):
                 raise where.error(key, f"missing (the row has fields {sorted(row)})")
         prompt = self._prompt(row, where, required=False)
         conversational = isinstance(prompt, list) or (prompt is None and isinstance(row["chosen"], list))
+        if isinstance(prompt, str) and isinstance(row["chosen"], list):
+            raise where.error(
+                "prompt",
+                "is text while chosen is a message list: give the prompt as messages too, or leave it out when "
+                "chosen and rejected hold whole conversations (UltraFeedback-style rows)",
+            )
         chosen = _response(row, "chosen", conversational, where)
         rejected = _response(row, "rejected", conversational, where)
         margin = _margin(row.get("margin"), where)
-        tools = validate_tools(row, where)
+        tools = validate_tools(row, where, conversational)
         if chosen == rejected:
             raise Dropped("identical chosen and rejected")
         sequences = [
@@ -197,7 +205,7 @@ class ComparisonsDataModule(RowsDataModule):
                     f"ranking[{i}]",
                     f"rank {rank} is outside 1..{len(responses)} (1 = best, one rank per response, ties allowed)",
                 )
-        tools = validate_tools(row, where)
+        tools = validate_tools(row, where, conversational=isinstance(prompt, list))
         conversational = isinstance(prompt, list)
         items = []
         for i, response in enumerate(responses):

@@ -77,6 +77,7 @@ class DemonstrationsDataModule(RowsDataModule):
         return functools.partial(collate_right_padded, pad_id=self.tokenizer.pad_token_id)
 
     def sample_prompts(self, n: int) -> list[list[int]]:
-        """Token ids of the prompts of the first ``n`` validation examples (training ones if none)."""
+        """Token ids of the prompts of the first ``n`` validation examples (training ones if none) that have a
+        prompt (``text`` rows have none: there is nothing to answer)."""
         pool = self.val_examples or self.train_examples
-        return [list(e.input_ids[: e.prompt_length]) for e in pool[:n]]
+        return [list(e.input_ids[: e.prompt_length]) for e in pool if e.prompt_length > 0][:n]

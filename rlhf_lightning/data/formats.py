@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from rlhf_lightning.data.chat import Conversation, encode_conversation, encode_text, validate_messages, validate_tools
-from rlhf_lightning.data.errors import RowLocation, type_name
+from rlhf_lightning.data.errors import DataFormatError, RowLocation, type_name
 
 __all__ = [
     "RowLocation",
@@ -37,15 +37,17 @@ __all__ = [
 
 
 class TokenizedExample(NamedTuple):
-    """One training sequence. ``loss_mask[i]`` is True when token i is a target (predicted from i - 1)."""
+    """One training sequence. ``loss_mask[i]`` is True when token i is a target (predicted from i - 1).
+    ``prompt_length`` tokens come before the response (the context a generation starts from; 0 for text
+    rows), whatever ``completion_only_loss`` trains."""
 
     input_ids: list[int]
     loss_mask: list[bool]
+    prompt_length: int
 
-    @property
-    def prompt_length(self) -> int:
-        """Number of tokens before the first trained token (the context a generation would start from)."""
-        return next((i for i, m in enumerate(self.loss_mask) if m), len(self.loss_mask))
+
+def first_target(loss_mask: list[bool]) -> int:
+    return next((i for i, m in enumerate(loss_mask) if m), len(loss_mask))
 
 
 def require_text(row: dict, key: str, where: RowLocation, allow_empty: bool = False) -> str:
@@ -90,7 +92,7 @@ def tokenize_conversation(
     """Tokenize a conversation through the chat template; assistant turns at index >= ``train_from`` are
     marked for loss (see :func:`rlhf_lightning.data.chat.encode_conversation`)."""
     encoding, loss_mask = encode_conversation(tokenizer, conversation, where, field, train_from=train_from)
-    return TokenizedExample(encoding.input_ids, loss_mask)
+    return TokenizedExample(encoding.input_ids, loss_mask, first_target(loss_mask))
 
 
 def tokenize_demonstration(
@@ -99,17 +101,17 @@ def tokenize_demonstration(
     """Validate one demonstration row and tokenize it. Raises :class:`DataFormatError` on bad input."""
     kind = detect_format(row, where)
     eos = tokenizer.eos_token_id
+    tools = validate_tools(row, where, conversational=kind in ("messages", "conversational_prompt_completion"))
     if kind == "text":
         ids = encode_text(tokenizer, require_text(row, "text", where), add_special_tokens=True) + [eos]
-        return TokenizedExample(ids, [True] * len(ids))
+        return TokenizedExample(ids, [True] * len(ids), 0)
     if kind == "prompt_completion":
         prompt = require_text(row, "prompt", where, allow_empty=True)
         completion = require_text(row, "completion", where)
         prompt_ids = encode_text(tokenizer, prompt, add_special_tokens=True)
         completion_ids = encode_text(tokenizer, completion, add_special_tokens=False) + [eos]
         mask = [not completion_only_loss] * len(prompt_ids) + [True] * len(completion_ids)
-        return TokenizedExample(prompt_ids + completion_ids, mask)
-    tools = validate_tools(row, where)
+        return TokenizedExample(prompt_ids + completion_ids, mask, len(prompt_ids))
     if kind == "messages":
         conversation = Conversation.of([("messages", validate_messages(row["messages"], "messages", where))], tools)
         example = tokenize_conversation(tokenizer, conversation, 0, where, "messages")
@@ -121,7 +123,7 @@ def tokenize_demonstration(
         conversation = Conversation.of([("prompt", prompt), ("completion", completion)], tools)
         example = tokenize_conversation(tokenizer, conversation, len(prompt), where, "completion")
     if not completion_only_loss:
-        example = TokenizedExample(example.input_ids, [True] * len(example.input_ids))
+        example = example._replace(loss_mask=[True] * len(example.input_ids))
     return example
 
 
@@ -129,14 +131,22 @@ def truncate(example: TokenizedExample, max_length: int) -> TokenizedExample | N
     """Keep the first ``max_length`` tokens; ``None`` when nothing trainable is left."""
     ids, mask = example.input_ids[:max_length], example.loss_mask[:max_length]
     # token 0 is never a target (nothing predicts it), so at least one target must sit past it
-    return TokenizedExample(ids, mask) if any(mask[1:]) else None
+    return TokenizedExample(ids, mask, min(example.prompt_length, max_length)) if any(mask[1:]) else None
 
 
 def scored_sequence(row: object, tokenizer, where: RowLocation) -> list[int]:
     """Prompt + response ids of a demonstration-like row, ending at the response's EOS: the sequence a
     reward model scores. ``response`` is accepted as another name for ``completion``."""
-    if isinstance(row, dict) and "response" in row and "completion" not in row:
+    if isinstance(row, dict) and "prompt" in row and not {"response", "completion", "messages", "text"} & set(row):
+        raise where.error("response", "missing: a scored row needs the response (or completion) to its prompt")
+    renamed = isinstance(row, dict) and "response" in row and "completion" not in row
+    if renamed:
         row = {k: v for k, v in row.items() if k != "response"} | {"completion": row["response"]}
-    example = tokenize_demonstration(row, tokenizer, where)
+    try:
+        example = tokenize_demonstration(row, tokenizer, where)
+    except DataFormatError as error:
+        if renamed and error.field is not None and error.field.startswith("completion"):
+            raise where.error("response" + error.field[len("completion") :], error.problem) from None
+        raise
     last = max(i for i, m in enumerate(example.loss_mask) if m)
     return example.input_ids[: last + 1]

@@ -99,6 +99,7 @@ class PromptsDataModule(RowsDataModule):
         if "prompt" in row:
             prompt = row["prompt"]
             if isinstance(prompt, str):
+                validate_tools(row, where, conversational=False)
                 text = require_text(row, "prompt", where)
                 return PromptExample(encode_text(self.tokenizer, text, add_special_tokens=True), text)
             if not isinstance(prompt, list):

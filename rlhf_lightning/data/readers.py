@@ -34,6 +34,8 @@ from rlhf_lightning.data.errors import DataFormatError
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+ROW_FIELDS = {"messages", "prompt", "completion", "text", "chosen", "rejected", "responses"}
+"""Fields of the project's row formats: a JSON document that is one object with these is one row."""
 JSON_LAYOUTS = (
     "JSON lines (one object per line), a JSON list of row objects, a JSON object of equal-length column "
     'lists, or a JSON object holding one list of row objects ({"data": [...]})'
@@ -110,11 +112,14 @@ def _lines(path: Path, compression: str | None) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of every line, decoded as UTF-8 (a leading byte-order mark is dropped).
     Raises :class:`_NotUTF8` at the first line that is not UTF-8; callers turn it into a row or line."""
     with _open_binary(path, compression) as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                raise _NotUTF8(number, raw[e.start : e.start + 1].hex().upper(), e.start + 1) from None
+        try:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise _NotUTF8(number, raw[e.start : e.start + 1].hex().upper(), e.start + 1) from None
+        except (OSError, EOFError, lzma.LZMAError) as e:  # gzip.BadGzipFile is an OSError
+            raise DataFormatError(str(path), None, None, f"expected a {compression} compressed file: {e}") from None
 
 
 def _read_json(path: Path, compression: str | None, suffix: str) -> Iterator[tuple[int, object]]:
@@ -124,7 +129,7 @@ def _read_json(path: Path, compression: str | None, suffix: str) -> Iterator[tup
     if suffix == ".json":
         try:
             data = json.loads(_text(path, compression))
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError among them
             pass  # JSON lines saved as .json, or malformed: the line-by-line reader says which line
         else:
             yield from _document_rows(path, data)
@@ -139,6 +144,8 @@ def _read_json(path: Path, compression: str | None, suffix: str) -> Iterator[tup
         except json.JSONDecodeError as e:
             yield from _read_json_document(path, compression, first[0], e)
             return
+        except ValueError as e:
+            raise DataFormatError(str(path), first[0], None, f"unreadable JSON ({e})") from None
         if isinstance(value, list):
             second = next(lines, None)
             if second is None:
@@ -164,6 +171,20 @@ def _parse_line(path: Path, number: int, text: str) -> object:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise DataFormatError(str(path), number, None, f"malformed JSON ({e.msg} at column {e.colno})") from None
+    except ValueError as e:  # an integer too long for Python to read (over 4300 digits)
+        raise DataFormatError(str(path), number, None, f"unreadable JSON ({e})") from None
+
+
+def _is_one_row(value: dict) -> bool:
+    """An object with row-format fields that is not a column layout: a field that is not a list, or one
+    whose list holds message objects (``{"messages": [m1, m2]}`` is one conversation; ``{"messages": [[m1],
+    [m2]]}`` and ``{"prompt": ["a", "b"], ...}`` are columns)."""
+    fields = ROW_FIELDS & set(value)
+    if not fields:
+        return False
+    if not all(isinstance(v, list) for v in value.values()):
+        return True
+    return any(isinstance(cell, dict) for name in fields for cell in value[name])
 
 
 def _is_table(value: object) -> bool:
@@ -187,6 +208,9 @@ def _read_json_document(path: Path, compression: str | None, line: int, line_err
 def _document_rows(path: Path, data: object) -> Iterator[tuple[int, object]]:
     if isinstance(data, list):
         yield from enumerate(data, start=1)
+        return
+    if isinstance(data, dict) and _is_one_row(data):
+        yield 1, data  # one row saved as a JSON object ({"messages": [...]})
         return
     if _is_table(data):
         values = list(data.values())

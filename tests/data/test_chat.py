@@ -268,3 +268,59 @@ def test_malformed_tool_calls_name_the_field(tool_tokenizer, message, field, pro
     with pytest.raises(DataFormatError) as info:
         tokenize_demonstration({"messages": [user("q"), message, assistant("a")]}, tool_tokenizer, WHERE)
     assert info.value.field == field and problem in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["    return x", "\n\nStep 1.", "  two spaces", " \n  indented"])
+def test_leading_whitespace_never_merges_with_the_generation_prompt(tok, content):
+    # ByteLevel BPE would merge the header's "\n" with the reply's leading whitespace into one token; the
+    # prompt must end where generation starts, tokenized as the generation prompt is
+    messages = [user("Hi"), assistant(content)]
+    ex = tokenize_demonstration({"messages": messages}, tok, WHERE)
+    prompt = tok.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
+    assert ex.input_ids[: ex.prompt_length] == tok(prompt, add_special_tokens=False)["input_ids"]
+    assert trained_runs(tok, ex.input_ids, ex.loss_mask) == [content + "<|im_end|>"]
+
+
+def test_weight_zero_turns_are_context(tok):
+    messages = [user("Hi"), assistant("Bad old answer.", weight=0), user("Again?"), assistant("Good.", weight=1)]
+    ex = tokenize_demonstration({"messages": messages}, tok, WHERE)
+    assert trained_runs(tok, ex.input_ids, ex.loss_mask) == ["Good.<|im_end|>"]
+    with pytest.raises(DataFormatError, match=r"field 'messages\[1\]\.weight': expected 0 \(context only\) or 1"):
+        tokenize_demonstration({"messages": [user("Hi"), assistant("a", weight=0.5)]}, tok, WHERE)
+
+
+def test_tools_on_text_rows_are_refused_not_dropped(tok):
+    for row in ({"prompt": "q", "completion": "a", "tools": TOOLS}, {"text": "t", "tools": TOOLS}):
+        with pytest.raises(DataFormatError, match=r"field 'tools': only message lists can carry tools"):
+            tokenize_demonstration(row, tok, WHERE)
+    dm = ComparisonsDataModule(train_files="unused.jsonl")
+    dm.tokenizer = tok
+    with pytest.raises(DataFormatError, match=r"field 'tools': only message lists"):
+        dm.tokenize_row({"prompt": "q", "chosen": "a", "rejected": "b", "tools": TOOLS}, WHERE)
+    prompts = PromptsDataModule(train_files="unused.jsonl")
+    prompts.tokenizer = tok
+    with pytest.raises(DataFormatError, match=r"field 'tools': only message lists"):
+        prompts.tokenize_row({"prompt": "q", "tools": "not json"}, WHERE)
+
+
+def test_openai_function_call_is_one_tool_call(tool_tokenizer):
+    legacy = copy.deepcopy(TOOL_ROW)
+    legacy["messages"][1] = {"role": "assistant", "content": None, "function_call": CALL["function"]}
+    assert tokenize_demonstration(legacy, tool_tokenizer, WHERE) == tokenize_demonstration(
+        TOOL_ROW, tool_tokenizer, WHERE
+    )
+
+
+def test_empty_tool_result_is_rendered_not_refused(tool_tokenizer):
+    row = copy.deepcopy(TOOL_ROW)
+    row["messages"][2]["content"] = ""
+    ex = tokenize_demonstration(row, tool_tokenizer, WHERE)
+    assert trained_runs(tool_tokenizer, ex.input_ids, ex.loss_mask)[-1] == "It is sunny.<|im_end|>"
+
+
+def test_text_prompt_with_conversation_answers_is_explained(tok):
+    dm = ComparisonsDataModule(train_files="unused.jsonl")
+    dm.tokenizer = tok
+    row = {"prompt": "Hi", "chosen": [user("Hi"), assistant("Hello!")], "rejected": [user("Hi"), assistant("No.")]}
+    with pytest.raises(DataFormatError, match=r"field 'prompt': is text while chosen is a message list"):
+        dm.tokenize_row(row, WHERE)

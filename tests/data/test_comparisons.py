@@ -182,9 +182,9 @@ def test_csv_margins_are_numbers_written_as_text(tmp_path, char_tokenizer):
     module.tokenizer = char_tokenizer
     with pytest.raises(DataFormatError, match=r"prefs\.csv, row 2, field 'margin': expected a finite number"):
         module.setup()
-    path.write_text("prompt,chosen,rejected,margin\nq,a,b,0.5\n")
+    path.write_text("prompt,chosen,rejected,margin\nq,a,b,0.5\nq,c,d,\n")  # an empty cell: no margin
     module.setup()
-    assert module.train_examples[0].margin == 0.5
+    assert [e.margin for e in module.train_examples] == [0.5, 0.0]
 
 
 def test_ties_within_one_to_k_are_allowed(dm):

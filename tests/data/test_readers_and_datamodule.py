@@ -54,6 +54,7 @@ LAYOUTS = {
     "columns": ("d.json", json.dumps(COLUMNS)),
     "pretty columns, .jsonl": ("d.jsonl", json.dumps(COLUMNS, indent=1)),
     "one list under a key": ("d.json", json.dumps({"data": ROWS}, indent=2)),
+    "one row as an object, .json": ("d.json", json.dumps(ROWS[0], indent=2)),
 }  # fmt: skip
 
 
@@ -61,7 +62,8 @@ LAYOUTS = {
 def test_every_json_layout_the_datasets_library_reads_gives_the_same_rows(tmp_path, layout):
     name, text = LAYOUTS[layout]
     (tmp_path / name).write_text(text)
-    assert list(read_rows(str(tmp_path / name))) == list(enumerate(ROWS, start=1))
+    expected = ROWS[:1] if "one row" in layout else ROWS
+    assert list(read_rows(str(tmp_path / name))) == list(enumerate(expected, start=1))
 
 
 def test_compressed_files_and_byte_order_marks_are_read(tmp_path):
@@ -91,6 +93,8 @@ def test_compressed_files_and_byte_order_marks_are_read(tmp_path):
         ("d.csv", b"", r"expected a header row"),
         ("d.parquet", b'{"prompt": "a"}', r"expected a Parquet file; found a file starting with"),
         ("d.txt", b"x", r"unsupported file type"),
+        ("d.jsonl.gz", b'{"prompt": "a"}', r"d\.jsonl\.gz: expected a \.gz compressed file"),
+        ("d.jsonl", b'{"margin": ' + b"9" * 5000 + b"}", r"d\.jsonl, row 1: unreadable JSON"),
     ],
 )  # fmt: skip
 def test_unreadable_files_say_what_was_expected_and_found(tmp_path, name, content, expected):
@@ -160,7 +164,8 @@ def test_overlong_rows_are_truncated_or_dropped_and_counted(tmp_path, tiny_llama
 def test_collate_builds_masks_from_lengths_even_when_pad_equals_eos():
     eos = 2
     batch = collate_right_padded(
-        [TokenizedExample([5, 6, eos], [False, True, True]), TokenizedExample([7, eos], [False, True])], pad_id=eos
+        [TokenizedExample([5, 6, eos], [False, True, True], 1), TokenizedExample([7, eos], [False, True], 1)],
+        pad_id=eos,
     )
     assert batch["input_ids"].tolist() == [[5, 6, eos], [7, eos, eos]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]  # the real EOS of row 2 stays visible
@@ -190,3 +195,21 @@ def test_builtin_demonstrations_are_valid_and_match_their_generator(tiny_llama, 
     assert shipped == [row for _, row in read_rows(str(tmp_path / "demonstrations.jsonl"))]
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 8 and batch["loss_mask"].any(1).all()
+
+
+def test_text_prompts_give_samples_and_text_rows_none(tmp_path, tiny_llama):
+    rows = [{"text": "Once upon a time."}, {"prompt": "q0", "completion": "a"}, {"text": "More."}]
+    dm = _datamodule(write_jsonl(tmp_path / "d.jsonl", rows), tiny_llama, val_fraction=0.0)
+    assert [len(p) for p in dm.sample_prompts(4)] == [2]  # the text rows have no prompt to answer
+    every_token = _datamodule(
+        write_jsonl(tmp_path / "e.jsonl", ROWS[:3]), tiny_llama, val_fraction=0.0, completion_only_loss=False
+    )
+    assert all(e.loss_mask == [True] * len(e.input_ids) for e in every_token.train_examples)
+    assert [len(p) for p in every_token.sample_prompts(4)] == [2, 2, 2]  # "q0".."q2", whatever is trained
+
+
+def test_hand_rendered_chat_text_is_counted_and_warned_about(tmp_path, tiny_llama):
+    rows = [{"prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", "completion": "Hello"}] * 2
+    with pytest.warns(UserWarning, match=r"2 text row\(s\) spell the tokenizer's control tokens"):
+        dm = _datamodule(write_jsonl(tmp_path / "d.jsonl", rows + ROWS), tiny_llama, val_fraction=0.0)
+    assert dm.stats["text rows spelling control tokens (trained as text)"] == 2

@@ -57,6 +57,8 @@ def test_too_many_non_finite_steps_in_a_row_stop_with_a_message():
         ([1.0, "good"], r"returned 'good' \(str\) for response 1"),
         ([1.0], r"returned 1 scores for 2 responses"),
         ([True, 1.0], r"returned True \(bool\) for response 0"),
+        ([1e39, 1.0], r"returned 1e\+39 for response 0, beyond float32's range"),
+        ([1.0, 10**400], r"returned 1000.* for response 1; scores must be finite"),
         (3.0, r"returned float; expected a list of 2 numbers"),
     ],
 )

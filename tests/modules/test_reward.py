@@ -158,13 +158,19 @@ def test_score_command_writes_scores_in_input_order(trained, tmp_path):
     assert sum(c > r for c, r in zip(chosen, rejected)) >= 9  # the learned rule, on fresh rows
 
 
-def test_score_command_reports_a_bad_row(trained, tmp_path):
+@pytest.mark.parametrize(
+    ("bad_row", "expected"),
+    [
+        ({"prompt": "b:"}, r"row 2, field 'response': missing"),
+        ({"prompt": [{"role": "user", "content": "q"}], "response": "a"}, r"row 2, field 'response': prompt and"),
+    ],
+)
+def test_score_command_reports_a_bad_row_in_one_line(trained, tmp_path, bad_row, expected):
     from rlhf_lightning.cli import main
-    from rlhf_lightning.data import DataFormatError
 
     _, root, _ = trained
-    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a:", "response": "xyz"}, {"prompt": "b:"}])
-    with pytest.raises(DataFormatError, match=r"in\.jsonl, row 2, field 'completion'"):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"prompt": "a:", "response": "xyz"}, bad_row])
+    with pytest.raises(SystemExit, match=r"^error: .*in\.jsonl, " + expected):  # the message, no traceback
         main(["score", str(root / "run" / "final"), src, str(tmp_path / "out.jsonl")])
 
 
@@ -211,5 +217,5 @@ def test_a_bad_calibration_row_stops_the_run_before_any_weight_is_loaded(tiny_ll
     train = write_jsonl(tmp_path / "train.jsonl", z_rule_rows(16, seed=0))
     calibration = write_jsonl(tmp_path / "reference.jsonl", [{"prompt": "q", "completion": "fine"}, {"prompt": "q"}])
     args = reward_args(tiny_llama, train, train, tmp_path / "run", f"--model.calibration_files=[{calibration}]")
-    with pytest.raises(DataFormatError, match=r"reference\.jsonl, row 2, field 'completion': missing"):
+    with pytest.raises(DataFormatError, match=r"reference\.jsonl, row 2, field 'response': missing"):
         run_cli(args)
