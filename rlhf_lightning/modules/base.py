@@ -102,8 +102,7 @@ class CausalLMModule(L.LightningModule):
         params = [p for group in optimizer.param_groups for p in group["params"]]
         finite = self.nonfinite.is_finite(params, losses)
         finite = not self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
-        finite = self.nonfinite.check(params, finite, self.trainer.global_step)
-        return finite
+        return self.nonfinite.check(params, finite, self.trainer.global_step)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Automatic optimization: skip a non-finite step. Under ``16-mixed`` the gradient scaler already

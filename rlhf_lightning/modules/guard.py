@@ -27,8 +27,6 @@ class NonFiniteGuard:
     """
 
     def __init__(self, max_in_a_row: int) -> None:
-        if max_in_a_row < 0:
-            raise ValueError(f"optim.max_nonfinite_steps must be >= 0, got {max_in_a_row}")
         self.max_in_a_row = max_in_a_row
         self.total = 0
         self.in_a_row = 0
