@@ -1,4 +1,4 @@
-"""Running the CLI in-process and reading what it logged."""
+"""Running the CLI in-process, reading what it logged, and making run folders to start later stages from."""
 
 from __future__ import annotations
 

@@ -156,13 +156,9 @@ def _added_tokens(tokenizer) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(special), tuple(everything)
 
 
-def special_token_texts(tokenizer) -> tuple[str, ...]:
-    """Texts the tokenizer turns into special (control) tokens when it meets them in text."""
-    return _added_tokens(tokenizer)[0]
-
-
 def contains_special_text(tokenizer, text: str) -> bool:
-    return any(token in text for token in special_token_texts(tokenizer))
+    """Whether ``text`` spells a token the tokenizer would read as a special (control) token."""
+    return any(token in text for token in _added_tokens(tokenizer)[0])
 
 
 def text_fields_spell_control_tokens(tokenizer, row: object) -> bool:
@@ -243,9 +239,8 @@ class _Renderer:
         self.tokenizer, self.tools, self.where, self.field = tokenizer, conversation.tools, where, field
         self.messages, self.names = conversation.messages, conversation.names
 
-    def __call__(self, messages: list[dict], add_generation_prompt: bool = False, tools="same") -> str:
-        tools = self.tools if tools == "same" else tools
-        return render(self.tokenizer, messages, tools, add_generation_prompt, self.where, self.field)
+    def __call__(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        return render(self.tokenizer, messages, self.tools, add_generation_prompt, self.where, self.field)
 
     def span(self, text: str, i: int, replace, upto: int | None = None, gen: bool = False) -> tuple[int, int]:
         """Where message ``i`` (``replace(message, placeholder)`` builds its stand-ins) sits in ``text``, the
@@ -305,6 +300,8 @@ def encode_conversation(
     result or the tools list out of its text, does not render a trained turn's content, or places content
     with control-token spellings where it cannot be kept apart from the template's own text.
     """
+    if add_generation_prompt and train_from is not None:
+        raise ValueError("a conversation with a generation prompt is a prompt: it has no trained turns")
     renderer = _Renderer(tokenizer, conversation, where, field)
     messages = conversation.messages
     text = renderer(messages, add_generation_prompt)
@@ -328,7 +325,7 @@ def encode_conversation(
     spans, last_ended, last_trained = [], True, None
     for i, message in enumerate(messages if train_from is not None else []):
         if message["role"] == "assistant" and i >= train_from and message.get("weight", 1) == 1:
-            start, end, last_ended = _assistant_span(renderer, text, i, add_generation_prompt)
+            start, end, last_ended = _assistant_span(renderer, text, i)
             spans.append((start, end))
             last_trained = i
     if train_from is not None and not spans:
@@ -344,11 +341,11 @@ def encode_conversation(
     return encoding, loss_mask
 
 
-def _assistant_span(renderer: _Renderer, text: str, i: int, gen: bool) -> tuple[int, int, bool]:
+def _assistant_span(renderer: _Renderer, text: str, i: int) -> tuple[int, int, bool]:
     """``(start, end, ended)``: the characters of ``text`` the model writes for assistant turn ``i``, and
     whether they end with an end-of-turn token."""
     messages, where = renderer.messages, renderer.where
-    start, end = renderer.span(text, i, _whole_turn, gen=gen)
+    start, end = renderer.span(text, i, _whole_turn)
     if start >= end:
         raise where.error(renderer.names[i], "the chat template does not render this assistant turn's content")
     if i > 0:  # the model writes everything after the generation prompt, when earlier turns render the same
@@ -359,7 +356,7 @@ def _assistant_span(renderer: _Renderer, text: str, i: int, gen: bool) -> tuple[
         if prompt is not None and text.startswith(prompt) and len(prompt) <= start:
             start = len(prompt)
     # The turn's closing text as the template writes it when the conversation stops after this turn.
-    if i == len(messages) - 1 and not gen:
+    if i == len(messages) - 1:
         footer = text[end:]
     else:
         alone = renderer(messages[: i + 1])
@@ -375,7 +372,8 @@ def _assistant_span(renderer: _Renderer, text: str, i: int, gen: bool) -> tuple[
 def _check_nothing_dropped(renderer: _Renderer, text: str, gen: bool) -> None:
     """Refuse a conversation whose tools, tool calls or tool results the template leaves out of its text."""
     messages, where = renderer.messages, renderer.where
-    if renderer.tools and renderer(messages, gen, tools=None) == text:
+    without_tools = render(renderer.tokenizer, messages, None, gen, where, renderer.field) if renderer.tools else None
+    if without_tools == text:
         raise where.error(
             "tools",
             "the model's chat template ignores the tools list (it renders the same without it): use a model "

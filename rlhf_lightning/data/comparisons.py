@@ -84,11 +84,14 @@ def _margin(value: object, where: RowLocation) -> float:
             raise where.error("margin", f"expected a number, got the text {value!r}") from None
     if isinstance(number, bool) or not isinstance(number, int | float):
         raise where.error("margin", f"expected a number, got {type_name(value)}")
-    if isinstance(number, int) and abs(number) > 2**53:
-        raise where.error("margin", f"expected a number of a sensible size, got {len(str(number))} digits")
+    try:
+        number = float(number)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
     if not math.isfinite(number):
-        raise where.error("margin", f"expected a finite number, got {value!r}")
-    return float(number)
+        shown = str(value) if len(str(value)) <= 20 else f"{str(value)[:20]}... ({len(str(value))} digits)"
+        raise where.error("margin", f"expected a finite number, got {shown}")
+    return number
 
 
 class ComparisonsDataModule(RowsDataModule):

@@ -119,6 +119,8 @@ def _lines(path: Path, compression: str | None) -> Iterator[tuple[int, str]]:
                 except UnicodeDecodeError as e:
                     raise _NotUTF8(number, raw[e.start : e.start + 1].hex().upper(), e.start + 1) from None
         except (OSError, EOFError, lzma.LZMAError) as e:  # gzip.BadGzipFile is an OSError
+            if compression is None:
+                raise
             raise DataFormatError(str(path), None, None, f"expected a {compression} compressed file: {e}") from None
 
 
