@@ -54,8 +54,13 @@ def whiten(
     """Normalise ``values`` to zero mean and unit variance over the valid entries.
 
     ``shift_mean=False`` only rescales, keeping the mean (used for rewards, whose sign carries meaning).
-    Invalid entries are returned as 0 so that they cannot leak into later sums.
+    Invalid entries are returned as 0 so that they cannot leak into later sums. With fewer than 2 valid
+    entries (over all ranks) there is no spread to divide by: the values are returned unchanged, so a batch
+    of one one-token response still trains on its own advantage.
     """
+    count = _all_reduce_sum(mask.sum().to(values.dtype), all_reduce)
+    if count < 2:
+        return values * mask
     mean = masked_mean(values, mask, all_reduce)
     var = masked_var(values, mask, unbiased=True, all_reduce=all_reduce)
     out = (values - mean) * torch.rsqrt(var + eps)

@@ -45,3 +45,12 @@ def test_whiten_without_shift_keeps_the_mean():
     assert masked_mean(out, MASK).item() == pytest.approx(3.0)
     assert masked_var(out, MASK).item() == pytest.approx(1.0, rel=1e-5)
     assert out[0, 3].item() == 0.0
+
+
+@pytest.mark.parametrize("shift_mean", [True, False])
+def test_whiten_of_a_single_valid_entry_returns_it_unchanged(shift_mean):
+    # one prompt whose response is a lone EOS: one valid advantage, no spread to normalise by
+    values = torch.tensor([[0.7, 5.0, 5.0]])
+    mask = torch.tensor([[True, False, False]])
+    assert whiten(values, mask, shift_mean=shift_mean).tolist() == [[pytest.approx(0.7), 0.0, 0.0]]
+    assert whiten(values, torch.zeros_like(mask), shift_mean=shift_mean).tolist() == [[0.0, 0.0, 0.0]]
