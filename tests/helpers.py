@@ -24,6 +24,17 @@ class StopAfterStep(L.Callback):
             raise RuntimeError(f"simulated crash at step {trainer.global_step}")
 
 
+class KillAfterStep(StopAfterStep):
+    """Simulates a hard kill (SIGKILL: no exception handler, no teardown) once ``stop_at`` steps are done."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.stop_at:
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_cli(args: list[str]):
     from rlhf_lightning.cli import RLHFLightningCLI
 
@@ -42,11 +53,12 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def make_run_folder(base: str, folder: Path, stage: str, seed: int) -> Path:
+def make_run_folder(base: str, folder: Path, stage: str, seed: int, dropout: float = 0.0) -> Path:
     """A run's ``final`` folder with a LoRA adapter whose weights are random (not the zero-B init), so
-    that the adapter changes the model's outputs; a reward folder also gets a score head."""
+    that the adapter changes the model's outputs; a reward folder also gets a score head. ``dropout`` is
+    the adapter's saved ``lora_dropout``."""
     torch.manual_seed(seed)
-    model = load_causal_lm(ModelConfig(name_or_path=base), LoraConfig(r=4, alpha=8))
+    model = load_causal_lm(ModelConfig(name_or_path=base), LoraConfig(r=4, alpha=8, dropout=dropout))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:

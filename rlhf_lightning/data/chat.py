@@ -393,3 +393,24 @@ def _check_nothing_dropped(renderer: _Renderer, text: str, gen: bool) -> None:
             a, b = (renderer(_with(messages, i, _content_only(message, p)), gen) for p in _PLACEHOLDERS)
             if a == b:
                 raise where.error(name, "the model's chat template does not render tool messages")
+
+
+def end_of_turn_token_id(tokenizer) -> int | None:
+    """The token the chat template writes right after an assistant turn (``<|im_end|>``, Llama-3's
+    ``<|eot_id|>``, Gemma's ``<end_of_turn>``), or ``None`` without a template or when the template closes a
+    turn with plain text only. The model writes this token to end its answer."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return None
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    conversation = Conversation.of([("messages", messages)])
+    renderer = _Renderer(tokenizer, conversation, RowLocation("the chat template", 1), "messages")
+    try:
+        text = renderer(messages)
+        _, end, ended = _assistant_span(renderer, text, 1)
+    except DataFormatError:
+        return None
+    if not ended:
+        return None
+    content_end = renderer.span(text, 1, _whole_turn)[1]
+    start, stop = _first_added_token(tokenizer, text[content_end:end])
+    return tokenizer.convert_tokens_to_ids(text[content_end + start : content_end + stop])

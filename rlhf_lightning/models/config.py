@@ -26,7 +26,9 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in the backward pass: less memory, about 30% more time."""
     disable_dropout: bool = True
-    """Set every dropout probability in the model to 0: RLHF stages need deterministic forward passes."""
+    """Set every dropout probability in the model to 0, including the ``lora_dropout`` of an adapter loaded
+    from a folder: RLHF stages need deterministic forward passes. (Fresh adapters follow ``lora.dropout``;
+    PPO turns every dropout off whatever this says.)"""
     adapter: str | None = None
     """Start from an existing peft adapter folder (for example a previous run's ``final`` folder) instead of
     fresh LoRA weights."""

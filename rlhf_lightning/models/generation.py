@@ -1,11 +1,19 @@
-"""Sampling responses from a (possibly adapter-wrapped) causal LM for a list of tokenized prompts."""
+"""Sampling responses from a (possibly adapter-wrapped) causal LM for a list of tokenized prompts.
+
+Responses are drawn from exactly ``softmax(logits / T)`` (truncated by top-k/top-p only when asked): the
+model's own ``generation_config.json`` (repetition penalty, minimum length, n-gram blocking, bad words, ...)
+is set aside while sampling, because every log-prob PPO computes assumes that distribution. A response ends
+at the first of its stop tokens (:func:`stop_token_ids`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import torch
+import transformers
 from torch import nn
 
 
@@ -21,6 +29,9 @@ class GenerationConfig:
     """0 disables top-k. RLHF rollouts must sample from the full distribution (truncation biases KL)."""
     top_p: float = 1.0
     """1.0 disables nucleus sampling, for the same reason."""
+    stop_tokens: list[str] = field(default_factory=list)
+    """More tokens that end a response (each exactly one token, e.g. ``"<|eot_id|>"``), on top of the
+    tokenizer's EOS, the EOS ids of the model's generation config and the chat template's end-of-turn token."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -41,6 +52,62 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
     return ids.to(device), mask.to(device)
 
 
+def stop_token_ids(tokenizer, model: nn.Module | None = None, extra: Sequence[str] = ()) -> list[int]:
+    """The token ids that end a response, sorted: the tokenizer's EOS, the EOS id(s) of the model's
+    generation config, the end-of-turn token the chat template writes after an assistant turn (Llama-3's
+    ``<|eot_id|>``, ChatML's ``<|im_end|>``), and the ``extra`` token texts.
+
+    Raises ``ValueError`` when an ``extra`` text is not exactly one token of this tokenizer.
+    """
+    from rlhf_lightning.data.chat import end_of_turn_token_id
+    from rlhf_lightning.models.loading import unwrap_causal_lm
+
+    ids = {tokenizer.eos_token_id}
+    if model is not None:
+        configured = getattr(unwrap_causal_lm(model).generation_config, "eos_token_id", None)
+        ids.update([configured] if isinstance(configured, int) else configured or [])
+    ids.add(end_of_turn_token_id(tokenizer))
+    for text in extra:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(tokens) != 1:
+            raise ValueError(
+                f"stop token {text!r} is {len(tokens)} tokens for this tokenizer ({tokens}); each stop token must "
+                "be exactly one token (a special token such as <|eot_id|>, or a single character)"
+            )
+        ids.add(tokens[0])
+    return sorted(i for i in ids if i is not None)
+
+
+def sampling_config(config: GenerationConfig, stop_ids: Sequence[int], pad_token_id: int):
+    """A complete ``transformers.GenerationConfig`` for :func:`sample_responses`: temperature (and top-k/top-p
+    when set) and nothing else; greedy when ``config.temperature`` is 0."""
+    sampling = config.temperature > 0
+    kwargs = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p) if sampling else {}
+    return transformers.GenerationConfig(
+        max_new_tokens=config.max_new_tokens,
+        do_sample=sampling,
+        eos_token_id=list(stop_ids),
+        pad_token_id=pad_token_id,
+        use_cache=True,
+        **kwargs,
+    )
+
+
+@contextmanager
+def model_defaults_set_aside(model: nn.Module) -> Iterator[None]:
+    """Run ``generate`` with a blank model generation config, so that only what the caller passes applies
+    (``generate`` fills every field the caller leaves unset from the model's ``generation_config.json``)."""
+    from rlhf_lightning.models.loading import unwrap_causal_lm
+
+    causal_lm = unwrap_causal_lm(model)
+    saved = causal_lm.generation_config
+    causal_lm.generation_config = transformers.GenerationConfig()
+    try:
+        yield
+    finally:
+        causal_lm.generation_config = saved
+
+
 @torch.no_grad()
 def sample_responses(
     model: nn.Module,
@@ -50,29 +117,35 @@ def sample_responses(
     eos_token_ids: Sequence[int],
     pad_token_id: int,
 ) -> torch.Tensor:
-    """Sample responses ``(b, r)`` to left-padded prompts ``(b, p)``, with the KV cache, in eval mode.
+    """Sample responses ``(b, r)`` to left-padded prompts ``(b, p)`` from ``softmax(logits / T)``, with the
+    KV cache, in eval mode; ``eos_token_ids`` are the stop tokens.
 
-    Rows that finished early are filled with ``pad_token_id`` after their stop token. The model's mode is
-    restored afterwards.
+    Rows that finished early are filled with ``pad_token_id`` after their stop token. The model's mode and
+    generation config are restored afterwards.
     """
     was_training = model.training
     model.eval()
-    sampling = config.temperature > 0
-    kwargs = dict(temperature=config.temperature, top_k=config.top_k, top_p=config.top_p) if sampling else {}
     try:
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=config.max_new_tokens,
-            do_sample=sampling,
-            eos_token_id=list(eos_token_ids),
-            pad_token_id=pad_token_id,
-            use_cache=True,
-            **kwargs,
-        )
+        with model_defaults_set_aside(model):
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=sampling_config(config, eos_token_ids, pad_token_id),
+            )
     finally:
         model.train(was_training)
     return out[:, input_ids.shape[1] :]
+
+
+@contextmanager
+def seeded(seed: int, device: torch.device | str) -> Iterator[None]:
+    """Draw from a generator seeded with ``seed`` inside the block, and leave the global RNG (CPU and
+    ``device``) exactly as it was: sample tables and evaluations never change a training run."""
+    device = torch.device(device)
+    devices = [] if device.type != "cuda" else [torch.cuda.current_device() if device.index is None else device.index]
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(seed)
+        yield
 
 
 def generate(
@@ -82,7 +155,8 @@ def generate(
     eos_token_ids: Sequence[int],
     pad_token_id: int,
 ) -> list[list[int]]:
-    """Generate one response per prompt; each response stops after (and includes) its first EOS."""
+    """Generate one response per prompt; each response stops after (and includes) its first stop token
+    (``eos_token_ids``, usually :func:`stop_token_ids`)."""
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_token_id, device)
     out = sample_responses(model, ids, mask, config, eos_token_ids, pad_token_id)

@@ -69,6 +69,19 @@ def disable_dropout(model: nn.Module) -> None:
             module.p = 0.0
 
 
+def keep_4bit_weights_unpacked(model: nn.Module) -> None:
+    """Keep bitsandbytes' 4-bit weights in one format on CPU.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a ``Linear4bit`` weight for a faster kernel at its first
+    inference forward pass and unpacks it whenever ``state_dict()`` is called, that is at every checkpoint.
+    The round trip is lossy: each checkpoint would shift the frozen base model (and with it the reference)
+    a little, and a run resumed from a checkpoint would not continue the run that wrote it.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def _quantization_config(cfg: ModelConfig) -> BitsAndBytesConfig | None:
     if cfg.quantization == "none":
         return None
@@ -112,6 +125,8 @@ def load_causal_lm(
     )
     if cfg.disable_dropout:
         disable_dropout(model)
+    if quant is not None:
+        keep_4bit_weights_unpacked(model)
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen embeddings (no need for input grads).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -121,6 +136,8 @@ def load_causal_lm(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=trainable)
+        if cfg.disable_dropout:
+            disable_dropout(model)  # the adapter's own lora_dropout (0.05 in many recipes) comes with it
     elif trainable and lora is not None and lora.enabled:
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model

@@ -37,6 +37,30 @@ def test_dropout_is_disabled_in_config_and_modules(tmp_path):
     assert any(m.p > 0 for m in kept.modules() if isinstance(m, nn.Dropout))
 
 
+def test_an_adapter_loaded_from_a_folder_has_its_dropout_off(tiny_llama, tmp_path):
+    from tests.helpers import make_run_folder
+
+    folder = make_run_folder(tiny_llama, tmp_path / "sft", "sft", 1, dropout=0.1)  # as TRL recipes save them
+    model = load_causal_lm(ModelConfig(name_or_path=tiny_llama, adapter=str(folder)), None).train()
+    dropouts = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts and set(dropouts) == {0.0}
+    ids = torch.tensor([[5, 6, 7, 8]])
+    torch.testing.assert_close(model(ids).logits, model(ids).logits, rtol=0, atol=0)  # train mode, same result
+    kept = load_causal_lm(ModelConfig(name_or_path=tiny_llama, adapter=str(folder), disable_dropout=False), None)
+    assert {m.p for m in kept.modules() if isinstance(m, nn.Dropout)} == {0.1}
+
+
+def test_saving_a_checkpoint_leaves_4bit_weights_exactly_as_they_were(tiny_llama):
+    # bitsandbytes repacks CPU 4-bit weights at the first inference pass and unpacks them in state_dict()
+    model = load_causal_lm(ModelConfig(name_or_path=tiny_llama, quantization="nf4"), LoraConfig(r=4)).eval()
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    with torch.no_grad():
+        before = model(ids).logits
+        model.state_dict()
+        after = model(ids).logits
+    assert torch.equal(before, after)
+
+
 @pytest.mark.parametrize("arch", ["tiny_gpt2", "tiny_llama"])
 def test_left_and_right_padding_give_the_same_hidden_states(arch, request):
     model = load_causal_lm(ModelConfig(name_or_path=request.getfixturevalue(arch)), LoraConfig())
@@ -100,6 +124,7 @@ class _ScriptedLM(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
         self.continuations = torch.tensor(continuations)
         self.seen = None
+        self.generation_config = None  # the model's own settings: set aside while sampling
 
     def generate(self, input_ids, attention_mask, **kwargs):
         self.seen = (input_ids, attention_mask, kwargs)
@@ -116,8 +141,11 @@ def test_left_pad_and_responses_end_at_their_first_stop_token():
     assert out == [[7, eos], [9, 9, 9, 9], [eot]]
     input_ids, attention_mask, kwargs = lm.seen
     assert input_ids.tolist() == [[1, 2, 3], [0, 0, 4], [0, 5, 6]]
-    assert kwargs["top_k"] == 0 and kwargs["top_p"] == 1.0 and kwargs["do_sample"] and kwargs["use_cache"]
+    config = kwargs["generation_config"]
+    assert config.top_k == 0 and config.top_p == 1.0 and config.do_sample and config.use_cache
+    assert config.eos_token_id == [eos, eot] and config.max_new_tokens == 4
     assert lm.training, "generate must restore training mode"
+    assert lm.generation_config is None, "the model's own generation config must be put back"
 
 
 def test_generation_with_a_real_model_respects_the_length_limit(tiny_llama):
