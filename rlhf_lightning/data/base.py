@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
@@ -111,12 +112,17 @@ class RowsDataModule(L.LightningDataModule):
 
     def load_examples(self, sources: list[str]) -> list:
         """Tokenize every row of ``sources`` and apply the length policy; raises on the first bad row."""
+        return self._load_rows(sources)[0]
+
+    def _load_rows(self, sources: list[str]) -> tuple[list, list[int]]:
+        """The examples of ``sources`` and, for each, its row's position among all rows read (dropped included)."""
         self.resolve_tokenizer()
-        examples = []
+        examples, positions, position = [], [], -1
         for source in sources:
             name = describe(source)
             for row_number, row in read_rows(source):
                 self.stats["rows"] += 1
+                position += 1
                 if text_fields_spell_control_tokens(self.tokenizer, row):
                     self.stats["text rows spelling control tokens (trained as text)"] += 1
                 try:
@@ -130,13 +136,14 @@ class RowsDataModule(L.LightningDataModule):
                     self.stats[f"dropped {dropped.reason}"] += 1
                     continue
                 examples.append(example)
-        return examples
+                positions.append(position)
+        return examples, positions
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples:
             return
         self.stats = Counter()
-        examples = self.load_examples(self.train_files)
+        examples, positions = self._load_rows(self.train_files)
         if not examples:
             raise ValueError(
                 f"{self.kind}: no usable rows in train_files {self.train_files} (counts: {dict(self.stats)})"
@@ -149,18 +156,7 @@ class RowsDataModule(L.LightningDataModule):
                     "fix the files, or leave val_files empty"
                 )
         elif self.val_fraction > 0:
-            held_out = max(1, round(self.val_fraction * len(examples)))
-            if held_out >= len(examples):
-                raise ValueError(
-                    f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the {len(examples)} "
-                    f"usable rows in {self.train_files}, leaving none to train on. Set val_fraction: 0 (no "
-                    "validation), give more rows, or put validation rows in val_files"
-                )
-            order = list(range(len(examples)))
-            random.Random(self.split_seed).shuffle(order)
-            val_index = set(order[:held_out])
-            self.val_examples = [e for i, e in enumerate(examples) if i in val_index]
-            self.train_examples = [e for i, e in enumerate(examples) if i not in val_index]
+            self.train_examples, self.val_examples = self._split(examples, positions)
         else:
             self.train_examples = examples
         self.stats["train examples"] = len(self.train_examples)
@@ -176,8 +172,34 @@ class RowsDataModule(L.LightningDataModule):
                 "(docs/data-formats.md#text-that-spells-a-control-token)"
             )
 
+    def _split(self, examples: list, positions: list[int]) -> tuple[list, list]:
+        """``(train, val)``: the held-out rows are drawn from all the rows read (by position, with
+        ``split_seed``), before any is dropped or truncated, so a row lands on the same side whatever the
+        length policy; a dropped row is simply missing from its side."""
+        rows = self.stats["rows"]
+        held_out = max(1, round(self.val_fraction * rows))
+        order = list(range(rows))
+        random.Random(self.split_seed).shuffle(order)
+        val_rows = set(order[:held_out])
+        val = [e for e, p in zip(examples, positions) if p in val_rows]
+        train = [e for e, p in zip(examples, positions) if p not in val_rows]
+        if not train or not val:
+            raise ValueError(
+                f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the {rows} rows in "
+                f"{self.train_files}, leaving {len(train)} usable rows to train on and {len(val)} to validate "
+                f"on (counts: {dict(self.stats)}). Set val_fraction: 0 (no validation), give more rows, or put "
+                "validation rows in val_files"
+            )
+        return train, val
+
     def _batches_done(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0
+
+    def _generator(self) -> torch.Generator:
+        """The loaders' own generator: a loader draws a seed for its workers each time it starts an epoch, and
+        from the global RNG that draw would come between a checkpoint and the next training step, so a run
+        resumed at an epoch boundary (or one with validation in between) would not continue exactly."""
+        return torch.Generator().manual_seed(self.shuffle_seed)
 
     def train_dataloader(self) -> DataLoader:
         dataset = ListDataset(self.train_examples)
@@ -188,6 +210,7 @@ class RowsDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             collate_fn=self.collate_fn(),
             num_workers=self.num_workers,
+            generator=self._generator(),
         )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -199,4 +222,5 @@ class RowsDataModule(L.LightningDataModule):
             shuffle=False,
             collate_fn=self.collate_fn(),
             num_workers=self.num_workers,
+            generator=self._generator(),
         )

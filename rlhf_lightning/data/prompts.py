@@ -21,8 +21,6 @@ import functools
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
-import torch
-
 from rlhf_lightning.data.base import RowsDataModule
 from rlhf_lightning.data.chat import Conversation, encode_conversation, encode_text, validate_messages, validate_tools
 from rlhf_lightning.data.errors import RowLocation, type_name
@@ -31,16 +29,32 @@ from rlhf_lightning.models.generation import left_pad
 
 
 class PromptExample(NamedTuple):
-    """One tokenized prompt and its text as the model sees it (chat template applied)."""
+    """One tokenized prompt, its text as the model sees it (chat template applied), the text tables show (the
+    user's last message; a text prompt's own text), and the row it came from (its prompt fields and
+    ``origin``: file and row number), to write it out again."""
 
     input_ids: list[int]
     text: str
+    display: str = ""
+    row: dict | None = None
 
 
-def collate_prompts(examples: Sequence[PromptExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask`` of shape ``(b, t)``; the mask comes from lengths."""
+def collate_prompts(examples: Sequence[PromptExample], pad_id: int) -> dict:
+    """Left-padded ``input_ids`` and ``attention_mask`` of shape ``(b, t)`` (the mask comes from lengths), and
+    ``prompt_text``, the prompts as tables show them (a list of strings)."""
     ids, mask = left_pad([e.input_ids for e in examples], pad_id)
-    return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": ids, "attention_mask": mask, "prompt_text": [e.display for e in examples]}
+
+
+def _origin(row: dict, fields: tuple[str, ...], where: RowLocation) -> dict:
+    kept = {k: row[k] for k in fields if k in row and row[k] is not None}
+    return {**kept, "origin": {"file": where.source, "row": where.row}}
+
+
+def _last_request(messages: list[dict]) -> str:
+    """The content of the last user message (the last message of any role when there is none)."""
+    users = [m for m in messages if m["role"] == "user"]
+    return (users or messages)[-1]["content"]
 
 
 class PromptsDataModule(RowsDataModule):
@@ -101,7 +115,8 @@ class PromptsDataModule(RowsDataModule):
             if isinstance(prompt, str):
                 validate_tools(row, where, conversational=False)
                 text = require_text(row, "prompt", where)
-                return PromptExample(encode_text(self.tokenizer, text, add_special_tokens=True), text)
+                ids = encode_text(self.tokenizer, text, add_special_tokens=True)
+                return PromptExample(ids, text, text, _origin(row, ("prompt",), where))
             if not isinstance(prompt, list):
                 raise where.error("prompt", f"expected a string or a list of messages, got {type_name(prompt)}")
             messages = validate_messages(prompt, "prompt", where)
@@ -124,7 +139,8 @@ class PromptsDataModule(RowsDataModule):
     def _chat(self, messages: list[dict], row: dict, where: RowLocation, field: str) -> PromptExample:
         conversation = Conversation.of([(field, messages)], validate_tools(row, where))
         encoding, _ = encode_conversation(self.tokenizer, conversation, where, field, add_generation_prompt=True)
-        return PromptExample(encoding.input_ids, encoding.text)
+        origin = _origin({field: messages, "tools": row.get("tools")}, (field, "tools"), where)
+        return PromptExample(encoding.input_ids, encoding.text, _last_request(messages), origin)
 
     def example_length(self, example: PromptExample) -> int:
         return len(example.input_ids)
@@ -132,7 +148,7 @@ class PromptsDataModule(RowsDataModule):
     def truncate(self, example: PromptExample) -> PromptExample:
         """Keep the last ``max_length`` tokens (the end of a chat prompt holds the generation prompt)."""
         ids = example.input_ids[-self.max_length :]
-        return PromptExample(ids, self.tokenizer.decode(ids, skip_special_tokens=False))
+        return example._replace(input_ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=False))
 
     def collate_fn(self):
         return functools.partial(collate_prompts, pad_id=self.tokenizer.pad_token_id)
@@ -141,3 +157,18 @@ class PromptsDataModule(RowsDataModule):
         """Token ids of the first ``n`` validation prompts (training ones if there is no validation set)."""
         pool = self.val_examples or self.train_examples
         return [list(e.input_ids) for e in pool[:n]]
+
+    def sample_batch(self, n: int) -> dict | None:
+        """The first ``n`` validation prompts (training ones if there is no validation set) as one batch."""
+        pool = self.val_examples or self.train_examples
+        return collate_prompts(pool[:n], self.tokenizer.pad_token_id) if pool and n > 0 else None
+
+    def write_heldout(self, path) -> int:
+        """Write the held-out prompts (their prompt fields and ``origin``) to a jsonl file that any command
+        reads as a prompts file, so exactly these are evaluated later. Returns how many."""
+        import json
+        from pathlib import Path
+
+        lines = [json.dumps(e.row, ensure_ascii=False) + "\n" for e in self.val_examples]
+        Path(path).write_text("".join(lines), encoding="utf-8")
+        return len(lines)

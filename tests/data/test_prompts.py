@@ -99,7 +99,8 @@ def test_collate_left_pads_with_masks_from_lengths(tmp_path, char_tokenizer):
     tok = char_tokenizer
     dm = setup_prompts(tmp_path, tok, [{"prompt": "abc"}, {"prompt": "a"}, {"prompt": USER}], shuffle=False)
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask"}
+    assert set(batch) == {"input_ids", "attention_mask", "prompt_text"}
+    assert batch["prompt_text"] == ["abc", "a", USER[-1]["content"]]  # what tables show: the user's own words
     lengths = [len(e.input_ids) for e in dm.train_examples]
     assert batch["input_ids"].shape == (3, max(lengths))
     mask = batch["attention_mask"]
@@ -137,3 +138,34 @@ def test_builtin_prompts_are_valid_and_match_their_generator(tiny_llama, tmp_pat
     assert shipped == [row for _, row in read_rows(str(tmp_path / "prompts.jsonl"))]
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape[0] == 16 and batch["attention_mask"][:, -1].all()
+
+
+def test_held_out_rows_do_not_depend_on_the_length_policy(tmp_path, char_tokenizer):
+    # every third prompt is over max_length: dropping them must not move any other row across the split
+    rows = [{"prompt": f"p{i}" + ("-long-long-long" if i % 3 == 0 else "")} for i in range(30)]
+    common = dict(val_fraction=0.3, split_seed=1, max_length=8)
+    dropped = setup_prompts(tmp_path, char_tokenizer, rows, overlong="drop", **common)
+    truncated = setup_prompts(tmp_path, char_tokenizer, rows, overlong="truncate", **common)
+
+    def origins(examples):
+        return [e.row["origin"]["row"] for e in examples]
+
+    assert origins(truncated.val_examples) and dropped.stats["dropped overlong"] == 10
+    assert origins(dropped.val_examples) == [r for r in origins(truncated.val_examples) if (r - 1) % 3 != 0]
+    assert origins(dropped.train_examples) == [r for r in origins(truncated.train_examples) if (r - 1) % 3 != 0]
+
+
+def test_written_held_out_prompts_read_back_as_the_same_prompts(tmp_path, char_tokenizer):
+    conversation = [*USER, *ANSWER, {"role": "user", "content": "And the tea?"}, *ANSWER]
+    rows = [{"prompt": f"text {i}", "score": i} for i in range(6)] + [{"messages": conversation}] * 4
+    rows += [{"prompt": USER, "chosen": "x", "rejected": "y"}] * 4
+    dm = setup_prompts(tmp_path, char_tokenizer, rows, val_fraction=0.5, split_seed=2)
+    count = dm.write_heldout(tmp_path / "heldout.jsonl")
+    assert count == len(dm.val_examples) == 7
+    again = PromptsDataModule(train_files=str(tmp_path / "heldout.jsonl"), val_fraction=0.0)
+    again.tokenizer = char_tokenizer
+    again.setup("fit")
+    assert [e.input_ids for e in again.train_examples] == [e.input_ids for e in dm.val_examples]
+    assert [e.display for e in again.train_examples] == [e.display for e in dm.val_examples]
+    shown = {"And the tea?", USER[0]["content"]} | {f"text {i}" for i in range(6)}  # the last request of each
+    assert {e.display for e in dm.val_examples} <= shown

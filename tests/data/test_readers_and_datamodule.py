@@ -109,7 +109,8 @@ def test_val_fraction_leaving_nothing_to_train_names_the_option_counts_and_fix(t
     with pytest.raises(ValueError) as info:
         _datamodule(path, tiny_llama, val_fraction=fraction)
     message = str(info.value)
-    assert f"val_fraction {fraction} holds out {rows} of the {rows} usable rows" in message
+    assert f"val_fraction {fraction} holds out {rows} of the {rows} rows" in message
+    assert "leaving 0 usable rows to train on" in message
     assert "val_fraction: 0" in message and "val_files" in message
 
 
