@@ -1,6 +1,17 @@
 """Comparing two policies on the same prompts: reward-model score, win rate, KL to a reference, response
 length, the "gold" score of a known preference when there is one, and the texts side by side.
 
+One definition serves the PPO stage's own evaluation and the ``rlhf-lightning evaluate`` command, so the two
+give identical numbers for the same prompts, seed and batch size:
+
+- each side's score is the reward model's raw score (no clipping or whitening, which would rescale each
+  side by its own statistics); the win rate compares raw scores, ties counting half;
+- the missing-EOS penalty PPO would apply to a response that never ended is its own column,
+  ``{side}_eos_penalty`` (0 for a response that ended), not part of the score;
+- the KL of a side to the reference is measured at the temperature its responses were sampled at (1 for
+  greedy responses);
+- batch ``i`` samples from its own generator seeded with ``seed + i``.
+
 The PPO stage evaluates its policy against the SFT reference with :func:`compare_batch`; the
 ``rlhf-lightning evaluate`` command (:func:`evaluate_policies`) compares any two policies, each a run's
 ``final`` folder (an adapter on a base model) or a Hugging Face model folder:
@@ -18,6 +29,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -25,9 +37,10 @@ from rlhf_lightning.callbacks import markdown_table
 from rlhf_lightning.models.adapters import Role, role_scores, sample_from_role, sequence_kl
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.generation import GenerationConfig, left_pad
+from rlhf_lightning.models.generation import GenerationConfig, left_pad, seeded, stop_token_ids
 from rlhf_lightning.models.loading import RUN_INFO_FILE, load_causal_lm, load_tokenizer, read_run_info
 from rlhf_lightning.models.reward import hidden_size_of, load_head
+from rlhf_lightning.ops import penalize_unfinished
 from rlhf_lightning.scores import ScoreFunction, require_finite
 
 log = logging.getLogger(__name__)
@@ -48,33 +61,58 @@ def _mean(values) -> float:
     return sum(values) / max(len(values), 1)
 
 
+def kl_temperature(temperature: float) -> float:
+    """The temperature KL is measured at for responses sampled at ``temperature`` (1 for greedy ones)."""
+    return temperature if temperature > 0 else 1.0
+
+
+def eos_penalty(
+    scores: torch.Tensor, ended: torch.Tensor, penalty: float | None, mode: Literal["subtract", "replace"]
+) -> torch.Tensor:
+    """``(b,)`` the change PPO's missing-EOS penalty makes to each raw score: ``-penalty`` (``subtract``) or
+    ``-penalty - score`` (``replace``) for a response that never ended, 0 for one that did or when off."""
+    if penalty is None:
+        return torch.zeros_like(scores)
+    return penalize_unfinished(scores, ended, -penalty if mode == "replace" else penalty, mode) - scores
+
+
 @torch.no_grad()
 def compare_batch(
     prompts: torch.Tensor,
     prompt_mask: torch.Tensor,
     samplers: dict[str, Sampler],
-    score: Callable[[torch.Tensor, torch.Tensor, int, torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
     tokenizer,
     kl: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     kl_sides: Sequence[str] = (),
     gold_fn: ScoreFunction | None = None,
+    penalty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    prompt_texts: Sequence[str] | None = None,
 ) -> list[dict]:
-    """One record per prompt with each side's response, score, length, whether it ended, and for the sides in
-    ``kl_sides`` the summed KL of its response to the reference; ``gold_fn`` adds ``{side}_gold``.
+    """One record per prompt with each side's response, raw score, missing-EOS penalty, length, whether it
+    ended, and for the sides in ``kl_sides`` the summed KL of its response to the reference; ``gold_fn``
+    adds ``{side}_gold``.
 
-    ``score(sequences, attention_mask, prompt_length, ended)`` gives the scores ``(b,)``;
+    ``score(sequences, attention_mask, prompt_length)`` gives the raw scores ``(b,)``;
+    ``penalty(scores, ended)`` the missing-EOS penalty ``(b,)`` (see :func:`eos_penalty`);
     ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses.
+    ``prompt_texts`` are the prompts as the records show them (the user's last message); by default the
+    prompt tokens are decoded.
     """
     p = prompts.shape[1]
     decode = tokenizer.decode
-    records = [{"prompt": decode(prompts[i][prompt_mask[i].bool()])} for i in range(prompts.shape[0])]
+    if prompt_texts is None:
+        prompt_texts = [decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(prompts, prompt_mask)]
+    records = [{"prompt": text} for text in prompt_texts]
     for side, sample in samplers.items():
         sequences, attention_mask, mask, ended = sample(prompts, prompt_mask)
-        scores = score(sequences, attention_mask, p, ended)
+        scores = score(sequences, attention_mask, p)
+        penalties = penalty(scores, ended) if penalty is not None else torch.zeros_like(scores)
         kls = kl(side, sequences, attention_mask, mask) if kl is not None and side in kl_sides else None
         for i, record in enumerate(records):
             record[side] = decode(sequences[i, p:][mask[i]], skip_special_tokens=True)
             record[f"{side}_score"] = scores[i].item()
+            record[f"{side}_eos_penalty"] = penalties[i].item()
             if kls is not None:
                 record[f"{side}_kl"] = kls[i].item()
             record[f"{side}_length"] = int(mask[i].sum())
@@ -101,6 +139,7 @@ def summarize(records: list[dict], a: str, b: str) -> dict[str, float]:
     for side in (a, b):
         summary[f"{side}_length"] = _mean(r[f"{side}_length"] for r in records)
         summary[f"{side}_ended"] = _mean(r[f"{side}_ended"] for r in records)
+        summary[f"{side}_eos_penalty"] = _mean(r.get(f"{side}_eos_penalty", 0.0) for r in records)
     if records and f"{a}_gold" in records[0]:
         summary[f"gold_{a}"] = _mean(r[f"{a}_gold"] for r in records)
         summary[f"gold_{b}"] = _mean(r[f"{b}_gold"] for r in records)
@@ -108,17 +147,16 @@ def summarize(records: list[dict], a: str, b: str) -> dict[str, float]:
     return summary
 
 
-def short_prompt(text: str, tokenizer, keep: int = 120) -> str:
-    """The end of a prompt with its special tokens removed (a chat prompt ends with the user's request)."""
-    for token in tokenizer.all_special_tokens:
-        text = text.replace(token, " ")
+def short_prompt(text: str, keep: int = 200) -> str:
+    """A prompt for a table cell: whitespace runs as one space, and only its end when it is long (the
+    request comes last)."""
     plain = " ".join(text.split())
     return plain if len(plain) <= keep else "…" + plain[-keep:]
 
 
-def samples_table(records: list[dict], a: str, b: str, limit: int | None = None, tokenizer=None) -> str:
-    """Markdown table: prompt (its end, without special tokens, given the ``tokenizer``), then each side's
-    response and score (and KL when measured)."""
+def samples_table(records: list[dict], a: str, b: str, limit: int | None = None) -> str:
+    """Markdown table: the prompt (the user's last message), then each side's response and raw score (and KL
+    when measured)."""
     header = ["prompt", a, f"{a} score"]
     has_kl = bool(records) and f"{a}_kl" in records[0]
     if has_kl:
@@ -126,20 +164,17 @@ def samples_table(records: list[dict], a: str, b: str, limit: int | None = None,
     header += [b, f"{b} score"]
     rows = []
     for r in records[:limit]:
-        prompt = short_prompt(r["prompt"], tokenizer) if tokenizer is not None else r["prompt"]
-        row = [prompt, r[a], r[f"{a}_score"]] + ([r[f"{a}_kl"]] if has_kl else []) + [r[b], r[f"{b}_score"]]
-        rows.append(row)
+        kl = [r[f"{a}_kl"]] if has_kl else []
+        rows.append([short_prompt(r["prompt"]), r[a], r[f"{a}_score"], *kl, r[b], r[f"{b}_score"]])
     return markdown_table(header, rows)
 
 
-def report_markdown(
-    summary: dict[str, float], records: list[dict], a: str, b: str, sources: dict, limit: int, tokenizer=None
-) -> str:
+def report_markdown(summary: dict[str, float], records: list[dict], a: str, b: str, sources: dict, limit: int) -> str:
     lines = [f"# {a} vs {b}", ""]
     lines += [f"- {name}: `{value}`" for name, value in sources.items()]
     metrics = markdown_table(["metric", "value"], [(k, f"{v:.4f}") for k, v in summary.items()], numbered=False)
     lines += ["", metrics, ""]
-    table = samples_table(records, a, b, limit, tokenizer)
+    table = samples_table(records, a, b, limit)
     lines += [f"## Samples ({min(limit, len(records))} of {len(records)})", "", table, ""]
     return "\n".join(lines)
 
@@ -209,19 +244,26 @@ def _check_same_vocabulary(tokenizer, paths: dict[str, str]) -> None:
 
 
 def load_prompts(
-    tokenizer, prompts: str | list[str], val_fraction: float, split_seed: int, max_length: int, max_prompts
-):
-    """Tokenized prompts from a prompts file (PPO's format); with ``val_fraction`` only the held-out split
-    that a PPO run with the same file, fraction and seed kept for evaluation."""
+    tokenizer,
+    prompts: str | list[str],
+    val_fraction: float,
+    split_seed: int,
+    max_length: int,
+    max_prompts: int | None,
+    overlong: Literal["truncate", "drop"] = "drop",
+) -> list:
+    """Prompt examples (token ids and the text tables show) from a prompts file (PPO's format); with
+    ``val_fraction`` only the held-out split that a PPO run with the same file, fraction and seed kept for
+    evaluation."""
     from rlhf_lightning.data.prompts import PromptsDataModule
 
     data = PromptsDataModule(
-        train_files=prompts, val_fraction=val_fraction, split_seed=split_seed, max_length=max_length
+        train_files=prompts, val_fraction=val_fraction, split_seed=split_seed, max_length=max_length, overlong=overlong
     )
     data.tokenizer = tokenizer
     data.setup("fit")
     examples = data.val_examples if val_fraction > 0 else data.train_examples
-    return [list(e.input_ids) for e in examples[:max_prompts]]
+    return examples[:max_prompts]
 
 
 def evaluate_policies(
@@ -235,8 +277,12 @@ def evaluate_policies(
     split_seed: int = 0,
     max_prompts: int | None = None,
     max_length: int = 256,
+    overlong: Literal["truncate", "drop"] = "drop",
     max_new_tokens: int = 64,
     temperature: float = 0.7,
+    stop_tokens: list[str] | None = None,
+    missing_eos_penalty: float | None = 1.0,
+    missing_eos_mode: Literal["subtract", "replace"] = "subtract",
     batch_size: int = 16,
     gold_function: str | None = None,
     num_samples: int = 8,
@@ -247,24 +293,33 @@ def evaluate_policies(
 ) -> dict:
     """Compare ``policy`` with ``baseline`` on the same prompts; write evaluation.json and evaluation.md.
 
+    The numbers follow the definition in this module's docstring, the one the PPO stage's own evaluation
+    uses: with the prompts PPO held out (its run folder's ``heldout_prompts.jsonl``), its seed
+    (``evaluation.seed``), batch size and temperature, the two give the same numbers.
+
     Args:
         policy: The policy to evaluate: a run's ``final`` folder (SFT or PPO), a model folder, or a hub id.
         baseline: The policy to compare against, in the same forms (usually the SFT run's ``final``).
         reward_model: A reward run's ``final`` folder; it scores both sides' responses.
         output: Folder for ``evaluation.json`` and ``evaluation.md``.
-        prompts: Prompts in the PPO stage's formats (a file, ``builtin:NAME`` or ``hf:OWNER/NAME``).
+        prompts: Prompts in the PPO stage's formats (a file, ``builtin:NAME`` or ``hf:OWNER/NAME``), for
+            example a PPO run folder's ``heldout_prompts.jsonl``.
         reference: The model KL is measured to (default: ``baseline``), in the same forms.
         val_fraction: When > 0, use only the held-out split a PPO run with the same ``prompts``,
-            ``val_fraction`` and ``split_seed`` evaluated on; 0 uses every prompt.
+            ``val_fraction``, ``split_seed``, ``max_length`` and ``overlong`` evaluated on; 0 uses every prompt.
         split_seed: Seed of that split (the prompts DataModule's ``split_seed``).
         max_prompts: Evaluate at most this many prompts.
-        max_length: Longest prompt in tokens (longer ones are dropped).
+        max_length: Longest prompt in tokens.
+        overlong: What happens to a longer prompt, as in the prompts DataModule: ``drop`` or ``truncate``.
         max_new_tokens: Longest response.
         temperature: Sampling temperature of both policies (0 = greedy); KL is measured at the same one.
+        stop_tokens: More tokens that end a response, as PPO's ``rollout.stop_tokens``.
+        missing_eos_penalty: PPO's ``rewards.missing_eos_penalty``, reported per side as ``*_eos_penalty``.
+        missing_eos_mode: PPO's ``rewards.missing_eos_mode``.
         batch_size: Prompts per generation batch.
         gold_function: ``module:function`` giving the true preference, ``f(prompts, responses) -> scores``.
         num_samples: Rows of the sample table in evaluation.md.
-        seed: Seed of the sampling.
+        seed: Seed of the sampling: batch ``i`` draws from ``seed + i``.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         dtype: Weight dtype of the base models.
         quantization: Load the base models 4-bit / 8-bit to save memory.
@@ -277,11 +332,11 @@ def evaluate_policies(
     tokenizer = _tokenizer_of(policy)
     others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
     _check_same_vocabulary(tokenizer, others)
+    stop_token_ids(tokenizer, None, stop_tokens or [])  # a bad stop token is refused before loading
     gold_fn = ScoreFunction(gold_function, "gold_function") if gold_function else None
-    token_lists = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts)
-    if not token_lists:
+    examples = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts, overlong)
+    if not examples:
         raise ValueError(f"no prompts to evaluate in {prompts} (val_fraction {val_fraction})")
-    torch.manual_seed(seed)
     loader = RoleLoader(ModelConfig(dtype=dtype, quantization=quantization), device)
     sides = {"policy": loader.load(policy, "policy"), "baseline": loader.load(baseline, "baseline")}
     if reference is None or reference == baseline:
@@ -290,25 +345,31 @@ def evaluate_policies(
         ref_role = loader.load(reference, "reference")
     reward = loader.load(reward_model, "reward")
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    kl_temperature = temperature if temperature > 0 else 1.0
+    stops = sorted({i for role in sides.values() for i in stop_token_ids(tokenizer, role.model, stop_tokens or [])})
+    pad = tokenizer.pad_token_id
 
     def sampler(role: Role) -> Sampler:
-        return lambda ids, mask: sample_from_role(role, ids, mask, cfg, [eos], pad)
+        return lambda ids, mask: sample_from_role(role, ids, mask, cfg, stops, pad)
 
-    def score(sequences, attention_mask, prompt_length, ended):
+    def score(sequences, attention_mask, prompt_length):
         return require_finite(role_scores(reward, sequences, attention_mask), f"the reward model {reward_model}")
 
     def kl(side, sequences, attention_mask, mask):
-        return sequence_kl(sides[side], ref_role, sequences, attention_mask, mask, kl_temperature)
+        return sequence_kl(sides[side], ref_role, sequences, attention_mask, mask, kl_temperature(temperature))
+
+    def penalty(scores, ended):
+        return eos_penalty(scores, ended, missing_eos_penalty, missing_eos_mode)
 
     kl_sides = [s for s, role in sides.items() if role is not ref_role]
     samplers = {s: sampler(role) for s, role in sides.items()}
     records: list[dict] = []
-    for start in range(0, len(token_lists), batch_size):
-        ids, mask = left_pad(token_lists[start : start + batch_size], pad, device)
-        records.extend(compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn))
-        log.info(f"evaluate: {len(records)}/{len(token_lists)} prompts")
+    for i, start in enumerate(range(0, len(examples), batch_size)):
+        batch = examples[start : start + batch_size]
+        ids, mask = left_pad([e.input_ids for e in batch], pad, device)
+        with seeded(seed + i, device):
+            texts = [e.display for e in batch]
+            records.extend(compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn, penalty, texts))
+        log.info(f"evaluate: {len(records)}/{len(examples)} prompts")
     summary = summarize(records, "policy", "baseline")
     sources = {
         "policy": policy,
@@ -317,16 +378,18 @@ def evaluate_policies(
         "reference": reference or baseline,
         "prompts": prompts if val_fraction <= 0 else f"{prompts} (held-out {val_fraction}, seed {split_seed})",
         "temperature": temperature,
+        "seed": seed,
+        "batch_size": batch_size,
     }
-    return _write(output, summary, records, sources, num_samples, tokenizer)
+    return _write(output, summary, records, sources, num_samples)
 
 
-def _write(output: str, summary: dict, records: list[dict], sources: dict, num_samples: int, tokenizer) -> dict:
+def _write(output: str, summary: dict, records: list[dict], sources: dict, num_samples: int) -> dict:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     result = {"sources": sources, "summary": summary, "records": records}
     (out / JSON_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    report = report_markdown(summary, records, "policy", "baseline", sources, num_samples, tokenizer)
+    report = report_markdown(summary, records, "policy", "baseline", sources, num_samples)
     (out / MARKDOWN_FILE).write_text(report)
     print(markdown_table(["metric", "value"], [(k, f"{v:.4f}") for k, v in summary.items()], numbered=False))
     print(f"-> {out / JSON_FILE}, {out / MARKDOWN_FILE}")

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from rlhf_lightning.callbacks import markdown_table
-from rlhf_lightning.runs import read_scalars
+from rlhf_lightning.runs import HELDOUT_FILE, read_scalars
 
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
@@ -47,27 +47,28 @@ class StageSpec:
 @dataclass
 class EvaluationSpec:
     """The comparison of the PPO policy with the SFT model after training (``rlhf-lightning evaluate``).
-    Fields left empty are taken from the PPO run's resolved config, so the evaluation uses the prompts PPO
-    held out."""
+    Fields left empty are taken from the PPO run: the prompts it held out (recorded in its
+    ``heldout_prompts.jsonl``) and its evaluation settings, so the numbers are those of PPO's own evaluation
+    at the end of training."""
 
     prompts: str | None = None
-    """Prompts file; default: the PPO stage's ``data.init_args.train_files``."""
+    """Prompts file; default: the PPO run's recorded held-out prompts."""
     val_fraction: float | None = None
-    """Held-out fraction of ``prompts``; default: the PPO stage's (0 evaluates every prompt)."""
+    """Held-out fraction of ``prompts`` when they are given (0 evaluates every prompt)."""
     split_seed: int | None = None
-    """Seed of the held-out split; default: the PPO stage's."""
+    """Seed of the held-out split of given ``prompts``; default: the PPO stage's."""
     max_prompts: int | None = None
     """Evaluate at most this many prompts."""
     max_new_tokens: int | None = None
     """Longest response; default: the PPO stage's ``rollout.max_new_tokens``."""
-    temperature: float = 0.7
-    """Sampling temperature of both policies."""
+    temperature: float | None = None
+    """Sampling temperature of both policies; default: the PPO stage's evaluation temperature."""
     gold_function: str | None = None
     """``module:function`` of the true preference; default: the PPO stage's ``evaluation.gold_function``."""
     num_samples: int = 8
     """Rows of the side-by-side sample table."""
-    batch_size: int = 16
-    """Prompts per generation batch."""
+    batch_size: int | None = None
+    """Prompts per generation batch; default: the PPO stage's validation batch size."""
 
 
 def _cli_value(value: Any) -> str:
@@ -170,24 +171,31 @@ class Pipeline:
         def ppo(dotted: str, given: Any = None) -> Any:
             return given if given is not None else _lookup(resolved, dotted)
 
-        val_files = ppo("data.init_args.val_files")
-        if ev.prompts is None and val_files:  # PPO evaluated on its own validation files
-            prompts, val_fraction = val_files, 0.0
+        heldout = self.root / "ppo" / HELDOUT_FILE
+        if ev.prompts is None and heldout.exists():  # exactly the prompts PPO evaluated on
+            prompts, val_fraction = str(heldout), 0.0
+        elif ev.prompts is None:  # PPO held nothing out: it evaluated on its training prompts
+            prompts, val_fraction = ppo("data.init_args.train_files"), 0.0
         else:
-            prompts = ppo("data.init_args.train_files", ev.prompts)
-            val_fraction = ppo("data.init_args.val_fraction", ev.val_fraction)
+            prompts, val_fraction = ev.prompts, ev.val_fraction or 0.0
+        rollout = ppo("model.init_args.rollout") or {}
+        temperature = ppo("model.init_args.evaluation.temperature", ev.temperature)
         return {
             "prompts": prompts,
             "val_fraction": val_fraction,
             "split_seed": ppo("data.init_args.split_seed", ev.split_seed),
             "max_length": ppo("data.init_args.max_length"),
-            "max_new_tokens": ppo("model.init_args.rollout.max_new_tokens", ev.max_new_tokens),
+            "overlong": ppo("data.init_args.overlong"),
+            "max_new_tokens": ev.max_new_tokens or rollout.get("max_new_tokens"),
+            "stop_tokens": rollout.get("stop_tokens") or [],
+            "missing_eos_penalty": ppo("model.init_args.rewards.missing_eos_penalty"),
+            "missing_eos_mode": ppo("model.init_args.rewards.missing_eos_mode"),
             "gold_function": ppo("model.init_args.evaluation.gold_function", ev.gold_function),
             "max_prompts": ev.max_prompts,
-            "temperature": ev.temperature,
+            "temperature": rollout.get("temperature") if temperature is None else temperature,
             "num_samples": ev.num_samples,
-            "batch_size": ev.batch_size,
-            "seed": ppo("seed_everything") or 0,
+            "batch_size": ev.batch_size or ppo("data.init_args.val_batch_size") or ppo("data.init_args.batch_size"),
+            "seed": ppo("model.init_args.evaluation.seed") or 0,
         }
 
     def run_evaluation(self) -> None:

@@ -1,8 +1,12 @@
-"""Reading what a run folder's TensorBoard event files hold."""
+"""What a run folder holds besides checkpoints and ``final``: TensorBoard event files, and the prompts a PPO
+run held out for evaluation."""
 
 from __future__ import annotations
 
 from pathlib import Path
+
+HELDOUT_FILE = "heldout_prompts.jsonl"
+"""A PPO run folder's record of its evaluation prompts (a prompts file; each row names its ``origin``)."""
 
 
 def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:

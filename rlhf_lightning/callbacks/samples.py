@@ -8,7 +8,7 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from rlhf_lightning.models.generation import GenerationConfig, generate
+from rlhf_lightning.models.generation import GenerationConfig, generate, seeded, stop_token_ids
 
 
 @dataclass
@@ -21,7 +21,8 @@ class SampleConfig:
     num_prompts: int = 4
     max_new_tokens: int = 64
     temperature: float = 0.0
-    """0 is greedy: successive tables then differ only because the model changed."""
+    """0 is greedy: successive tables then differ only because the model changed. Sampled tables draw from
+    their own generator, so they never change the training run."""
 
 
 def _cell(text: str) -> str:
@@ -65,7 +66,9 @@ class GenerationSamples(L.Callback):
         if not prompts:
             return
         gen = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature)
-        responses = generate(pl_module.model, prompts, gen, [tokenizer.eos_token_id], tokenizer.pad_token_id)
+        stops = stop_token_ids(tokenizer, pl_module.model)
+        with seeded(step, pl_module.device):
+            responses = generate(pl_module.model, prompts, gen, stops, tokenizer.pad_token_id)
         rows = [
             (tokenizer.decode(p, skip_special_tokens=False), tokenizer.decode(r, skip_special_tokens=False))
             for p, r in zip(prompts, responses)

@@ -17,6 +17,7 @@ Policy, reference, value and reward share one (optionally 4-bit) base model as n
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -31,7 +32,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from rlhf_lightning.callbacks import PhaseTimer, markdown_table
-from rlhf_lightning.evaluation import compare_batch, samples_table, summarize
+from rlhf_lightning.evaluation import (
+    compare_batch,
+    eos_penalty,
+    kl_temperature,
+    samples_table,
+    short_prompt,
+    summarize,
+)
 from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig
 from rlhf_lightning.models.adapters import (
     Role,
@@ -45,7 +53,8 @@ from rlhf_lightning.models.adapters import (
     use_adapter,
 )
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.loading import load_causal_lm, read_run_info
+from rlhf_lightning.models.generation import seeded, stop_token_ids
+from rlhf_lightning.models.loading import disable_dropout, load_causal_lm, read_run_info
 from rlhf_lightning.models.reward import RewardModel, ScalarHead, hidden_size_of, load_head, save_head
 from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
@@ -55,12 +64,12 @@ from rlhf_lightning.ops import (
     gae,
     kl_per_token,
     masked_mean,
-    penalize_unfinished,
     ppo_policy_loss,
     ppo_value_loss,
     token_rewards,
     whiten,
 )
+from rlhf_lightning.runs import HELDOUT_FILE
 from rlhf_lightning.scores import ScoreFunction, require_finite
 
 POLICY, REFERENCE, REWARD, VALUE = "default", "reference", "reward", "value"
@@ -99,8 +108,9 @@ class PPOConfig:
     whiten_advantages: bool = True
     """Normalise advantages over the valid tokens of the batch (all ranks)."""
     max_grad_norm: float | None = 1.0
-    """Clip the gradient norm before each optimizer step (``null``: off). Use this, not
-    ``trainer.gradient_clip_val``, which Lightning refuses under manual optimization."""
+    """Clip the gradient norm before each optimizer step, the policy's and the value function's separately
+    (``null``: off). Use this, not ``trainer.gradient_clip_val``, which Lightning refuses under manual
+    optimization."""
 
 
 @dataclass
@@ -135,7 +145,11 @@ class EvalConfig:
     """Evaluate at the end of training; results go to TensorBoard (``eval/*``) and ``evaluation.json``.
     ``rlhf-lightning validate`` (and ``trainer.val_check_interval``) run the same evaluation on demand."""
     temperature: float | None = None
-    """Sampling temperature of evaluation responses; ``null`` uses the rollout's."""
+    """Sampling temperature of evaluation responses (and of the sample table); ``null`` uses the rollout's.
+    Their KL is measured at this temperature too."""
+    seed: int = 0
+    """Seed of the evaluation's and the sample table's own random generator (batch ``i`` of the evaluation
+    draws from ``seed + i``); they never touch the training run's random state."""
     samples_every_n_iterations: int = 10
     """Every N iterations log a table of eval prompts with the policy's response, score and KL (0 = off)."""
     num_samples: int = 4
@@ -217,6 +231,7 @@ class PPOModule(CausalLMModule):
         if rollout.top_k != 0 or rollout.top_p < 1.0:
             rank_zero_warn("rollout top_k/top_p truncate the sampling distribution: the measured KL becomes biased")
         super().__init__(model, lora, optim)
+        self.stop_ids = stop_token_ids(self.tokenizer, None, rollout.stop_tokens)  # the model adds its own below
         self.automatic_optimization = False
         self.reward_model_path = reward_model
         self.reward_function_path = reward_function
@@ -237,6 +252,7 @@ class PPOModule(CausalLMModule):
         self.reward_head: ScalarHead | None = None
         self.roles: dict[str, Role] = {}
         self._eval_records: list[dict] = []
+        self._grad_norms: list[dict[str, torch.Tensor]] = []
         self._last_warning: dict[str, int] = {}
         self.last_stats: dict[str, float] = {}
         self.episodes = 0  # prompts rolled out so far, all ranks
@@ -260,7 +276,11 @@ class PPOModule(CausalLMModule):
         value = self._configure_value(device, hidden)
         self.roles = {"policy": Role(self.model, POLICY), "reference": reference, "reward": reward, "value": value}
         self._set_trainable()
-        self.train()  # adapters loaded for inference come in eval mode; dropout is off either way
+        # Adapters loaded from folders bring their own lora_dropout (0.05 in many recipes); PPO's ratio is only
+        # 1 on the first minibatch if no forward pass drops anything.
+        disable_dropout(self)
+        self.train()
+        self.stop_ids = stop_token_ids(self.tokenizer, self.model, self.rollout_config.stop_tokens)
         rank_zero_info(
             "ppo: policy from "
             + (cfg.adapter or "fresh LoRA")
@@ -373,20 +393,16 @@ class PPOModule(CausalLMModule):
         scores = role_scores(self.roles["reward"], sequences, attention_mask)
         return require_finite(scores, f"the reward model {self.reward_model_path} at iteration {self._iteration()}")
 
-    def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor, all_reduce: bool = True) -> torch.Tensor:
-        """Scores the policy is optimised on: clipped, optionally rescaled, missing-EOS penalty applied.
-        ``all_reduce=False`` rescales with this rank's statistics only (for tables rank 0 writes alone)."""
+    def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+        """Scores the policy is optimised on: clipped, optionally rescaled (with the statistics of all ranks),
+        missing-EOS penalty applied."""
         s = self.shaping
         scores = raw
         if s.score_clip is not None:
             scores = scores.clamp(-s.score_clip, s.score_clip)
-        if s.whiten_scores and scores.numel() > 1:
-            all_valid = torch.ones_like(scores, dtype=torch.bool)
-            scores = whiten(scores, all_valid, shift_mean=False, all_reduce=all_reduce)
-        if s.missing_eos_penalty is not None:
-            penalty = -s.missing_eos_penalty if s.missing_eos_mode == "replace" else s.missing_eos_penalty
-            scores = penalize_unfinished(scores, ended, penalty, s.missing_eos_mode)
-        return scores
+        if s.whiten_scores:  # fewer than 2 scores over all ranks are left as they are
+            scores = whiten(scores, torch.ones_like(scores, dtype=torch.bool), shift_mean=False, all_reduce=True)
+        return scores + eos_penalty(scores, ended, s.missing_eos_penalty, s.missing_eos_mode)
 
     def _micro_slices(self, n: int, size: int | None = None) -> list[slice]:
         size = size or self.ppo.micro_batch_size or n
@@ -395,12 +411,12 @@ class PPOModule(CausalLMModule):
     # --- one iteration ------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prompts: torch.Tensor, prompt_mask: torch.Tensor, role: str = "policy", temperature=None):
-        """Responses to left-padded prompts: ``(sequences, attention_mask, response_mask, ended)``."""
+        """Responses to left-padded prompts: ``(sequences, attention_mask, response_mask, ended)``; a response
+        ends at the first of ``self.stop_ids`` (``ended`` is False for one that ran out of room)."""
         cfg = self.rollout_config
         if temperature is not None:
-            cfg = GenerationConfig(cfg.max_new_tokens, temperature, cfg.top_k, cfg.top_p)
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
-        return sample_from_role(self.roles[role], prompts, prompt_mask, cfg, [eos], pad)
+            cfg = dataclasses.replace(cfg, temperature=temperature)
+        return sample_from_role(self.roles[role], prompts, prompt_mask, cfg, self.stop_ids, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
     def make_experience(self, sequences, attention_mask, mask, ended, prompt_length: int):
@@ -488,16 +504,52 @@ class PPOModule(CausalLMModule):
                         ("val/clipfrac_avg", vf_clipfrac), ("policy/entropy_avg", entropy),
                     ):  # fmt: skip
                         record(key, value)
-                # a NaN/inf loss or gradient is never applied: the guard drops those gradients, and the
-                # optimizer step (still counted, like the schedule) leaves every weight and its state alone
-                if self.step_is_finite(optimizer) and cfg.max_grad_norm is not None:
-                    self.clip_gradients(optimizer, cfg.max_grad_norm, gradient_clip_algorithm="norm")
-                optimizer.step()
+                optimizer.step()  # checks and clips the gradients first: on_before_optimizer_step
+                while self._grad_norms:  # empty when the step was not finite
+                    for key, value in self._grad_norms.pop().items():
+                        record(key, value)
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
         stats = {k: torch.stack(v).mean() for k, v in totals.items()}
         stats["val/ratio_var"] = torch.stack(totals["val/ratio"]).var() if len(totals["val/ratio"]) > 1 else 0 * b
         return stats
+
+    def _gradient_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The trainable parameters of the policy (its adapter, ``default``) and of the value function (its
+        adapter or own model, and its head)."""
+        groups: dict[str, list[torch.nn.Parameter]] = {"policy": [], "val": []}
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                is_policy = f".{POLICY}." in name and not name.startswith("value_backbone.")
+                groups["policy" if is_policy else "val"].append(p)
+        return groups
+
+    def clip_policy_and_value_gradients(self) -> dict[str, torch.Tensor]:
+        """Clip the policy's and the value function's gradients to ``ppo.max_grad_norm`` each (value gradients
+        are in reward units: under one shared norm a large reward scale would shrink every policy step).
+        Returns the norms before clipping, ``policy/grad_norm`` and ``val/grad_norm``."""
+        norms = {}
+        for group, params in self._gradient_groups().items():
+            grads = [p for p in params if p.grad is not None]
+            if not grads:
+                norm = torch.zeros((), device=self.device)
+            elif self.ppo.max_grad_norm is None:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
+            else:
+                norm = torch.nn.utils.clip_grad_norm_(grads, self.ppo.max_grad_norm)
+            norms[f"{group}/grad_norm"] = norm.detach()
+        return norms
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Runs inside ``optimizer.step()``, after ``16-mixed`` unscaled the gradients. A NaN/inf loss or
+        gradient is never applied: the guard drops those gradients and the step (still counted, like the
+        schedule) leaves every weight and its state alone; under ``16-mixed`` the gradient scaler does that.
+        Finite gradients are clipped, the policy's and the value's separately."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            self._step_losses = []
+        elif not self.step_is_finite(optimizer):
+            return
+        self._grad_norms.append(self.clip_policy_and_value_gradients())
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         timer = PhaseTimer(self.device)
@@ -567,6 +619,7 @@ class PPOModule(CausalLMModule):
             self._log_samples()
 
     def on_fit_start(self) -> None:
+        self._record_heldout_prompts()
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = self.trainer.strategy
@@ -575,6 +628,18 @@ class PPOModule(CausalLMModule):
                 "PPO under DDP needs --trainer.strategy=ddp_find_unused_parameters_true: each backward pass "
                 "reaches only the policy's or only the value's adapter, and DDP must be told the rest is unused"
             )
+
+    def _record_heldout_prompts(self) -> None:
+        """Write the evaluation prompts to the run folder's ``heldout_prompts.jsonl`` (a prompts file), so a
+        later ``rlhf-lightning evaluate`` can use exactly these, whatever split options it is given."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not getattr(datamodule, "val_examples", None) or not hasattr(datamodule, "write_heldout"):
+            return
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective call under DDP
+        if self.trainer.is_global_zero:
+            folder.mkdir(parents=True, exist_ok=True)
+            count = datamodule.write_heldout(folder / HELDOUT_FILE)
+            rank_zero_info(f"ppo: {count} held-out evaluation prompts recorded in {folder / HELDOUT_FILE}")
 
     # --- optimizer ----------------------------------------------------------------------------------------
     def optimizer_steps_per_iteration(self) -> int:
@@ -598,22 +663,32 @@ class PPOModule(CausalLMModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- evaluation -----------------------------------------------------------------------------------------
+    def _eval_temperature(self) -> float:
+        t = self.eval_config.temperature
+        return self.rollout_config.temperature if t is None else t
+
     @torch.no_grad()
-    def evaluate_batch(self, prompts: torch.Tensor, prompt_mask: torch.Tensor) -> list[dict]:
-        """Policy and reference responses to the same prompts, scored (with the missing-EOS penalty), with the
-        policy's KL to the reference; see :func:`rlhf_lightning.evaluation.compare_batch`."""
-        temperature = self.eval_config.temperature
+    def evaluate_batch(self, batch: dict, index: int = 0) -> list[dict]:
+        """Policy and reference responses to one batch of prompts, each with its raw score and missing-EOS
+        penalty, and the policy's KL to the reference at the evaluation temperature; sampled from the
+        evaluation's own generator (``evaluation.seed + index``). See :mod:`rlhf_lightning.evaluation` for
+        the definition, shared with ``rlhf-lightning evaluate``."""
+        temperature = self._eval_temperature()
         samplers = {side: functools.partial(self.sample, role=side, temperature=temperature) for side in SIDES}
-        return compare_batch(
-            prompts,
-            prompt_mask,
-            samplers,
-            score=lambda seq, att, p, ended: self.shape_scores(self.score(seq, att, p), ended),
-            tokenizer=self.tokenizer,
-            kl=lambda side, seq, att, mask: self._sequence_kl(seq, att, mask),
-            kl_sides=["policy"],
-            gold_fn=self.gold_fn,
-        )
+        s = self.shaping
+        with seeded(self.eval_config.seed + index, self.device):
+            return compare_batch(
+                batch["input_ids"],
+                batch["attention_mask"],
+                samplers,
+                score=self.score,
+                tokenizer=self.tokenizer,
+                kl=lambda side, seq, att, mask: self._sequence_kl(seq, att, mask, kl_temperature(temperature)),
+                kl_sides=["policy"],
+                gold_fn=self.gold_fn,
+                penalty=lambda scores, ended: eos_penalty(scores, ended, s.missing_eos_penalty, s.missing_eos_mode),
+                prompt_texts=batch.get("prompt_text"),
+            )
 
     @staticmethod
     def summarize(records: list[dict]) -> dict[str, float]:
@@ -621,10 +696,10 @@ class PPOModule(CausalLMModule):
         return {f"eval/{k}": v for k, v in summarize(records, *SIDES).items()}
 
     def _evaluation_table(self, records: list[dict]) -> str:
-        return samples_table(records, *SIDES, limit=self.eval_config.num_samples, tokenizer=self.tokenizer)
+        return samples_table(records, *SIDES, limit=self.eval_config.num_samples)
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._eval_records.extend(self.evaluate_batch(batch["input_ids"], batch["attention_mask"]))
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_records.extend(self.evaluate_batch(batch, batch_idx))
 
     def on_validation_epoch_end(self) -> None:
         records, self._eval_records = self._eval_records, []
@@ -640,9 +715,9 @@ class PPOModule(CausalLMModule):
             raise ValueError("evaluation needs the prompts DataModule (pass datamodule= to the trainer)")
         loader = datamodule.val_dataloader() or datamodule.train_dataloader()
         records = []
-        for batch in loader:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            records.extend(self.evaluate_batch(batch["input_ids"], batch["attention_mask"]))
+        for index, batch in enumerate(loader):
+            batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            records.extend(self.evaluate_batch(batch, index))
         return {"summary": self.summarize(records), "records": records}
 
     def _write_table(self, tag: str, markdown: str) -> None:
@@ -652,30 +727,30 @@ class PPOModule(CausalLMModule):
 
     @torch.no_grad()
     def _log_samples(self) -> None:
+        """The sample table: the policy's responses to the first eval prompts, with raw score and KL, from the
+        table's own generator (the training run's random state is left as it was)."""
         datamodule = getattr(self.trainer, "datamodule", None)
-        if not hasattr(datamodule, "sample_prompts"):
+        batch = datamodule.sample_batch(self.eval_config.num_samples) if hasattr(datamodule, "sample_batch") else None
+        if batch is None:
             return
-        prompts = datamodule.sample_prompts(self.eval_config.num_samples)
-        if not prompts:
-            return
-        from rlhf_lightning.models.generation import left_pad
-
-        ids, prompt_mask = left_pad(prompts, self.tokenizer.pad_token_id, self.device)
-        sequences, attention_mask, mask, ended = self.sample(ids, prompt_mask, "policy", self.eval_config.temperature)
-        raw = self.score(sequences, attention_mask, ids.shape[1])
-        scores = self.shape_scores(raw, ended, all_reduce=False)  # rank 0 alone: no collective calls
-        kl = self._sequence_kl(sequences, attention_mask, mask)
+        ids, prompt_mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+        temperature = self._eval_temperature()
+        with seeded(self.eval_config.seed + self._iteration(), self.device):
+            sequences, attention_mask, mask, ended = self.sample(ids, prompt_mask, "policy", temperature)
+        scores = self.score(sequences, attention_mask, ids.shape[1])
+        kl = self._sequence_kl(sequences, attention_mask, mask, kl_temperature(temperature))
         decode = self.tokenizer.decode
         rows = [
-            (decode(p), decode(sequences[i, ids.shape[1] :][mask[i]]), scores[i].item(), kl[i].item())
-            for i, p in enumerate(prompts)
-        ]
+            (short_prompt(text), decode(sequences[i, ids.shape[1] :][mask[i]], skip_special_tokens=True),
+             scores[i].item(), kl[i].item())
+            for i, text in enumerate(batch["prompt_text"])
+        ]  # fmt: skip
         self._write_table("samples", markdown_table(["prompt", "response", "score", "KL"], rows))
 
-    def _sequence_kl(self, sequences, attention_mask, mask) -> torch.Tensor:
+    def _sequence_kl(self, sequences, attention_mask, mask, temperature: float) -> torch.Tensor:
         return sequence_kl(
             self.roles["policy"], self.roles["reference"], sequences, attention_mask, mask,
-            self.rollout_config.temperature, self.logprob_chunk_size,
+            temperature, self.logprob_chunk_size,
         )  # fmt: skip
 
     # --- checkpoints and final output ---------------------------------------------------------------------

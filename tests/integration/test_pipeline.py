@@ -10,6 +10,7 @@ import yaml
 
 from rlhf_lightning.cli import main
 from rlhf_lightning.data.synthetic import gold_reward
+from rlhf_lightning.runs import HELDOUT_FILE
 from tests.helpers import write_jsonl
 
 PROMPTS = ["Say hi.", "Greet me.", "Hello?", "Wave.", "Say hey.", "Any word.", "Speak.", "Talk."]
@@ -47,9 +48,12 @@ def stage_configs(root: Path, base: str) -> dict[str, str]:
             "trainer": {**trainer, "max_steps": 4, "num_sanity_val_steps": 0, "limit_val_batches": 0},
             "model": {"class_path": "rlhf_lightning.PPOModule", "init_args": {
                 "model": model, "rollout": {"max_new_tokens": 6},
-                "evaluation": {"at_end": False, "gold_function": "tests.integration.test_pipeline:gold_rule"}}},
+                "evaluation": {"gold_function": "tests.integration.test_pipeline:gold_rule", "seed": 5}}},
+            # prompts over 6 characters are cut to their last 6: a split rebuilt with another length policy
+            # would hold out other rows
             "data": {"class_path": "rlhf_lightning.PromptsDataModule",
-                     "init_args": {"train_files": prompts, "batch_size": 4, "val_fraction": 0.25}},
+                     "init_args": {"train_files": prompts, "batch_size": 4, "val_fraction": 0.25, "max_length": 6,
+                                   "overlong": "truncate"}},
         },
     }  # fmt: skip
     paths = {}
@@ -96,6 +100,26 @@ def test_pipeline_runs_every_step_into_one_root(pipeline_run):
     assert summary["sft/train_loss_first"] is not None and summary["reward/val_accuracy"] is not None
     assert summary["ppo/kl_first_iteration"] == pytest.approx(0.0, abs=1e-4)  # policy == SFT at the start
     assert "Gold win rate of PPO over SFT" in (out / "summary.md").read_text()
+
+
+def test_pipeline_evaluation_gives_ppo_own_numbers_on_exactly_its_held_out_prompts(pipeline_run):
+    out = pipeline_run / "out"
+    heldout = [json.loads(line) for line in (out / "ppo" / HELDOUT_FILE).read_text().splitlines()]
+    assert len(heldout) == 4 and all(set(row) == {"prompt", "origin"} for row in heldout)
+    assert all(row["prompt"] == PROMPTS[(row["origin"]["row"] - 1) % 8] for row in heldout)  # file rows, uncut
+    in_run = json.loads((out / "ppo" / "final" / "evaluation.json").read_text())  # PPO's own, at the end
+    later = json.loads((out / "evaluation" / "evaluation.json").read_text())  # rlhf-lightning evaluate
+    assert [r["prompt"] for r in later["records"]] == [r["prompt"] for r in in_run["records"]]
+    assert [r["prompt"] for r in later["records"]] == [row["prompt"] for row in heldout]  # the user's words
+    assert [r["baseline"] for r in later["records"]] == [r["reference"] for r in in_run["records"]]
+    assert [r["policy"] for r in later["records"]] == [r["policy"] for r in in_run["records"]]
+    assert len(in_run["summary"]) >= 12
+    for key, value in in_run["summary"].items():
+        name = key.removeprefix("eval/").replace("reference", "baseline")
+        assert later["summary"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+    unfinished = [r for r in later["records"] if not r["policy_ended"]]
+    assert unfinished and all(r["policy_eos_penalty"] == pytest.approx(-1.0) for r in unfinished)  # not subtracted
+    assert all(r["policy_eos_penalty"] == 0.0 for r in later["records"] if r["policy_ended"])
 
 
 def test_pipeline_started_again_skips_finished_steps(pipeline_run, capsys):

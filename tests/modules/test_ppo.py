@@ -167,7 +167,8 @@ def test_policy_reward_rises_while_kl_stays_bounded(tiny_llama, prompts_file, tm
     # reward starts near 10 * 5/100 = 0.5. With beta = 0.3 the KL-regularised optimum (pi ~ pi_ref *
     # exp(r / beta), about 10/12 reward per vowel token) writes ~46% vowels (reward ~4.6) at ~0.7 nats per
     # token, ~9 nats per 12-token response; unpenalised, a vowels-only policy sits ~36 nats away. PPO must
-    # quadruple the reward within 32 iterations and keep the KL well under that 36.
+    # more than triple the reward within 32 iterations (to over half that optimum; single iterations are
+    # noisy, so 4 are averaged at each end) and keep the KL well under that 36.
     run = tmp_path / "run"
     shaping = '--model.rewards={"kl_coef": 0.3, "missing_eos_penalty": null}'
     run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_epochs=8", "--model.optim.lr=0.003", shaping))
@@ -175,12 +176,14 @@ def test_policy_reward_rises_while_kl_stays_bounded(tiny_llama, prompts_file, tm
     steps = sorted(scores)
     assert len(steps) == 32
     first, last = sum(scores[s] for s in steps[:4]) / 4, sum(scores[s] for s in steps[-4:]) / 4
-    assert first < 1.0 and last > 4 * first and last > 2.0, (first, last)
+    assert first < 1.0 and last > 3 * first and last > 2.5, (first, last)
     assert kl[steps[0]] == 0.0  # policy == reference before the first update
     assert max(kl.values()) < 15.0, kl
     assert scalars(run, "policy/first_ratio")[steps[0]] == pytest.approx(1.0, abs=1e-6)
     assert scalars(run, "policy/first_approxkl")[steps[0]] == pytest.approx(0.0, abs=1e-10)
-    for tag in ("objective/entropy", "objective/rlhf_reward", "loss/value_avg", "val/clipfrac_avg", "lr"):
+    tags = ("objective/entropy", "objective/rlhf_reward", "loss/value_avg", "val/clipfrac_avg", "lr",
+            "policy/grad_norm", "val/grad_norm")  # fmt: skip
+    for tag in tags:
         assert len(scalars(run, tag)) == 32, tag
     evaluation = scalars(run, "eval/win_rate")
     assert evaluation and evaluation[max(evaluation)] > 0.5
