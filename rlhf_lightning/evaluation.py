@@ -34,10 +34,11 @@ from typing import Literal
 import torch
 
 from rlhf_lightning.callbacks import markdown_table
+from rlhf_lightning.data.chat import stop_token_ids
 from rlhf_lightning.models.adapters import Role, role_scores, sample_from_role, sequence_kl
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.generation import GenerationConfig, left_pad, seeded, stop_token_ids
+from rlhf_lightning.models.generation import GenerationConfig, generation_eos_ids, left_pad, seeded
 from rlhf_lightning.models.loading import RUN_INFO_FILE, load_causal_lm, load_tokenizer, read_run_info
 from rlhf_lightning.models.reward import hidden_size_of, load_head
 from rlhf_lightning.ops import penalize_unfinished
@@ -332,7 +333,7 @@ def evaluate_policies(
     tokenizer = _tokenizer_of(policy)
     others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
     _check_same_vocabulary(tokenizer, others)
-    stop_token_ids(tokenizer, None, stop_tokens or [])  # a bad stop token is refused before loading
+    stop_token_ids(tokenizer, (), stop_tokens or [])  # a bad stop token is refused before loading
     gold_fn = ScoreFunction(gold_function, "gold_function") if gold_function else None
     examples = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts, overlong)
     if not examples:
@@ -345,7 +346,8 @@ def evaluate_policies(
         ref_role = loader.load(reference, "reference")
     reward = loader.load(reward_model, "reward")
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
-    stops = sorted({i for role in sides.values() for i in stop_token_ids(tokenizer, role.model, stop_tokens or [])})
+    eos = [i for role in sides.values() for i in generation_eos_ids(role.model)]
+    stops = stop_token_ids(tokenizer, eos, stop_tokens or [])
     pad = tokenizer.pad_token_id
 
     def sampler(role: Role) -> Sampler:

@@ -8,7 +8,8 @@ import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from rlhf_lightning.models.generation import GenerationConfig, generate, seeded, stop_token_ids
+from rlhf_lightning.data.chat import stop_token_ids
+from rlhf_lightning.models.generation import GenerationConfig, generate, generation_eos_ids, seeded
 
 
 @dataclass
@@ -66,7 +67,7 @@ class GenerationSamples(L.Callback):
         if not prompts:
             return
         gen = GenerationConfig(max_new_tokens=self.config.max_new_tokens, temperature=self.config.temperature)
-        stops = stop_token_ids(tokenizer, pl_module.model)
+        stops = stop_token_ids(tokenizer, generation_eos_ids(pl_module.model))
         with seeded(step, pl_module.device):
             responses = generate(pl_module.model, prompts, gen, stops, tokenizer.pad_token_id)
         rows = [

@@ -23,6 +23,7 @@ turn's own (the longest common prefix and suffix of the renderings bound them).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from rlhf_lightning.data.errors import DataFormatError, RowLocation, type_name
@@ -414,3 +415,22 @@ def end_of_turn_token_id(tokenizer) -> int | None:
     content_end = renderer.span(text, 1, _whole_turn)[1]
     start, stop = _first_added_token(tokenizer, text[content_end:end])
     return tokenizer.convert_tokens_to_ids(text[content_end + start : content_end + stop])
+
+
+def stop_token_ids(tokenizer, generation_eos: Sequence[int] = (), extra: Sequence[str] = ()) -> list[int]:
+    """The token ids that end a response, sorted: the tokenizer's EOS, ``generation_eos`` (the EOS ids of the
+    model's generation config), the chat template's end-of-turn token (:func:`end_of_turn_token_id`), and
+    the ``extra`` token texts.
+
+    Raises ``ValueError`` when an ``extra`` text is not exactly one token of this tokenizer.
+    """
+    ids = {tokenizer.eos_token_id, end_of_turn_token_id(tokenizer), *generation_eos}
+    for text in extra:
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(tokens) != 1:
+            raise ValueError(
+                f"stop token {text!r} is {len(tokens)} tokens for this tokenizer ({tokens}); each stop token must "
+                "be exactly one token (a special token such as <|eot_id|>, or a single character)"
+            )
+        ids.add(tokens[0])
+    return sorted(i for i in ids if i is not None)

@@ -3,7 +3,8 @@
 Responses are drawn from exactly ``softmax(logits / T)`` (truncated by top-k/top-p only when asked): the
 model's own ``generation_config.json`` (repetition penalty, minimum length, n-gram blocking, bad words, ...)
 is set aside while sampling, because every log-prob PPO computes assumes that distribution. A response ends
-at the first of its stop tokens (:func:`stop_token_ids`).
+at the first of its stop tokens (:func:`rlhf_lightning.data.chat.stop_token_ids`, given
+:func:`generation_eos_ids`).
 """
 
 from __future__ import annotations
@@ -52,30 +53,12 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.devi
     return ids.to(device), mask.to(device)
 
 
-def stop_token_ids(tokenizer, model: nn.Module | None = None, extra: Sequence[str] = ()) -> list[int]:
-    """The token ids that end a response, sorted: the tokenizer's EOS, the EOS id(s) of the model's
-    generation config, the end-of-turn token the chat template writes after an assistant turn (Llama-3's
-    ``<|eot_id|>``, ChatML's ``<|im_end|>``), and the ``extra`` token texts.
-
-    Raises ``ValueError`` when an ``extra`` text is not exactly one token of this tokenizer.
-    """
-    from rlhf_lightning.data.chat import end_of_turn_token_id
+def generation_eos_ids(model: nn.Module) -> list[int]:
+    """The EOS id(s) of the model's own generation config (Llama-3 lists several; none is an empty list)."""
     from rlhf_lightning.models.loading import unwrap_causal_lm
 
-    ids = {tokenizer.eos_token_id}
-    if model is not None:
-        configured = getattr(unwrap_causal_lm(model).generation_config, "eos_token_id", None)
-        ids.update([configured] if isinstance(configured, int) else configured or [])
-    ids.add(end_of_turn_token_id(tokenizer))
-    for text in extra:
-        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(tokens) != 1:
-            raise ValueError(
-                f"stop token {text!r} is {len(tokens)} tokens for this tokenizer ({tokens}); each stop token must "
-                "be exactly one token (a special token such as <|eot_id|>, or a single character)"
-            )
-        ids.add(tokens[0])
-    return sorted(i for i in ids if i is not None)
+    configured = getattr(unwrap_causal_lm(model).generation_config, "eos_token_id", None)
+    return [configured] if isinstance(configured, int) else list(configured or [])
 
 
 def sampling_config(config: GenerationConfig, stop_ids: Sequence[int], pad_token_id: int):
@@ -156,7 +139,7 @@ def generate(
     pad_token_id: int,
 ) -> list[list[int]]:
     """Generate one response per prompt; each response stops after (and includes) its first stop token
-    (``eos_token_ids``, usually :func:`stop_token_ids`)."""
+    (``eos_token_ids``, usually :func:`rlhf_lightning.data.chat.stop_token_ids`)."""
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_token_id, device)
     out = sample_responses(model, ids, mask, config, eos_token_ids, pad_token_id)

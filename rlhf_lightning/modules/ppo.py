@@ -32,6 +32,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from rlhf_lightning.callbacks import PhaseTimer, markdown_table
+from rlhf_lightning.data.chat import stop_token_ids
 from rlhf_lightning.evaluation import (
     compare_batch,
     eos_penalty,
@@ -53,7 +54,7 @@ from rlhf_lightning.models.adapters import (
     use_adapter,
 )
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.generation import seeded, stop_token_ids
+from rlhf_lightning.models.generation import generation_eos_ids, seeded
 from rlhf_lightning.models.loading import disable_dropout, load_causal_lm, read_run_info
 from rlhf_lightning.models.reward import RewardModel, ScalarHead, hidden_size_of, load_head, save_head
 from rlhf_lightning.modules.base import CausalLMModule
@@ -231,7 +232,7 @@ class PPOModule(CausalLMModule):
         if rollout.top_k != 0 or rollout.top_p < 1.0:
             rank_zero_warn("rollout top_k/top_p truncate the sampling distribution: the measured KL becomes biased")
         super().__init__(model, lora, optim)
-        self.stop_ids = stop_token_ids(self.tokenizer, None, rollout.stop_tokens)  # the model adds its own below
+        self.stop_ids = stop_token_ids(self.tokenizer, (), rollout.stop_tokens)  # the model adds its own below
         self.automatic_optimization = False
         self.reward_model_path = reward_model
         self.reward_function_path = reward_function
@@ -280,7 +281,7 @@ class PPOModule(CausalLMModule):
         # 1 on the first minibatch if no forward pass drops anything.
         disable_dropout(self)
         self.train()
-        self.stop_ids = stop_token_ids(self.tokenizer, self.model, self.rollout_config.stop_tokens)
+        self.stop_ids = stop_token_ids(self.tokenizer, generation_eos_ids(self.model), self.rollout_config.stop_tokens)
         rank_zero_info(
             "ppo: policy from "
             + (cfg.adapter or "fresh LoRA")
@@ -605,8 +606,10 @@ class PPOModule(CausalLMModule):
         if stats["rollout/ended_fraction"] < 0.5:
             self._warn(
                 "eos",
-                f"only {100 * stats['rollout/ended_fraction']:.0f}% of responses ended with EOS within "
-                f"{self.rollout_config.max_new_tokens} tokens: raise rollout.max_new_tokens or check the SFT model",
+                f"only {100 * stats['rollout/ended_fraction']:.0f}% of responses ended with a stop token "
+                f"{self.tokenizer.convert_ids_to_tokens(self.stop_ids)} within {self.rollout_config.max_new_tokens} "
+                "tokens: raise rollout.max_new_tokens, check the SFT model, or add the model's end-of-turn token to "
+                "rollout.stop_tokens (docs/troubleshooting.md#ppo-responses-stop-ending)",
             )
 
     def _iteration(self) -> int:

@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from rlhf_lightning.data.chat import stop_token_ids
 from rlhf_lightning.models import load_tokenizer
-from rlhf_lightning.models.generation import GenerationConfig, sample_responses, seeded, stop_token_ids
+from rlhf_lightning.models.generation import GenerationConfig, generation_eos_ids, sample_responses, seeded
 from rlhf_lightning.models.tiny import CHAT_TEMPLATE
 
 
@@ -81,10 +82,10 @@ def test_stop_tokens_are_eos_generation_config_eos_template_end_of_turn_and_extr
     model = AutoModelForCausalLM.from_pretrained(opinionated_model)
     z, q = (tokenizer.convert_tokens_to_ids(c) for c in "zq")
     assert stop_token_ids(tokenizer) == [tokenizer.eos_token_id]  # <|im_end|> is EOS and ends a turn
-    assert stop_token_ids(tokenizer, model) == sorted([tokenizer.eos_token_id, z])
-    assert stop_token_ids(tokenizer, model, ["q"]) == sorted([tokenizer.eos_token_id, z, q])
+    assert stop_token_ids(tokenizer, generation_eos_ids(model)) == sorted([tokenizer.eos_token_id, z])
+    assert stop_token_ids(tokenizer, generation_eos_ids(model), ["q"]) == sorted([tokenizer.eos_token_id, z, q])
     with pytest.raises(ValueError, match="'qq' is 2 tokens for this tokenizer"):
-        stop_token_ids(tokenizer, model, ["qq"])
+        stop_token_ids(tokenizer, generation_eos_ids(model), ["qq"])
     # a Llama-3 style template: turns end with <|eot|>, a special token that is not the tokenizer's EOS
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|eot|>"]})
     tokenizer.chat_template = CHAT_TEMPLATE.replace("<|im_end|>", "<|eot|>")
