@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from rlhf_lightning.data.errors import DataFormatError
+from rlhf_lightning.data.errors import DataFormatError, OptionError
 from rlhf_lightning.modules.guard import NonFiniteStepsError
 from rlhf_lightning.scores import ScoreError
 
@@ -98,9 +98,9 @@ COMMANDS = {  # name: (module, function, required arguments are positional)
 }
 
 
-USER_ERRORS = (DataFormatError, ScoreError, NonFiniteStepsError)
-"""Errors whose message says everything (file, row, field; function and value; the step): printed without
-a traceback."""
+USER_ERRORS = (DataFormatError, OptionError, ScoreError, NonFiniteStepsError)
+"""Errors whose message says everything (file, row, field; option and value; function and value; the step):
+printed without a traceback."""
 
 
 def main(argv: list[str] | None = None) -> None:

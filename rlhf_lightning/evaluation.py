@@ -35,6 +35,7 @@ import torch
 
 from rlhf_lightning.callbacks import markdown_table
 from rlhf_lightning.data.chat import stop_token_ids
+from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.models.adapters import Role, role_scores, sample_from_role, sequence_kl
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.embedded import resolve_model_path
@@ -98,13 +99,13 @@ def compare_batch(
     ``penalty(scores, ended)`` the missing-EOS penalty ``(b,)`` (see :func:`eos_penalty`);
     ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses.
     ``prompt_texts`` are the prompts as the records show them (the user's last message); by default the
-    prompt tokens are decoded.
+    prompt tokens are decoded. ``gold_fn`` gets the decoded prompt tokens without special tokens (the chat
+    template's text included), as a PPO reward function does.
     """
     p = prompts.shape[1]
     decode = tokenizer.decode
-    if prompt_texts is None:
-        prompt_texts = [decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(prompts, prompt_mask)]
-    records = [{"prompt": text} for text in prompt_texts]
+    decoded = [decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(prompts, prompt_mask)]
+    records = [{"prompt": text} for text in (decoded if prompt_texts is None else prompt_texts)]
     for side, sample in samplers.items():
         sequences, attention_mask, mask, ended = sample(prompts, prompt_mask)
         scores = score(sequences, attention_mask, p)
@@ -120,7 +121,7 @@ def compare_batch(
             record[f"{side}_ended"] = bool(ended[i])
     if gold_fn is not None:
         for side in samplers:
-            gold = gold_fn([r["prompt"] for r in records], [r[side] for r in records])
+            gold = gold_fn(decoded, [r[side] for r in records])
             for record, g in zip(records, gold.tolist()):
                 record[f"{side}_gold"] = g
     return records
@@ -333,7 +334,9 @@ def evaluate_policies(
     tokenizer = _tokenizer_of(policy)
     others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
     _check_same_vocabulary(tokenizer, others)
-    stop_token_ids(tokenizer, (), stop_tokens or [])  # a bad stop token is refused before loading
+    if batch_size < 1:
+        raise OptionError(f"--batch_size must be >= 1, got {batch_size}")
+    stop_token_ids(tokenizer, (), stop_tokens or [], "--stop_tokens")  # refused before any weight is loaded
     gold_fn = ScoreFunction(gold_function, "gold_function") if gold_function else None
     examples = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts, overlong)
     if not examples:
@@ -347,7 +350,7 @@ def evaluate_policies(
     reward = loader.load(reward_model, "reward")
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
     eos = [i for role in sides.values() for i in generation_eos_ids(role.model)]
-    stops = stop_token_ids(tokenizer, eos, stop_tokens or [])
+    stops = stop_token_ids(tokenizer, eos, stop_tokens or [], "--stop_tokens")
     pad = tokenizer.pad_token_id
 
     def sampler(role: Role) -> Sampler:
@@ -379,9 +382,15 @@ def evaluate_policies(
         "reward_model": reward_model,
         "reference": reference or baseline,
         "prompts": prompts if val_fraction <= 0 else f"{prompts} (held-out {val_fraction}, seed {split_seed})",
-        "temperature": temperature,
-        "seed": seed,
+        "max_length": max_length,
+        "overlong": overlong,
         "batch_size": batch_size,
+        "seed": seed,
+        "temperature": temperature,
+        "max_new_tokens": max_new_tokens,
+        "stop_tokens": stop_tokens or [],
+        "missing_eos_penalty": missing_eos_penalty,
+        "missing_eos_mode": missing_eos_mode,
     }
     return _write(output, summary, records, sources, num_samples)
 

@@ -184,11 +184,15 @@ class RowsDataModule(L.LightningDataModule):
         val = [e for e, p in zip(examples, positions) if p in val_rows]
         train = [e for e, p in zip(examples, positions) if p not in val_rows]
         if not train or not val:
+            fixes = ["set val_fraction: 0 (no validation)", "give more rows", "put validation rows in val_files"]
+            dropped = self.stats["dropped overlong"]
+            if dropped:
+                fixes.insert(0, f"raise max_length ({self.max_length}) or set overlong: truncate to keep the {dropped} "
+                             "overlong rows")  # fmt: skip
             raise ValueError(
                 f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the {rows} rows in "
                 f"{self.train_files}, leaving {len(train)} usable rows to train on and {len(val)} to validate "
-                f"on (counts: {dict(self.stats)}). Set val_fraction: 0 (no validation), give more rows, or put "
-                "validation rows in val_files"
+                f"on (counts: {dict(self.stats)}). To fix: {'; or '.join(fixes)}"
             )
         return train, val
 

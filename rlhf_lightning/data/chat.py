@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from rlhf_lightning.data.errors import DataFormatError, RowLocation, type_name
+from rlhf_lightning.data.errors import DataFormatError, OptionError, RowLocation, type_name
 
 ROLES = ("system", "user", "assistant", "tool")
 _PLACEHOLDERS = ("@", "#")  # two one-character contents that differ in their first and last character
@@ -417,20 +417,27 @@ def end_of_turn_token_id(tokenizer) -> int | None:
     return tokenizer.convert_tokens_to_ids(text[content_end + start : content_end + stop])
 
 
-def stop_token_ids(tokenizer, generation_eos: Sequence[int] = (), extra: Sequence[str] = ()) -> list[int]:
+def stop_token_ids(
+    tokenizer, generation_eos: Sequence[int] = (), extra: Sequence[str] = (), option: str = "stop_tokens"
+) -> list[int]:
     """The token ids that end a response, sorted: the tokenizer's EOS, ``generation_eos`` (the EOS ids of the
     model's generation config), the chat template's end-of-turn token (:func:`end_of_turn_token_id`), and
     the ``extra`` token texts.
 
-    Raises ``ValueError`` when an ``extra`` text is not exactly one token of this tokenizer.
+    Raises :class:`OptionError` naming ``option`` when an ``extra`` text is not exactly one token of this
+    tokenizer, or is read as its unknown token.
     """
     ids = {tokenizer.eos_token_id, end_of_turn_token_id(tokenizer), *generation_eos}
     for text in extra:
-        tokens = tokenizer(text, add_special_tokens=False)["input_ids"]
+        tokens = tokenizer(text, add_special_tokens=False)["input_ids"] if isinstance(text, str) and text else []
         if len(tokens) != 1:
-            raise ValueError(
-                f"stop token {text!r} is {len(tokens)} tokens for this tokenizer ({tokens}); each stop token must "
-                "be exactly one token (a special token such as <|eot_id|>, or a single character)"
+            raise OptionError(
+                f"{option}: {text!r} is {len(tokens)} tokens for this tokenizer ({tokens}); each stop token must be "
+                "exactly one token (a special token such as <|eot_id|>, or a single character)"
+            )
+        if tokens[0] == tokenizer.unk_token_id and text != tokenizer.unk_token:
+            raise OptionError(
+                f"{option}: {text!r} is not in this tokenizer's vocabulary (it reads as the unknown token)"
             )
         ids.add(tokens[0])
     return sorted(i for i in ids if i is not None)

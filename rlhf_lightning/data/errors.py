@@ -1,4 +1,5 @@
-"""The one error type for bad input data: it always says which file, which row and which field."""
+"""Errors for bad input: a data row (always says which file, which row and which field) or a setting that
+cannot work (names the option)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ class DataFormatError(ValueError):
             where += f", field '{field}'"
         super().__init__(f"{where}: {problem}")
         self.source, self.row, self.field, self.problem = source, row, field, problem
+
+
+class OptionError(ValueError):
+    """A setting that cannot work; the message names the option and the value."""
 
 
 class RowLocation(NamedTuple):

@@ -146,9 +146,12 @@ class PromptsDataModule(RowsDataModule):
         return len(example.input_ids)
 
     def truncate(self, example: PromptExample) -> PromptExample:
-        """Keep the last ``max_length`` tokens (the end of a chat prompt holds the generation prompt)."""
+        """Keep the last ``max_length`` tokens (the end of a chat prompt holds the generation prompt); tables
+        then show what is left of the prompt, after "…"."""
         ids = example.input_ids[-self.max_length :]
-        return example._replace(input_ids=ids, text=self.tokenizer.decode(ids, skip_special_tokens=False))
+        kept = self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        text = self.tokenizer.decode(ids, skip_special_tokens=False)
+        return example._replace(input_ids=ids, text=text, display="…" + kept)
 
     def collate_fn(self):
         return functools.partial(collate_prompts, pad_id=self.tokenizer.pad_token_id)

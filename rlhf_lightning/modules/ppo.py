@@ -156,8 +156,9 @@ class EvalConfig:
     num_samples: int = 4
     """Rows of that table, and of the evaluation's side-by-side table."""
     gold_function: str | None = None
-    """Optional ``module:function`` computing a known "true" preference, ``f(prompts, responses) -> scores``;
-    evaluation then also reports the gold score and gold win rate."""
+    """Optional ``module:function`` computing a known "true" preference, ``f(prompts, responses) -> scores``
+    (texts without special tokens, prompts as the reward function gets them); evaluation then also reports the
+    gold score and gold win rate."""
 
 
 class Experience(NamedTuple):
@@ -231,8 +232,13 @@ class PPOModule(CausalLMModule):
             raise ValueError("rollout.temperature must be > 0: PPO needs sampled responses")
         if rollout.top_k != 0 or rollout.top_p < 1.0:
             rank_zero_warn("rollout top_k/top_p truncate the sampling distribution: the measured KL becomes biased")
+        if evaluation.temperature is not None and evaluation.temperature < 0:
+            raise ValueError(f"evaluation.temperature must be >= 0 (0: greedy), got {evaluation.temperature}")
+        if not model.disable_dropout:
+            rank_zero_warn("PPO turns every dropout off (model.disable_dropout: false is ignored)")
+            model = dataclasses.replace(model, disable_dropout=True)
         super().__init__(model, lora, optim)
-        self.stop_ids = stop_token_ids(self.tokenizer, (), rollout.stop_tokens)  # the model adds its own below
+        self.stop_ids: list[int] = []  # set in configure_model: the model's generation config adds its EOS ids
         self.automatic_optimization = False
         self.reward_model_path = reward_model
         self.reward_function_path = reward_function
@@ -263,6 +269,8 @@ class PPOModule(CausalLMModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        # a bad rollout.stop_tokens entry is refused before any weight is loaded
+        stop_token_ids(self.tokenizer, (), self.rollout_config.stop_tokens, "model.rollout.stop_tokens")
         device = self._target_device()
         cfg = self.model_config
         self.model = load_causal_lm(cfg, self.lora_config, device=device)  # policy: adapter "default"
@@ -281,7 +289,10 @@ class PPOModule(CausalLMModule):
         # 1 on the first minibatch if no forward pass drops anything.
         disable_dropout(self)
         self.train()
-        self.stop_ids = stop_token_ids(self.tokenizer, generation_eos_ids(self.model), self.rollout_config.stop_tokens)
+        eos = generation_eos_ids(self.model)
+        self.stop_ids = stop_token_ids(
+            self.tokenizer, eos, self.rollout_config.stop_tokens, "model.rollout.stop_tokens"
+        )
         rank_zero_info(
             "ppo: policy from "
             + (cfg.adapter or "fresh LoRA")
@@ -634,7 +645,8 @@ class PPOModule(CausalLMModule):
 
     def _record_heldout_prompts(self) -> None:
         """Write the evaluation prompts to the run folder's ``heldout_prompts.jsonl`` (a prompts file), so a
-        later ``rlhf-lightning evaluate`` can use exactly these, whatever split options it is given."""
+        later ``rlhf-lightning evaluate`` can use exactly these (with the run's ``max_length`` and
+        ``overlong``: the rows are written as they were read, before any cut)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         if not getattr(datamodule, "val_examples", None) or not hasattr(datamodule, "write_heldout"):
             return
@@ -712,7 +724,8 @@ class PPOModule(CausalLMModule):
         self._write_table("evaluation", self._evaluation_table(records))
 
     def evaluate(self) -> dict:
-        """Run the evaluation over the eval prompts (the training prompts if there are none)."""
+        """Run the evaluation over the eval prompts (the training prompts if there are none). Returns the
+        summary, every record, and the settings ``rlhf-lightning evaluate`` needs to give the same numbers."""
         datamodule = self.trainer.datamodule
         if datamodule is None:
             raise ValueError("evaluation needs the prompts DataModule (pass datamodule= to the trainer)")
@@ -721,7 +734,19 @@ class PPOModule(CausalLMModule):
         for index, batch in enumerate(loader):
             batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             records.extend(self.evaluate_batch(batch, index))
-        return {"summary": self.summarize(records), "records": records}
+        settings = {
+            "prompts": HELDOUT_FILE if datamodule.val_examples else datamodule.train_files,
+            "max_length": datamodule.max_length,
+            "overlong": datamodule.overlong,
+            "batch_size": loader.batch_size,
+            "seed": self.eval_config.seed,
+            "temperature": self._eval_temperature(),
+            "max_new_tokens": self.rollout_config.max_new_tokens,
+            "stop_tokens": self.rollout_config.stop_tokens,
+            "missing_eos_penalty": self.shaping.missing_eos_penalty,
+            "missing_eos_mode": self.shaping.missing_eos_mode,
+        }
+        return {"settings": settings, "summary": self.summarize(records), "records": records}
 
     def _write_table(self, tag: str, markdown: str) -> None:
         logger = self.logger

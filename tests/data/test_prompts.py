@@ -153,6 +153,16 @@ def test_held_out_rows_do_not_depend_on_the_length_policy(tmp_path, char_tokeniz
     assert origins(truncated.val_examples) and dropped.stats["dropped overlong"] == 10
     assert origins(dropped.val_examples) == [r for r in origins(truncated.val_examples) if (r - 1) % 3 != 0]
     assert origins(dropped.train_examples) == [r for r in origins(truncated.train_examples) if (r - 1) % 3 != 0]
+    cut = [e for e in truncated.train_examples + truncated.val_examples if e.row["origin"]["row"] == 1]
+    assert cut[0].display == "…ong-long" and len(cut[0].input_ids) == 8  # what the model saw, marked as cut
+
+
+def test_a_held_out_split_emptied_by_overlong_rows_names_the_length_fix(tmp_path, char_tokenizer):
+    rows = [{"prompt": "short"}] * 3 + [{"prompt": "a much longer prompt"}]
+    with pytest.raises(ValueError) as info:  # split_seed 1 holds out row 4, the long one
+        setup_prompts(tmp_path, char_tokenizer, rows, val_fraction=0.25, max_length=10, split_seed=1)
+    assert "leaving 3 usable rows to train on and 0 to validate on" in str(info.value)
+    assert "raise max_length (10) or set overlong: truncate to keep the 1 overlong rows" in str(info.value)
 
 
 def test_written_held_out_prompts_read_back_as_the_same_prompts(tmp_path, char_tokenizer):

@@ -2,6 +2,7 @@
 exported folders loading with plain transformers."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -110,10 +111,14 @@ def test_pipeline_evaluation_gives_ppo_own_numbers_on_exactly_its_held_out_promp
     in_run = json.loads((out / "ppo" / "final" / "evaluation.json").read_text())  # PPO's own, at the end
     later = json.loads((out / "evaluation" / "evaluation.json").read_text())  # rlhf-lightning evaluate
     assert [r["prompt"] for r in later["records"]] == [r["prompt"] for r in in_run["records"]]
-    assert [r["prompt"] for r in later["records"]] == [row["prompt"] for row in heldout]  # the user's words
+    shown = [row["prompt"] if len(row["prompt"]) <= 6 else "…" + row["prompt"][-6:].strip() for row in heldout]
+    assert [r["prompt"] for r in later["records"]] == shown  # the user's words, as far as the model saw them
     assert [r["baseline"] for r in later["records"]] == [r["reference"] for r in in_run["records"]]
     assert [r["policy"] for r in later["records"]] == [r["policy"] for r in in_run["records"]]
     assert len(in_run["summary"]) >= 12
+    settings = {k: v for k, v in in_run["settings"].items() if k != "prompts"}  # what evaluate needs to match
+    assert settings == {k: later["sources"][k] for k in settings}
+    assert settings["overlong"] == "truncate" and settings["seed"] == 5 and settings["batch_size"] == 4
     for key, value in in_run["summary"].items():
         name = key.removeprefix("eval/").replace("reference", "baseline")
         assert later["summary"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
@@ -230,6 +235,19 @@ def test_evaluate_compares_a_hugging_face_folder_with_a_run_folder(pipeline_run,
     assert "| prompt | policy | policy score | policy KL | baseline | baseline score |" in report
     rows = [line for line in report.splitlines() if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
     assert len(rows) == 3  # --num_samples
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    ("--batch_size=0", "--batch_size must be >= 1, got 0"),
+    ('--stop_tokens=["ab"]', "--stop_tokens: 'ab' is 2 tokens"),
+])  # fmt: skip
+def test_evaluate_refuses_bad_settings_before_loading_a_model(pipeline_run, tmp_path, option, message):
+    out = pipeline_run / "out"
+    with pytest.raises(SystemExit, match=f"^error: {re.escape(message)}"):  # one line, no traceback
+        main([
+            "evaluate", f"--policy={out / 'ppo' / 'final'}", f"--baseline={out / 'sft' / 'final'}",
+            f"--reward_model={out / 'reward' / 'final'}", f"--output={tmp_path / 'eval'}", option,
+        ])  # fmt: skip
 
 
 def test_evaluate_refuses_a_policy_as_reward_model(pipeline_run, tmp_path):

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhf_lightning.data.chat import stop_token_ids
+from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.models import load_tokenizer
 from rlhf_lightning.models.generation import GenerationConfig, generation_eos_ids, sample_responses, seeded
 from rlhf_lightning.models.tiny import CHAT_TEMPLATE
@@ -84,8 +85,12 @@ def test_stop_tokens_are_eos_generation_config_eos_template_end_of_turn_and_extr
     assert stop_token_ids(tokenizer) == [tokenizer.eos_token_id]  # <|im_end|> is EOS and ends a turn
     assert stop_token_ids(tokenizer, generation_eos_ids(model)) == sorted([tokenizer.eos_token_id, z])
     assert stop_token_ids(tokenizer, generation_eos_ids(model), ["q"]) == sorted([tokenizer.eos_token_id, z, q])
-    with pytest.raises(ValueError, match="'qq' is 2 tokens for this tokenizer"):
+    with pytest.raises(OptionError, match="^stop_tokens: 'qq' is 2 tokens for this tokenizer"):
         stop_token_ids(tokenizer, generation_eos_ids(model), ["qq"])
+    with pytest.raises(OptionError, match="^--stop_tokens: '' is 0 tokens"):
+        stop_token_ids(tokenizer, (), [""], "--stop_tokens")
+    with pytest.raises(OptionError, match="'€' is not in this tokenizer's vocabulary"):
+        stop_token_ids(tokenizer, (), ["€"])  # it would read as <unk>, which the model does write
     # a Llama-3 style template: turns end with <|eot|>, a special token that is not the tokenizer's EOS
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|eot|>"]})
     tokenizer.chat_template = CHAT_TEMPLATE.replace("<|im_end|>", "<|eot|>")

@@ -47,6 +47,21 @@ def test_adapters_saved_with_dropout_give_a_first_ratio_of_exactly_one(tiny_llam
     assert dropouts and set(dropouts) == {0.0}  # the adapters' lora_dropout layers are there, and off
 
 
+def test_settings_that_would_break_on_policy_sampling_are_refused_or_overridden(tiny_llama):
+    from rlhf_lightning.models import ModelConfig
+    from rlhf_lightning.modules import PPOModule
+    from rlhf_lightning.modules.ppo import EvalConfig
+
+    rule = "tests.modules.test_ppo:vowel_reward"
+    with pytest.raises(ValueError, match="evaluation.temperature must be >= 0"):
+        PPOModule(
+            model=ModelConfig(name_or_path=tiny_llama), reward_function=rule, evaluation=EvalConfig(temperature=-1)
+        )
+    with pytest.warns(UserWarning, match="PPO turns every dropout off"):
+        module = PPOModule(model=ModelConfig(name_or_path=tiny_llama, disable_dropout=False), reward_function=rule)
+    assert module.model_config.disable_dropout  # the config's own dropout probabilities are zeroed too
+
+
 def test_policy_and_value_gradients_are_clipped_separately(tiny_llama, adapters):
     sft, reward = adapters
     module = shared_module(tiny_llama, sft, reward, ppo=PPOConfig(max_grad_norm=1.0))
