@@ -141,7 +141,7 @@ def summarize(records: list[dict], a: str, b: str) -> dict[str, float]:
     for side in (a, b):
         summary[f"{side}_length"] = _mean(r[f"{side}_length"] for r in records)
         summary[f"{side}_ended"] = _mean(r[f"{side}_ended"] for r in records)
-        summary[f"{side}_eos_penalty"] = _mean(r.get(f"{side}_eos_penalty", 0.0) for r in records)
+        summary[f"{side}_eos_penalty"] = _mean(r[f"{side}_eos_penalty"] for r in records)
     if records and f"{a}_gold" in records[0]:
         summary[f"gold_{a}"] = _mean(r[f"{a}_gold"] for r in records)
         summary[f"gold_{b}"] = _mean(r[f"{b}_gold"] for r in records)
