@@ -159,6 +159,7 @@ class RowsDataModule(L.LightningDataModule):
             self.train_examples, self.val_examples = self._split(examples, positions)
         else:
             self.train_examples = examples
+        self._fit_validation_interval()
         self.stats["train examples"] = len(self.train_examples)
         self.stats["val examples"] = len(self.val_examples)
         counts = ", ".join(f"{k} {v}" for k, v in self.stats.items())
@@ -170,6 +171,23 @@ class RowsDataModule(L.LightningDataModule):
                 f"{self.tokenizer.eos_token}); they are read as plain characters. If they are conversations "
                 "rendered through a chat template by hand, give them as message lists instead "
                 "(docs/data-formats.md#text-that-spells-a-control-token)"
+            )
+
+    def _fit_validation_interval(self) -> None:
+        """A ``trainer.val_check_interval`` of N batches longer than an epoch validates once per epoch instead
+        of stopping the run (Lightning refuses it), so a shipped config fits any dataset size."""
+        trainer = self.trainer
+        interval = getattr(trainer, "val_check_interval", None)
+        if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None or not self.val_examples:
+            return
+        batches = len(self.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, limit) if isinstance(limit, int) else max(1, int(batches * limit))
+        if interval > batches:
+            trainer.val_check_interval = batches
+            rank_zero_info(
+                f"{self.kind}: val_check_interval {interval} is longer than an epoch ({batches} batches): "
+                "validating at the end of each epoch"
             )
 
     def _split(self, examples: list, positions: list[int]) -> tuple[list, list]:

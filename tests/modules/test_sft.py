@@ -156,3 +156,11 @@ def test_a_row_the_chat_template_refuses_stops_the_run_before_any_weight_is_load
         f"{data}, row 3, field 'messages': the model's chat template refused this conversation: "
         "System role not supported"
     )
+
+
+def test_a_validation_interval_longer_than_an_epoch_validates_each_epoch(tiny_llama, tmp_path):
+    # configs/sft.yaml and reward.yaml validate every 100 batches; a first dataset is often smaller than that
+    data = write_jsonl(tmp_path / "demos.jsonl", ROWS[:8])  # 6 training rows: 2 batches of 4 per epoch
+    run = tmp_path / "run"
+    run_cli(sft_args(tiny_llama, data, run, 6, "--trainer.val_check_interval=100"))
+    assert sorted(scalars(run, "val/loss")) == [1, 3, 5]  # after each of the 3 epochs (the step before)
