@@ -62,9 +62,13 @@ from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_sch
 from rlhf_lightning.ops import (
     AdaptiveKLController,
     FixedKLController,
+    content_mask,
+    distinct_n,
+    empty_fraction,
     gae,
     kl_per_token,
     masked_mean,
+    pearson,
     ppo_policy_loss,
     ppo_value_loss,
     token_rewards,
@@ -261,6 +265,7 @@ class PPOModule(CausalLMModule):
         self._eval_records: list[dict] = []
         self._grad_norms: list[dict[str, torch.Tensor]] = []
         self._last_warning: dict[str, int] = {}
+        self._first_rollout: dict[str, float] | None = None  # the first iteration's score, length, distinct-2
         self.last_stats: dict[str, float] = {}
         self.episodes = 0  # prompts rolled out so far, all ranks
         self.save_hyperparameters()
@@ -471,7 +476,20 @@ class PPOModule(CausalLMModule):
             "rollout/response_length": mask.sum(-1).float().mean(),
             "val/values_mean": masked_mean(values, mask),
         }
+        stats.update(self._hacking_signals(sequences[:, prompt_length:], mask, ended, raw))
         return experience, stats
+
+    @staticmethod
+    def _hacking_signals(responses, mask, ended, raw) -> dict[str, torch.Tensor]:
+        """What reward hacking changes first: lexical diversity (distinct-1/2 over the batch's answers), the
+        share of empty answers, and how much of the raw score length alone explains."""
+        content = content_mask(mask, ended)
+        return {
+            "rollout/distinct_1": distinct_n(responses, content, 1),
+            "rollout/distinct_2": distinct_n(responses, content, 2),
+            "rollout/empty_fraction": empty_fraction(mask, ended),
+            "objective/score_length_corr": pearson(raw, content.sum(-1)).float(),
+        }
 
     def optimize(self, exp: Experience) -> dict[str, torch.Tensor]:
         """Training phase: ``ppo_epochs`` passes of clipped policy and value updates over minibatches."""
@@ -614,6 +632,7 @@ class PPOModule(CausalLMModule):
             )
         if stats["val/ratio"] > 1.0 + self.ppo.clip_eps or stats["val/ratio"] < 1.0 - self.ppo.clip_eps:
             self._warn("drift", f"val/ratio drifted to {stats['val/ratio']:.3f}: lower the learning rate")
+        self._hacking_warning(stats)
         if stats["rollout/ended_fraction"] < 0.5:
             self._warn(
                 "eos",
@@ -621,6 +640,32 @@ class PPOModule(CausalLMModule):
                 f"{self.tokenizer.convert_ids_to_tokens(self.stop_ids)} within {self.rollout_config.max_new_tokens} "
                 "tokens: raise rollout.max_new_tokens, check the SFT model, or add the model's end-of-turn token to "
                 "rollout.stop_tokens (docs/troubleshooting.md#ppo-responses-stop-ending)",
+            )
+
+    def _hacking_warning(self, stats: dict[str, float]) -> None:
+        """Warn when the reward-model score rose above the first iteration's while the answers collapsed: half
+        the first iteration's length or distinct-2, or over 20% empty answers."""
+        keys = ("objective/raw_scores", "rollout/response_length", "rollout/distinct_2")
+        if self._first_rollout is None:
+            self._first_rollout = {k: stats[k] for k in keys}
+            return
+        first = self._first_rollout
+        if stats["objective/raw_scores"] <= first["objective/raw_scores"]:
+            return
+        collapsed = [
+            f"{name} {first[key]:.2f} -> {stats[key]:.2f}"
+            for name, key in (("length", "rollout/response_length"), ("distinct-2", "rollout/distinct_2"))
+            if stats[key] < 0.5 * first[key]
+        ]
+        if stats["rollout/empty_fraction"] > 0.2:
+            collapsed.append(f"{100 * stats['rollout/empty_fraction']:.0f}% empty answers")
+        if collapsed:
+            self._warn(
+                "hacking",
+                f"the reward-model score rose ({first['objective/raw_scores']:.2f} -> "
+                f"{stats['objective/raw_scores']:.2f}) while the answers collapsed ({', '.join(collapsed)}): the "
+                "policy may be exploiting the reward model. Read the samples table; see docs/troubleshooting.md"
+                "#ppo-the-reward-rises-but-the-texts-get-worse-reward-hacking",
             )
 
     def _iteration(self) -> int:
@@ -784,13 +829,18 @@ class PPOModule(CausalLMModule):
     # --- checkpoints and final output ---------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["ppo"] = {"kl_controller": self.kl_controller.state_dict(), "episodes": self.episodes}
+        checkpoint["ppo"] = {
+            "kl_controller": self.kl_controller.state_dict(),
+            "episodes": self.episodes,
+            "first_rollout": self._first_rollout,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         if "ppo" in checkpoint:
             self.kl_controller.load_state_dict(checkpoint["ppo"]["kl_controller"])
             self.episodes = checkpoint["ppo"]["episodes"]
+            self._first_rollout = checkpoint["ppo"].get("first_rollout")
 
     def on_train_end(self) -> None:
         evaluation = None

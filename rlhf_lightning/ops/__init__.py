@@ -1,5 +1,6 @@
 """Pure torch functions: the math of every stage, free of models and frameworks."""
 
+from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, pearson
 from rlhf_lightning.ops.logprobs import TokenLogProbs, logprobs_from_logits, token_logprobs_from_hidden
 from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, whiten
 from rlhf_lightning.ops.ppo import (
@@ -22,6 +23,10 @@ __all__ = [
     "FixedKLController",
     "PolicyLoss",
     "TokenRewards",
+    "content_mask",
+    "distinct_n",
+    "empty_fraction",
+    "pearson",
     "gae",
     "kl_per_token",
     "penalize_unfinished",

@@ -2,6 +2,7 @@
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -182,7 +183,8 @@ def test_policy_reward_rises_while_kl_stays_bounded(tiny_llama, prompts_file, tm
     assert scalars(run, "policy/first_ratio")[steps[0]] == pytest.approx(1.0, abs=1e-6)
     assert scalars(run, "policy/first_approxkl")[steps[0]] == pytest.approx(0.0, abs=1e-10)
     tags = ("objective/entropy", "objective/rlhf_reward", "loss/value_avg", "val/clipfrac_avg", "lr",
-            "policy/grad_norm", "val/grad_norm")  # fmt: skip
+            "policy/grad_norm", "val/grad_norm", "rollout/distinct_1", "rollout/distinct_2",
+            "rollout/empty_fraction", "objective/score_length_corr")  # fmt: skip
     for tag in tags:
         assert len(scalars(run, tag)) == 32, tag
     evaluation = scalars(run, "eval/win_rate")
@@ -263,17 +265,28 @@ def test_gradient_checkpointing_gives_the_same_updates(tiny_llama, prompts_file,
 def test_health_warnings_name_the_problem(folders, tiny_llama):
     sft, reward = folders
     module = shared_module(tiny_llama, sft, reward)
-    healthy = {"objective/kl": 0.5, "policy/first_ratio": 1.0, "val/ratio": 1.01, "rollout/ended_fraction": 0.9}
+    healthy = {
+        "objective/kl": 0.5, "policy/first_ratio": 1.0, "val/ratio": 1.01, "rollout/ended_fraction": 0.9,
+        "objective/raw_scores": 0.2, "rollout/response_length": 20.0, "rollout/distinct_2": 0.8,
+        "rollout/empty_fraction": 0.0,
+    }  # fmt: skip
+    module._health_warnings(healthy)  # the first iteration: what later ones are compared with
+    rising = healthy | {"objective/raw_scores": 1.5}
     with pytest.warns(UserWarning) as caught:
         module._health_warnings(healthy | {"objective/kl": -0.5})
         module._health_warnings(healthy | {"policy/first_ratio": 1.05})
         module._health_warnings(healthy | {"val/ratio": 1.5})
         module._health_warnings(healthy | {"rollout/ended_fraction": 0.2})
+        module._health_warnings(rising | {"rollout/response_length": 6.0, "rollout/empty_fraction": 0.3})
     messages = " ".join(str(w.message) for w in caught)
-    for expected in ("objective/kl is negative", "first minibatch is 1.0500", "drifted to 1.500", "only 20%"):
+    hacking = "score rose (0.20 -> 1.50) while the answers collapsed (length 20.00 -> 6.00, 30% empty"
+    for expected in ("objective/kl is negative", "first minibatch is 1.0500", "drifted to 1.500", "only 20%", hacking):
         assert expected in messages
-    import warnings
-
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module._last_warning.clear()
+        module._health_warnings(rising | {"rollout/distinct_2": 0.5})  # the score rose, the answers held up
+        module._health_warnings(healthy | {"rollout/response_length": 6.0})  # shorter, but not for a higher score
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         module._last_warning.clear()
