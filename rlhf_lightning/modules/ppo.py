@@ -264,6 +264,7 @@ class PPOModule(CausalLMModule):
         self.roles: dict[str, Role] = {}
         self._eval_records: list[dict] = []
         self._grad_norms: list[dict[str, torch.Tensor]] = []
+        self._groups: dict[str, list[torch.nn.Parameter]] | None = None
         self._last_warning: dict[str, int] = {}
         self._first_rollout: dict[str, float] | None = None  # the first iteration's score, length, distinct-2
         self.last_stats: dict[str, float] = {}
@@ -546,13 +547,14 @@ class PPOModule(CausalLMModule):
 
     def _gradient_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The trainable parameters of the policy (its adapter, ``default``) and of the value function (its
-        adapter or own model, and its head)."""
-        groups: dict[str, list[torch.nn.Parameter]] = {"policy": [], "val": []}
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                is_policy = f".{POLICY}." in name and not name.startswith("value_backbone.")
-                groups["policy" if is_policy else "val"].append(p)
-        return groups
+        adapter or own model, and its head); found once, the trainable set is fixed after ``configure_model``."""
+        if self._groups is None:
+            self._groups = {"policy": [], "val": []}
+            for name, p in self.named_parameters():
+                if p.requires_grad:
+                    is_policy = f".{POLICY}." in name and not name.startswith("value_backbone.")
+                    self._groups["policy" if is_policy else "val"].append(p)
+        return self._groups
 
     def clip_policy_and_value_gradients(self) -> dict[str, torch.Tensor]:
         """Clip the policy's and the value function's gradients to ``ppo.max_grad_norm`` each (value gradients
