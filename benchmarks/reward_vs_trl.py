@@ -65,7 +65,12 @@ def run_ours(args: argparse.Namespace) -> dict:
         optim=OptimConfig(lr=args.lr, warmup_steps=0, warmup_ratio=0.0, schedule="linear"),
     )
     data = ComparisonsDataModule(
-        train_files=args.train, val_fraction=0.0, max_length=args.max_length, batch_size=args.batch_size, shuffle=False
+        train_files=args.train,
+        val_fraction=0.0,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        shuffle=False,
+        chat_template="never",  # the prompts are already rendered: join them raw, as TRL does
     )
     timer = step_timer(args.warmup_steps, args.steps)
     trainer = L.Trainer(
@@ -82,7 +87,11 @@ def run_ours(args: argparse.Namespace) -> dict:
     trainer.fit(module, data)
     peak_after_training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     heldout = ComparisonsDataModule(
-        train_files=args.eval, val_fraction=0.0, max_length=args.max_length, batch_size=args.batch_size
+        train_files=args.eval,
+        val_fraction=0.0,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        chat_template="never",  # the prompts are already rendered: join them raw, as TRL does
     )
     heldout.tokenizer = module.tokenizer
     heldout.setup()

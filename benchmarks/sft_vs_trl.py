@@ -55,7 +55,12 @@ def run_ours(args: argparse.Namespace) -> dict:
         samples=SampleConfig(every_n_steps=0),
     )
     data = DemonstrationsDataModule(
-        train_files=args.data, val_fraction=0.0, max_length=args.max_length, batch_size=args.batch_size, shuffle=False
+        train_files=args.data,
+        val_fraction=0.0,
+        max_length=args.max_length,
+        batch_size=args.batch_size,
+        shuffle=False,
+        chat_template="never",  # the prompts are already rendered: join them raw, as TRL does
     )
     timer = step_timer(args.warmup_steps, args.steps)
     trainer = L.Trainer(

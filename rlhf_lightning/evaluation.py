@@ -6,8 +6,9 @@ give identical numbers for the same prompts, seed and batch size:
 
 - each side's score is the reward model's raw score (no clipping or whitening, which would rescale each
   side by its own statistics); the win rate compares raw scores, ties counting half;
-- the missing-EOS penalty PPO would apply to a response that never ended is its own column,
-  ``{side}_eos_penalty`` (0 for a response that ended), not part of the score;
+- the missing-EOS penalty PPO would apply to a response that never ended (or was empty) is its own column,
+  ``{side}_eos_penalty`` (0 for a response that ended), not part of the score; ``{side}_empty`` marks an
+  empty answer (a stop token first);
 - the KL of a side to the reference is measured at the temperature its responses were sampled at (1 for
   greedy responses);
 - batch ``i`` samples from its own generator seeded with ``seed + i``.
@@ -34,15 +35,21 @@ from typing import Literal
 import torch
 
 from rlhf_lightning.callbacks import markdown_table
-from rlhf_lightning.data.chat import stop_token_ids
+from rlhf_lightning.data.chat import ChatTemplateMode, stop_token_ids
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.models.adapters import Role, role_scores, sample_from_role, sequence_kl
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.embedded import resolve_model_path
 from rlhf_lightning.models.generation import GenerationConfig, generation_eos_ids, left_pad, seeded
-from rlhf_lightning.models.loading import RUN_INFO_FILE, load_causal_lm, load_tokenizer, read_run_info
+from rlhf_lightning.models.loading import (
+    RUN_INFO_FILE,
+    load_causal_lm,
+    load_tokenizer,
+    read_run_info,
+    recorded_chat_template,
+)
 from rlhf_lightning.models.reward import hidden_size_of, load_head
-from rlhf_lightning.ops import penalize_unfinished
+from rlhf_lightning.ops import empty_responses, penalize_unfinished
 from rlhf_lightning.scores import ScoreFunction, require_finite
 
 log = logging.getLogger(__name__)
@@ -69,13 +76,19 @@ def kl_temperature(temperature: float) -> float:
 
 
 def eos_penalty(
-    scores: torch.Tensor, ended: torch.Tensor, penalty: float | None, mode: Literal["subtract", "replace"]
+    scores: torch.Tensor,
+    ended: torch.Tensor,
+    penalty: float | None,
+    mode: Literal["subtract", "replace"],
+    empty: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(b,)`` the change PPO's missing-EOS penalty makes to each raw score: ``-penalty`` (``subtract``) or
-    ``-penalty - score`` (``replace``) for a response that never ended, 0 for one that did or when off."""
+    ``-penalty - score`` (``replace``) for a response that never ended, and for an empty one (nothing before
+    its stop token) where ``empty`` ``(b,)`` is given; 0 for the others or when the penalty is off."""
     if penalty is None:
         return torch.zeros_like(scores)
-    return penalize_unfinished(scores, ended, -penalty if mode == "replace" else penalty, mode) - scores
+    finished = ended if empty is None else ended & ~empty
+    return penalize_unfinished(scores, finished, -penalty if mode == "replace" else penalty, mode) - scores
 
 
 @torch.no_grad()
@@ -88,7 +101,7 @@ def compare_batch(
     kl: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     kl_sides: Sequence[str] = (),
     gold_fn: ScoreFunction | None = None,
-    penalty: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    penalty: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     prompt_texts: Sequence[str] | None = None,
 ) -> list[dict]:
     """One record per prompt with each side's response, raw score, missing-EOS penalty, length, whether it
@@ -96,7 +109,7 @@ def compare_batch(
     adds ``{side}_gold``.
 
     ``score(sequences, attention_mask, prompt_length)`` gives the raw scores ``(b,)``;
-    ``penalty(scores, ended)`` the missing-EOS penalty ``(b,)`` (see :func:`eos_penalty`);
+    ``penalty(scores, ended, empty)`` the missing-EOS penalty ``(b,)`` (see :func:`eos_penalty`);
     ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses.
     ``prompt_texts`` are the prompts as the records show them (the user's last message); by default the
     prompt tokens are decoded. ``gold_fn`` gets the decoded prompt tokens without special tokens (the chat
@@ -109,7 +122,8 @@ def compare_batch(
     for side, sample in samplers.items():
         sequences, attention_mask, mask, ended = sample(prompts, prompt_mask)
         scores = score(sequences, attention_mask, p)
-        penalties = penalty(scores, ended) if penalty is not None else torch.zeros_like(scores)
+        empty = empty_responses(mask, ended)
+        penalties = penalty(scores, ended, empty) if penalty is not None else torch.zeros_like(scores)
         kls = kl(side, sequences, attention_mask, mask) if kl is not None and side in kl_sides else None
         for i, record in enumerate(records):
             record[side] = decode(sequences[i, p:][mask[i]], skip_special_tokens=True)
@@ -119,6 +133,7 @@ def compare_batch(
                 record[f"{side}_kl"] = kls[i].item()
             record[f"{side}_length"] = int(mask[i].sum())
             record[f"{side}_ended"] = bool(ended[i])
+            record[f"{side}_empty"] = bool(empty[i])
     if gold_fn is not None:
         for side in samplers:
             gold = gold_fn(decoded, [r[side] for r in records])
@@ -141,6 +156,7 @@ def summarize(records: list[dict], a: str, b: str) -> dict[str, float]:
     for side in (a, b):
         summary[f"{side}_length"] = _mean(r[f"{side}_length"] for r in records)
         summary[f"{side}_ended"] = _mean(r[f"{side}_ended"] for r in records)
+        summary[f"{side}_empty"] = _mean(r.get(f"{side}_empty", False) for r in records)
         summary[f"{side}_eos_penalty"] = _mean(r[f"{side}_eos_penalty"] for r in records)
     if records and f"{a}_gold" in records[0]:
         summary[f"gold_{a}"] = _mean(r[f"{a}_gold"] for r in records)
@@ -253,6 +269,7 @@ def load_prompts(
     max_length: int,
     max_prompts: int | None,
     overlong: Literal["truncate", "drop"] = "drop",
+    chat_template: str = "auto",
 ) -> list:
     """Prompt examples (token ids and the text tables show) from a prompts file (PPO's format); with
     ``val_fraction`` only the held-out split that a PPO run with the same file, fraction and seed kept for
@@ -260,7 +277,12 @@ def load_prompts(
     from rlhf_lightning.data.prompts import PromptsDataModule
 
     data = PromptsDataModule(
-        train_files=prompts, val_fraction=val_fraction, split_seed=split_seed, max_length=max_length, overlong=overlong
+        train_files=prompts,
+        val_fraction=val_fraction,
+        split_seed=split_seed,
+        max_length=max_length,
+        overlong=overlong,
+        chat_template=chat_template,
     )
     data.tokenizer = tokenizer
     data.setup("fit")
@@ -280,11 +302,13 @@ def evaluate_policies(
     max_prompts: int | None = None,
     max_length: int = 256,
     overlong: Literal["truncate", "drop"] = "drop",
+    chat_template: ChatTemplateMode | None = None,
     max_new_tokens: int = 64,
     temperature: float = 0.7,
     stop_tokens: list[str] | None = None,
     missing_eos_penalty: float | None = 1.0,
     missing_eos_mode: Literal["subtract", "replace"] = "subtract",
+    penalize_empty: bool = True,
     batch_size: int = 16,
     gold_function: str | None = None,
     num_samples: int = 8,
@@ -313,11 +337,14 @@ def evaluate_policies(
         max_prompts: Evaluate at most this many prompts.
         max_length: Longest prompt in tokens.
         overlong: What happens to a longer prompt, as in the prompts DataModule: ``drop`` or ``truncate``.
+        chat_template: How text prompts are formatted, as the prompts DataModule's option (``auto``,
+            ``always``, ``never``); default: as the policy's run formatted them (``auto`` for a model folder).
         max_new_tokens: Longest response.
         temperature: Sampling temperature of both policies (0 = greedy); KL is measured at the same one.
         stop_tokens: More tokens that end a response, as PPO's ``rollout.stop_tokens``.
         missing_eos_penalty: PPO's ``rewards.missing_eos_penalty``, reported per side as ``*_eos_penalty``.
         missing_eos_mode: PPO's ``rewards.missing_eos_mode``.
+        penalize_empty: PPO's ``rewards.penalize_empty``: an empty response gets the missing-EOS penalty too.
         batch_size: Prompts per generation batch.
         gold_function: ``module:function`` giving the true preference, ``f(prompts, responses) -> scores``.
         num_samples: Rows of the sample table in evaluation.md.
@@ -338,7 +365,10 @@ def evaluate_policies(
         raise OptionError(f"--batch_size must be >= 1, got {batch_size}")
     stop_token_ids(tokenizer, (), stop_tokens or [], "--stop_tokens")  # refused before any weight is loaded
     gold_fn = ScoreFunction(gold_function, "gold_function") if gold_function else None
-    examples = load_prompts(tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts, overlong)
+    chat_template = chat_template or recorded_chat_template(policy)
+    examples = load_prompts(
+        tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts, overlong, chat_template
+    )
     if not examples:
         raise ValueError(f"no prompts to evaluate in {prompts} (val_fraction {val_fraction})")
     loader = RoleLoader(ModelConfig(dtype=dtype, quantization=quantization), device)
@@ -362,8 +392,8 @@ def evaluate_policies(
     def kl(side, sequences, attention_mask, mask):
         return sequence_kl(sides[side], ref_role, sequences, attention_mask, mask, kl_temperature(temperature))
 
-    def penalty(scores, ended):
-        return eos_penalty(scores, ended, missing_eos_penalty, missing_eos_mode)
+    def penalty(scores, ended, empty):
+        return eos_penalty(scores, ended, missing_eos_penalty, missing_eos_mode, empty if penalize_empty else None)
 
     kl_sides = [s for s, role in sides.items() if role is not ref_role]
     samplers = {s: sampler(role) for s, role in sides.items()}
@@ -384,6 +414,7 @@ def evaluate_policies(
         "prompts": prompts if val_fraction <= 0 else f"{prompts} (held-out {val_fraction}, seed {split_seed})",
         "max_length": max_length,
         "overlong": overlong,
+        "chat_template": chat_template,
         "batch_size": batch_size,
         "seed": seed,
         "temperature": temperature,
@@ -391,6 +422,7 @@ def evaluate_policies(
         "stop_tokens": stop_tokens or [],
         "missing_eos_penalty": missing_eos_penalty,
         "missing_eos_mode": missing_eos_mode,
+        "penalize_empty": penalize_empty,
     }
     return _write(output, summary, records, sources, num_samples)
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from rlhf_lightning.data.chat import ChatTemplateMode, describe_text_rows, text_rows_as_chat
 from rlhf_lightning.data.errors import RowLocation
 from rlhf_lightning.data.formats import scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
-from rlhf_lightning.models.loading import load_tokenizer, read_run_info
+from rlhf_lightning.models.loading import load_tokenizer, read_run_info, recorded_chat_template
 from rlhf_lightning.models.reward import RewardModel, score_sequences
 from rlhf_lightning.scores import require_finite
 
@@ -31,6 +32,7 @@ def score_file(
     device: str = "auto",
     dtype: DType = "float32",
     quantization: Quantization = "none",
+    chat_template: ChatTemplateMode | None = None,
 ) -> Path:
     """Score every row of ``input`` with the reward model folder ``model``; write jsonl to ``output``.
 
@@ -42,16 +44,21 @@ def score_file(
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         dtype: Weight dtype of the base model.
         quantization: Load the base 4-bit / 8-bit to save memory.
+        chat_template: How text rows are formatted (``auto``, ``always``, ``never``, as the DataModules'
+            option); default: as the reward model's training data was (recorded in its folder).
     """
     if read_run_info(model).get("stage") != "reward":
         raise ValueError(f"{model} is not a reward model folder (the final folder of a reward run)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = load_tokenizer(model)
+    mode = chat_template or recorded_chat_template(model)
+    chat = text_rows_as_chat(tokenizer, mode, "--chat_template")
+    print(f"score: chat_template {mode}: {describe_text_rows(chat)}")
     name = describe(input)
     rows, sequences = [], []
     for row_number, row in read_rows(input):  # every row is checked before any weight is loaded
-        sequences.append(scored_sequence(row, tokenizer, RowLocation(name, row_number)))
+        sequences.append(scored_sequence(row, tokenizer, RowLocation(name, row_number), chat))
         rows.append(row)
     reward = RewardModel.from_folder(model, ModelConfig(dtype=dtype, quantization=quantization), device=device)
     scores = score_sequences(reward.model, reward.head, sequences, tokenizer.pad_token_id, batch_size)

@@ -14,8 +14,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from rlhf_lightning.data.chat import text_fields_spell_control_tokens
-from rlhf_lightning.data.errors import RowLocation
+from rlhf_lightning.data.chat import (
+    CHAT_TEMPLATE_MODES,
+    ChatTemplateMode,
+    describe_text_rows,
+    text_fields_spell_control_tokens,
+    text_rows_as_chat,
+)
+from rlhf_lightning.data.errors import OptionError, RowLocation
 from rlhf_lightning.data.loading import ListDataset, ResumableDataLoader, ResumableSampler
 from rlhf_lightning.data.readers import describe, read_rows
 
@@ -57,8 +63,11 @@ class RowsDataModule(L.LightningDataModule):
         shuffle_seed: int,
         num_workers: int,
         tokenizer: str | None,
+        chat_template: ChatTemplateMode = "auto",
     ) -> None:
         super().__init__()
+        if chat_template not in CHAT_TEMPLATE_MODES:
+            raise OptionError(f"chat_template: expected one of {', '.join(CHAT_TEMPLATE_MODES)}, got {chat_template!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if max_length < 2:
@@ -78,6 +87,9 @@ class RowsDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.tokenizer_name = tokenizer
         self.tokenizer = None
+        self.chat_template = chat_template
+        self.chat = False
+        """Whether text rows go through the chat template (resolved from ``chat_template`` and the tokenizer)."""
         self.train_examples: list = []
         self.val_examples: list = []
         self.stats: Counter = Counter()
@@ -117,6 +129,7 @@ class RowsDataModule(L.LightningDataModule):
     def _load_rows(self, sources: list[str]) -> tuple[list, list[int]]:
         """The examples of ``sources`` and, for each, its row's position among all rows read (dropped included)."""
         self.resolve_tokenizer()
+        self.chat = text_rows_as_chat(self.tokenizer, self.chat_template, "data.chat_template")
         examples, positions, position = [], [], -1
         for source in sources:
             name = describe(source)
@@ -163,7 +176,10 @@ class RowsDataModule(L.LightningDataModule):
         self.stats["train examples"] = len(self.train_examples)
         self.stats["val examples"] = len(self.val_examples)
         counts = ", ".join(f"{k} {v}" for k, v in self.stats.items())
-        rank_zero_info(f"{self.kind}: {counts} (max_length {self.max_length}, overlong: {self.overlong})")
+        rank_zero_info(
+            f"{self.kind}: {counts} (max_length {self.max_length}, overlong: {self.overlong}; "
+            f"chat_template: {self.chat_template}, {describe_text_rows(self.chat)})"
+        )
         spelled = self.stats["text rows spelling control tokens (trained as text)"]
         if spelled:
             rank_zero_warn(

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from rlhf_lightning.data.errors import DataFormatError, OptionError, RowLocation, type_name
 
 ROLES = ("system", "user", "assistant", "tool")
+ChatTemplateMode = Literal["auto", "always", "never"]
+CHAT_TEMPLATE_MODES = ("auto", "always", "never")
 _PLACEHOLDERS = ("@", "#")  # two one-character contents that differ in their first and last character
 
 
@@ -54,6 +56,50 @@ class Encoding(NamedTuple):
     input_ids: list[int]
     offsets: list[tuple[int, int]]
     text: str
+
+
+# --- standard text rows on chat models ------------------------------------------------------------------------
+def text_rows_as_chat(tokenizer, mode: str, option: str = "chat_template") -> bool:
+    """Whether standard text rows go through the tokenizer's chat template: a text ``prompt`` becomes the
+    user's turn and a text ``completion`` / ``chosen`` / ``rejected`` / ``responses[i]`` the assistant's
+    (:func:`text_turns`), so a chat model trains, scores and answers on the sequences it was tuned for.
+
+    ``auto``: when the tokenizer has a chat template; ``always``: the same, but a tokenizer without one is an
+    error; ``never``: prompt and response joined as raw text (TRL's behaviour for standard rows). Rows that
+    have no prompt/response boundary (language-modeling ``text`` rows, implicit-prompt pairs given as whole
+    texts) are raw text in every mode.
+
+    Raises :class:`OptionError` naming ``option`` for an unknown mode, or ``always`` without a template.
+    """
+    if mode not in CHAT_TEMPLATE_MODES:
+        raise OptionError(f"{option}: expected one of {', '.join(CHAT_TEMPLATE_MODES)}, got {mode!r}")
+    has_template = getattr(tokenizer, "chat_template", None) is not None
+    if mode == "always" and not has_template:
+        raise OptionError(
+            f"{option}: 'always', but the tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat "
+            "template; use 'auto' or 'never' (raw text)"
+        )
+    return mode != "never" and has_template
+
+
+def describe_text_rows(chat: bool) -> str:
+    """One line for a run's log: how text rows are formatted."""
+    if chat:
+        return "text rows formatted with the chat template (prompt = user turn, response = assistant turn)"
+    return "text rows joined as raw text (no chat template)"
+
+
+def text_turns(prompt: str, response: str | None = None, response_field: str = "completion") -> Conversation:
+    """A text row as a conversation: the prompt as one user message (none when it is blank) and the response,
+    if given, as one assistant message; errors name the row's own fields."""
+    messages, names = [], []
+    if prompt.strip():
+        messages.append({"role": "user", "content": prompt})
+        names.append("prompt")
+    if response is not None:
+        messages.append({"role": "assistant", "content": response})
+        names.append(response_field)
+    return Conversation(messages, None, names)
 
 
 # --- validating messages -------------------------------------------------------------------------------------

@@ -26,7 +26,17 @@ from typing import Literal, NamedTuple
 import torch
 
 from rlhf_lightning.data.base import Dropped, RowsDataModule
-from rlhf_lightning.data.chat import Conversation, encode_text, validate_messages, validate_tools
+from rlhf_lightning.data.chat import (
+    ChatTemplateMode,
+    Conversation,
+    encode_conversation,
+    encode_text,
+    end_of_turn_token_id,
+    text_turns,
+    validate_messages,
+    validate_tools,
+)
+from rlhf_lightning.data.degenerate import as_response
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text, tokenize_conversation
 
@@ -38,6 +48,11 @@ class ComparisonExample(NamedTuple):
     pairs: list[tuple[int, int]]
     """``(better, worse)`` indices into ``sequences``."""
     margin: float = 0.0
+    prompt: str | list | None = None
+    """The row's prompt (text or messages; ``None`` for implicit-prompt rows) and ``responses`` as given, and
+    its ``tools``: what a check needs to tokenize other answers to the same prompt the same way."""
+    responses: list | None = None
+    tools: list[dict] | None = None
 
 
 def tokenize_response(
@@ -47,10 +62,17 @@ def tokenize_response(
     where: RowLocation,
     field: str,
     tools: list[dict] | None = None,
+    chat: bool = False,
 ) -> list[int]:
     """Token ids of prompt + response, ending with the response's end-of-turn token or EOS (the scoring
-    position). Control-token spellings in the text are ordinary characters."""
+    position). With ``chat``, a text prompt and response are a user and an assistant turn of the chat template
+    (a response without a prompt stays raw text). Control-token spellings in the text are ordinary characters."""
     eos = tokenizer.eos_token_id
+    if isinstance(response, str) and chat and prompt is not None:
+        conversation = text_turns(prompt, response, field)
+        return _through_last_target(
+            tokenize_conversation(tokenizer, conversation, len(conversation.messages) - 1, where, field)
+        )
     if isinstance(response, str):
         if prompt is None:
             return encode_text(tokenizer, response, add_special_tokens=True) + [eos]
@@ -58,9 +80,13 @@ def tokenize_response(
         return prompt_ids + encode_text(tokenizer, response, add_special_tokens=False) + [eos]
     parts = ([("prompt", prompt)] if prompt else []) + [(field, response)]
     conversation = Conversation.of(parts, tools)
-    example = tokenize_conversation(tokenizer, conversation, len(prompt or []), where, field)
+    return _through_last_target(tokenize_conversation(tokenizer, conversation, len(prompt or []), where, field))
+
+
+def _through_last_target(example) -> list[int]:
+    """The ids through the response's last token (the template's text after the final end of turn dropped)."""
     last_target = max(i for i, m in enumerate(example.loss_mask) if m)
-    return example.input_ids[: last_target + 1]  # drop the template's text after the final end of turn
+    return example.input_ids[: last_target + 1]
 
 
 def _response(row: dict, key: str, conversational: bool, where: RowLocation):
@@ -114,6 +140,10 @@ class ComparisonsDataModule(RowsDataModule):
         shuffle_seed: Seed of the shuffling.
         num_workers: Data loader worker processes.
         tokenizer: Tokenizer to use; by default the model's.
+        chat_template: How text rows (a string ``prompt`` with a string response) are formatted: ``auto``
+            (default) renders them through the tokenizer's chat template when it has one (prompt = user turn,
+            response = assistant turn), as the model was tuned; ``always`` requires a template; ``never`` joins
+            them as raw text (TRL's behaviour). Message-list rows always use the template.
     """
 
     kind = "comparisons"
@@ -132,10 +162,11 @@ class ComparisonsDataModule(RowsDataModule):
         shuffle_seed: int = 0,
         num_workers: int = 0,
         tokenizer: str | None = None,
+        chat_template: ChatTemplateMode = "auto",
     ) -> None:
         super().__init__(
             train_files, val_files, val_fraction, split_seed, max_length, overlong,
-            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer,
+            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer, chat_template,
         )  # fmt: skip
 
     # --- rows ----------------------------------------------------------------------------------------------
@@ -181,12 +212,12 @@ class ComparisonsDataModule(RowsDataModule):
         if chosen == rejected:
             raise Dropped("identical chosen and rejected")
         sequences = [
-            tokenize_response(self.tokenizer, prompt, chosen, where, "chosen", tools),
-            tokenize_response(self.tokenizer, prompt, rejected, where, "rejected", tools),
+            tokenize_response(self.tokenizer, prompt, chosen, where, "chosen", tools, self.chat),
+            tokenize_response(self.tokenizer, prompt, rejected, where, "rejected", tools, self.chat),
         ]
         if sequences[0] == sequences[1]:
             raise Dropped("chosen and rejected identical once tokenized")
-        return ComparisonExample(sequences, [(0, 1)], margin)
+        return ComparisonExample(sequences, [(0, 1)], margin, prompt, [chosen, rejected], tools)
 
     def _ranking(self, row: dict, where: RowLocation) -> ComparisonExample:
         prompt = self._prompt(row, where, required=True)
@@ -234,9 +265,10 @@ class ComparisonsDataModule(RowsDataModule):
         if not pairs:
             raise Dropped("ranking without a strict preference")
         sequences = [
-            tokenize_response(self.tokenizer, prompt, r, where, f"responses[{i}]", tools) for i, r in enumerate(items)
+            tokenize_response(self.tokenizer, prompt, r, where, f"responses[{i}]", tools, self.chat)
+            for i, r in enumerate(items)
         ]
-        return ComparisonExample(sequences, pairs)
+        return ComparisonExample(sequences, pairs, 0.0, prompt, items, tools)
 
     # --- lengths and batches ---------------------------------------------------------------------------------
     def example_length(self, example: ComparisonExample) -> int:
@@ -247,10 +279,33 @@ class ComparisonsDataModule(RowsDataModule):
         pairs = [(b, w) for b, w in example.pairs if sequences[b] != sequences[w]]
         if not pairs:
             raise Dropped("identical after truncation")
-        return ComparisonExample(sequences, pairs, example.margin)
+        return example._replace(sequences=sequences, pairs=pairs)
 
     def collate_fn(self):
         return functools.partial(collate_comparisons, pad_id=self.tokenizer.pad_token_id)
+
+    def answer_sequence(self, example: ComparisonExample, text: str) -> list[int]:
+        """Token ids of ``example``'s prompt with another answer ``text``, formatted as its rows are (chat
+        template or raw text, as the row's own responses). An empty ``text`` gives the prompt as a policy sees
+        it (with the generation prompt) followed by the stop token: exactly what an empty answer is scored on.
+        """
+        if example.prompt is None:
+            raise ValueError("an implicit-prompt row has no prompt to answer")
+        where = RowLocation("another answer to a held-out prompt", 1)
+        like = example.responses[0]
+        chat = isinstance(like, list) or self.chat
+        if text:
+            return tokenize_response(self.tokenizer, example.prompt, as_response(text, like), where, "response",
+                                     example.tools, self.chat)  # fmt: skip
+        if not chat:
+            return encode_text(self.tokenizer, example.prompt, add_special_tokens=True) + [self.tokenizer.eos_token_id]
+        prompt = example.prompt
+        conversation = (
+            text_turns(prompt) if isinstance(prompt, str) else Conversation.of([("prompt", prompt)], example.tools)
+        )
+        encoding, _ = encode_conversation(self.tokenizer, conversation, where, "prompt", add_generation_prompt=True)
+        stop = end_of_turn_token_id(self.tokenizer)
+        return encoding.input_ids + [self.tokenizer.eos_token_id if stop is None else stop]
 
 
 def collate_comparisons(examples: Sequence[ComparisonExample], pad_id: int) -> dict[str, torch.Tensor]:

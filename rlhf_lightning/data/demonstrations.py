@@ -6,6 +6,7 @@ import functools
 from typing import Literal
 
 from rlhf_lightning.data.base import Dropped, RowsDataModule
+from rlhf_lightning.data.chat import ChatTemplateMode
 from rlhf_lightning.data.errors import RowLocation
 from rlhf_lightning.data.formats import TokenizedExample, tokenize_demonstration, truncate
 from rlhf_lightning.data.loading import collate_right_padded
@@ -35,6 +36,10 @@ class DemonstrationsDataModule(RowsDataModule):
         shuffle_seed: Seed of the per-epoch shuffling of training rows.
         num_workers: Data loader worker processes.
         tokenizer: Tokenizer to use; by default the model's (``tokenizer`` of the LightningModule).
+        chat_template: How text rows (a string ``prompt`` with a string response) are formatted: ``auto``
+            (default) renders them through the tokenizer's chat template when it has one (prompt = user turn,
+            response = assistant turn), as the model was tuned; ``always`` requires a template; ``never`` joins
+            them as raw text (TRL's behaviour). Message-list rows always use the template.
     """
 
     kind = "demonstrations"
@@ -54,15 +59,16 @@ class DemonstrationsDataModule(RowsDataModule):
         shuffle_seed: int = 0,
         num_workers: int = 0,
         tokenizer: str | None = None,
+        chat_template: ChatTemplateMode = "auto",
     ) -> None:
         super().__init__(
             train_files, val_files, val_fraction, split_seed, max_length, overlong,
-            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer,
+            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer, chat_template,
         )  # fmt: skip
         self.completion_only_loss = completion_only_loss
 
     def tokenize_row(self, row: object, where: RowLocation) -> TokenizedExample:
-        return tokenize_demonstration(row, self.tokenizer, where, self.completion_only_loss)
+        return tokenize_demonstration(row, self.tokenizer, where, self.completion_only_loss, self.chat)
 
     def example_length(self, example: TokenizedExample) -> int:
         return len(example.input_ids)

@@ -11,17 +11,27 @@ conversational       ``{"messages": [{"role": ..., "content": ...}, ...]}``   ev
 conv. prompt-compl.  ``{"prompt": [messages], "completion": [messages]}``     the completion's assistant turns
 ===================  =======================================================  ==========================
 
-Standard text is tokenized as is (prompt and completion separately, then concatenated, so the boundary
-is exact). Message lists go through the tokenizer's chat template (:mod:`rlhf_lightning.data.chat`); an
-assistant turn's trained tokens run through its end-of-turn token so that the model learns to stop. In every
-format, content that spells a control token (``<|im_end|>``, ``</s>``) is tokenized as ordinary text.
+A text prompt and completion on a model with a chat template become a user and an assistant turn (the
+``chat_template`` option of the DataModules, :func:`rlhf_lightning.data.chat.text_rows_as_chat`); with
+``chat_template: never``, or a tokenizer without a template, they are tokenized as is (prompt and completion
+separately, then concatenated, so the boundary is exact). Message lists go through the tokenizer's chat
+template (:mod:`rlhf_lightning.data.chat`); an assistant turn's trained tokens run through its end-of-turn
+token so that the model learns to stop. In every format, content that spells a control token (``<|im_end|>``,
+``</s>``) is tokenized as ordinary text.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-from rlhf_lightning.data.chat import Conversation, encode_conversation, encode_text, validate_messages, validate_tools
+from rlhf_lightning.data.chat import (
+    Conversation,
+    encode_conversation,
+    encode_text,
+    text_turns,
+    validate_messages,
+    validate_tools,
+)
 from rlhf_lightning.data.errors import DataFormatError, RowLocation, type_name
 
 __all__ = [
@@ -96,9 +106,10 @@ def tokenize_conversation(
 
 
 def tokenize_demonstration(
-    row: object, tokenizer, where: RowLocation, completion_only_loss: bool = True
+    row: object, tokenizer, where: RowLocation, completion_only_loss: bool = True, chat: bool = False
 ) -> TokenizedExample:
-    """Validate one demonstration row and tokenize it. Raises :class:`DataFormatError` on bad input."""
+    """Validate one demonstration row and tokenize it; with ``chat``, a text prompt and completion are a user
+    and an assistant turn of the chat template. Raises :class:`DataFormatError` on bad input."""
     kind = detect_format(row, where)
     eos = tokenizer.eos_token_id
     tools = validate_tools(row, where, conversational=kind in ("messages", "conversational_prompt_completion"))
@@ -108,6 +119,10 @@ def tokenize_demonstration(
     if kind == "prompt_completion":
         prompt = require_text(row, "prompt", where, allow_empty=True)
         completion = require_text(row, "completion", where)
+        if chat:
+            turns = text_turns(prompt, completion)
+            example = tokenize_conversation(tokenizer, turns, len(turns.messages) - 1, where, "completion")
+            return example if completion_only_loss else example._replace(loss_mask=[True] * len(example.input_ids))
         prompt_ids = encode_text(tokenizer, prompt, add_special_tokens=True)
         completion_ids = encode_text(tokenizer, completion, add_special_tokens=False) + [eos]
         mask = [not completion_only_loss] * len(prompt_ids) + [True] * len(completion_ids)
@@ -134,16 +149,17 @@ def truncate(example: TokenizedExample, max_length: int) -> TokenizedExample | N
     return TokenizedExample(ids, mask, min(example.prompt_length, max_length)) if any(mask[1:]) else None
 
 
-def scored_sequence(row: object, tokenizer, where: RowLocation) -> list[int]:
+def scored_sequence(row: object, tokenizer, where: RowLocation, chat: bool = False) -> list[int]:
     """Prompt + response ids of a demonstration-like row, ending at the response's EOS: the sequence a
-    reward model scores. ``response`` is accepted as another name for ``completion``."""
+    reward model scores (``chat`` as in :func:`tokenize_demonstration`). ``response`` is accepted as another
+    name for ``completion``."""
     if isinstance(row, dict) and "prompt" in row and not {"response", "completion", "messages", "text"} & set(row):
         raise where.error("response", "missing: a scored row needs the response (or completion) to its prompt")
     renamed = isinstance(row, dict) and "response" in row and "completion" not in row
     if renamed:
         row = {k: v for k, v in row.items() if k != "response"} | {"completion": row["response"]}
     try:
-        example = tokenize_demonstration(row, tokenizer, where)
+        example = tokenize_demonstration(row, tokenizer, where, chat=chat)
     except DataFormatError as error:
         if renamed and error.field is not None and error.field.startswith("completion"):
             raise where.error("response" + error.field[len("completion") :], error.problem) from None

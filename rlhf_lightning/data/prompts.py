@@ -2,8 +2,9 @@
 
 Accepted rows:
 
-- ``{"prompt": str}``: plain text, tokenized as is (with the tokenizer's special tokens, e.g. BOS; text that
-  spells a control token stays text);
+- ``{"prompt": str}``: the user's turn of the chat template, with the generation prompt, when the tokenizer
+  has one (``chat_template: auto``, the default); with ``chat_template: never`` (or no template) plain text,
+  tokenized as is (with the tokenizer's special tokens, e.g. BOS). Text that spells a control token stays text;
 - ``{"prompt": [messages]}``: rendered through the chat template with the generation prompt; it must not
   end with an assistant message (the policy writes that turn);
 - ``{"messages": [messages]}``: a conversation whose trailing assistant messages are dropped, the rest
@@ -22,7 +23,15 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 from rlhf_lightning.data.base import RowsDataModule
-from rlhf_lightning.data.chat import Conversation, encode_conversation, encode_text, validate_messages, validate_tools
+from rlhf_lightning.data.chat import (
+    ChatTemplateMode,
+    Conversation,
+    encode_conversation,
+    encode_text,
+    text_turns,
+    validate_messages,
+    validate_tools,
+)
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text
 from rlhf_lightning.models.generation import left_pad
@@ -83,6 +92,10 @@ class PromptsDataModule(RowsDataModule):
         shuffle_seed: Seed of the per-epoch shuffling of training prompts.
         num_workers: Data loader worker processes.
         tokenizer: Tokenizer to use; by default the model's (``tokenizer`` of the LightningModule).
+        chat_template: How a string ``prompt`` is formatted: ``auto`` (default) renders it as the user's turn
+            of the tokenizer's chat template, with the generation prompt, when the tokenizer has one (as the
+            reward and SFT stages format text rows); ``always`` requires a template; ``never`` uses the raw
+            text (TRL's behaviour). Message-list rows always use the template.
     """
 
     kind = "prompts"
@@ -101,10 +114,11 @@ class PromptsDataModule(RowsDataModule):
         shuffle_seed: int = 0,
         num_workers: int = 0,
         tokenizer: str | None = None,
+        chat_template: ChatTemplateMode = "auto",
     ) -> None:
         super().__init__(
             train_files, val_files, val_fraction, split_seed, max_length, overlong,
-            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer,
+            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer, chat_template,
         )  # fmt: skip
 
     def tokenize_row(self, row: object, where: RowLocation) -> PromptExample:
@@ -115,8 +129,11 @@ class PromptsDataModule(RowsDataModule):
             if isinstance(prompt, str):
                 validate_tools(row, where, conversational=False)
                 text = require_text(row, "prompt", where)
+                origin = _origin(row, ("prompt",), where)
+                if self.chat:
+                    return self._encode(text_turns(text), origin, where, text)
                 ids = encode_text(self.tokenizer, text, add_special_tokens=True)
-                return PromptExample(ids, text, text, _origin(row, ("prompt",), where))
+                return PromptExample(ids, text, text, origin)
             if not isinstance(prompt, list):
                 raise where.error("prompt", f"expected a string or a list of messages, got {type_name(prompt)}")
             messages = validate_messages(prompt, "prompt", where)
@@ -138,9 +155,13 @@ class PromptsDataModule(RowsDataModule):
 
     def _chat(self, messages: list[dict], row: dict, where: RowLocation, field: str) -> PromptExample:
         conversation = Conversation.of([(field, messages)], validate_tools(row, where))
-        encoding, _ = encode_conversation(self.tokenizer, conversation, where, field, add_generation_prompt=True)
         origin = _origin({field: messages, "tools": row.get("tools")}, (field, "tools"), where)
-        return PromptExample(encoding.input_ids, encoding.text, _last_request(messages), origin)
+        return self._encode(conversation, origin, where, _last_request(messages))
+
+    def _encode(self, conversation: Conversation, origin: dict, where: RowLocation, display: str) -> PromptExample:
+        field = conversation.names[0].split("[")[0]
+        encoding, _ = encode_conversation(self.tokenizer, conversation, where, field, add_generation_prompt=True)
+        return PromptExample(encoding.input_ids, encoding.text, display, origin)
 
     def example_length(self, example: PromptExample) -> int:
         return len(example.input_ids)

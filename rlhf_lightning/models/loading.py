@@ -235,5 +235,14 @@ def read_run_info(folder: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def recorded_chat_template(folder: str | Path) -> str:
+    """How the run that wrote ``folder`` formatted text rows (its ``data.chat_template``): runs written before
+    the option existed joined them as raw text (``never``); a folder that is not a run's (a model folder, a
+    hub id, ``embedded``) gets ``auto``."""
+    if not (Path(folder) / RUN_INFO_FILE).exists():
+        return "auto"
+    return read_run_info(folder).get("chat_template", "never")
+
+
 def write_run_info(folder: str | Path, info: dict) -> None:
     (Path(folder) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

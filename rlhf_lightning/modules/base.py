@@ -138,9 +138,16 @@ class CausalLMModule(L.LightningModule):
             "base_model_path": resolve_model_path(self.model_config.name_or_path),
             "adapter": self.lora_config.enabled or self.model_config.adapter is not None,
             "global_step": self.trainer.global_step if self._trainer is not None else 0,
+            "chat_template": self.data_chat_template(),
         }
         write_run_info(folder, info)
         return folder
+
+    def data_chat_template(self) -> str:
+        """The run's ``data.chat_template`` (how text rows are formatted; ``auto`` without a DataModule), recorded
+        in the final folder so that ``score`` and ``evaluate`` format text rows as training did."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return getattr(datamodule, "chat_template", "auto")
 
     @staticmethod
     def update_run_info(folder: Path, **fields) -> None:

@@ -65,6 +65,7 @@ from rlhf_lightning.ops import (
     content_mask,
     distinct_n,
     empty_fraction,
+    empty_responses,
     gae,
     kl_per_token,
     masked_mean,
@@ -136,6 +137,10 @@ class RewardShaping:
     """Penalty for a response that did not end (no EOS within ``max_new_tokens``); ``null`` disables it."""
     missing_eos_mode: Literal["subtract", "replace"] = "subtract"
     """``subtract`` the penalty from the score, or ``replace`` the score with ``-missing_eos_penalty``."""
+    penalize_empty: bool = True
+    """An empty response (a stop token first) gets the missing-EOS penalty too: a reward model rarely saw an
+    empty answer, and may score it above real ones. Sampling is left alone (no forced minimum length, which
+    would bias the KL); ``false`` scores empty answers as the reward model does."""
     score_clip: float | None = None
     """Clip scores to ``[-score_clip, score_clip]`` (``null``: off)."""
     whiten_scores: bool = False
@@ -411,16 +416,22 @@ class PPOModule(CausalLMModule):
         scores = role_scores(self.roles["reward"], sequences, attention_mask)
         return require_finite(scores, f"the reward model {self.reward_model_path} at iteration {self._iteration()}")
 
-    def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+    def shape_scores(self, raw: torch.Tensor, ended: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
         """Scores the policy is optimised on: clipped, optionally rescaled (with the statistics of all ranks),
-        missing-EOS penalty applied."""
+        missing-EOS penalty applied (to empty responses too, with ``rewards.penalize_empty``)."""
         s = self.shaping
         scores = raw
         if s.score_clip is not None:
             scores = scores.clamp(-s.score_clip, s.score_clip)
         if s.whiten_scores:  # fewer than 2 scores over all ranks are left as they are
             scores = whiten(scores, torch.ones_like(scores, dtype=torch.bool), shift_mean=False, all_reduce=True)
-        return scores + eos_penalty(scores, ended, s.missing_eos_penalty, s.missing_eos_mode)
+        return scores + self._penalty(scores, ended, empty)
+
+    def _penalty(self, scores: torch.Tensor, ended: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+        s = self.shaping
+        return eos_penalty(
+            scores, ended, s.missing_eos_penalty, s.missing_eos_mode, empty if s.penalize_empty else None
+        )
 
     def _micro_slices(self, n: int, size: int | None = None) -> list[slice]:
         size = size or self.ppo.micro_batch_size or n
@@ -454,7 +465,7 @@ class PPOModule(CausalLMModule):
         self.train(was_training)
         lp, ent, ref, values, raw = (torch.cat(parts[k]) for k in ("lp", "ent", "ref", "values", "raw"))
         values = values * mask
-        scores = self.shape_scores(raw, ended)
+        scores = self.shape_scores(raw, ended, empty_responses(mask, ended))
         kl = kl_per_token(lp, ref, self.shaping.kl_estimator) * mask
         shaped = token_rewards(scores, kl, mask, self.kl_controller.beta)
         advantages, returns = gae(shaped.rewards, values, mask, self.ppo.gamma, self.ppo.lam)
@@ -737,7 +748,6 @@ class PPOModule(CausalLMModule):
         the definition, shared with ``rlhf-lightning evaluate``."""
         temperature = self._eval_temperature()
         samplers = {side: functools.partial(self.sample, role=side, temperature=temperature) for side in SIDES}
-        s = self.shaping
         with seeded(self.eval_config.seed + index, self.device):
             return compare_batch(
                 batch["input_ids"],
@@ -748,7 +758,7 @@ class PPOModule(CausalLMModule):
                 kl=lambda side, seq, att, mask: self._sequence_kl(seq, att, mask, kl_temperature(temperature)),
                 kl_sides=["policy"],
                 gold_fn=self.gold_fn,
-                penalty=lambda scores, ended: eos_penalty(scores, ended, s.missing_eos_penalty, s.missing_eos_mode),
+                penalty=self._penalty,
                 prompt_texts=batch.get("prompt_text"),
             )
 
@@ -785,6 +795,7 @@ class PPOModule(CausalLMModule):
             "prompts": HELDOUT_FILE if datamodule.val_examples else datamodule.train_files,
             "max_length": datamodule.max_length,
             "overlong": datamodule.overlong,
+            "chat_template": datamodule.chat_template,
             "batch_size": loader.batch_size,
             "seed": self.eval_config.seed,
             "temperature": self._eval_temperature(),
@@ -792,6 +803,7 @@ class PPOModule(CausalLMModule):
             "stop_tokens": self.rollout_config.stop_tokens,
             "missing_eos_penalty": self.shaping.missing_eos_penalty,
             "missing_eos_mode": self.shaping.missing_eos_mode,
+            "penalize_empty": self.shaping.penalize_empty,
         }
         return {"settings": settings, "summary": self.summarize(records), "records": records}
 
@@ -887,6 +899,7 @@ class PPOModule(CausalLMModule):
                 "reference": self.model_config.adapter,
                 "reward_model": self.reward_model_path or self.reward_function_path,
                 "kl_coef": self.kl_controller.beta,
+                "chat_template": self.data_chat_template(),
             },
         )
         return folder

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from rlhf_lightning.callbacks import ThroughputMonitor
+from rlhf_lightning.callbacks import ThroughputMonitor, markdown_table
+from rlhf_lightning.data.chat import text_rows_as_chat
+from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, degenerate_answers
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models import LoraConfig, ModelConfig
@@ -17,6 +20,18 @@ from rlhf_lightning.modules.metrics import PreferenceMetrics
 from rlhf_lightning.modules.optim import OptimConfig
 from rlhf_lightning.ops import preference_loss
 from rlhf_lightning.scores import require_finite
+
+DEGENERATE_FILE = "degenerate_check.json"
+
+
+def best_response(pairs: list[tuple[int, int]]) -> int:
+    """The index of a prompt's best response: the most often preferred, net of the times it lost (the first
+    such on ties): ``chosen`` for a pair, rank 1 for a ranking."""
+    net: dict[int, int] = {}
+    for better, worse in pairs:
+        net[better] = net.get(better, 0) + 1
+        net[worse] = net.get(worse, 0) - 1
+    return max(sorted(net), key=lambda i: net[i])
 
 
 class RewardModule(CausalLMModule):
@@ -35,7 +50,11 @@ class RewardModule(CausalLMModule):
             keeps scores near 0 without changing their order.
         calibration_files: Reference responses (demonstrations in any accepted format). After training, the
             head's bias is shifted so that their mean score is 0 (InstructGPT's normalisation).
-        calibration_batch_size: Sequences per forward pass during calibration.
+        calibration_batch_size: Sequences per forward pass during calibration (and the degenerate check).
+        degenerate_check_prompts: After training, score degenerate answers (empty, cut mid-sentence, the prompt
+            repeated, one phrase repeated) to up to this many held-out prompts and report how often each beats
+            the real chosen answer (``final/degenerate_check.json``, ``degenerate/*`` in TensorBoard); warns
+            when an empty answer outranks the median real one. 0 turns the check off.
     """
 
     stage = "reward"
@@ -48,11 +67,14 @@ class RewardModule(CausalLMModule):
         center_coef: float = 0.0,
         calibration_files: list[str] | None = None,
         calibration_batch_size: int = 16,
+        degenerate_check_prompts: int = 64,
     ) -> None:
         super().__init__(model, lora, optim)
         self.center_coef = center_coef
         self.calibration_files = list(calibration_files or [])
         self.calibration_batch_size = calibration_batch_size
+        self.degenerate_check_prompts = degenerate_check_prompts
+        self.degenerate_report: dict | None = None
         self.score_head: ScalarHead | None = None
         self.calibration_shift = 0.0
         self.calibration_sequences: list[list[int]] = []
@@ -105,12 +127,14 @@ class RewardModule(CausalLMModule):
             self.calibration_sequences = self.read_calibration_sequences()
 
     def read_calibration_sequences(self) -> list[list[int]]:
-        """Prompt + response ids of every calibration row, each ending at its EOS (the scored position)."""
+        """Prompt + response ids of every calibration row, each ending at its EOS (the scored position); text
+        rows are formatted as the comparisons are (``data.chat_template``)."""
         sequences = []
+        chat = text_rows_as_chat(self.tokenizer, self.data_chat_template(), "data.chat_template")
         for source in self.calibration_files:
             name = describe(source)
             for row_number, row in read_rows(source):
-                sequences.append(scored_sequence(row, self.tokenizer, RowLocation(name, row_number)))
+                sequences.append(scored_sequence(row, self.tokenizer, RowLocation(name, row_number), chat))
         if not sequences:
             raise ValueError(f"calibration_files {self.calibration_files} hold no rows")
         return sequences
@@ -134,13 +158,103 @@ class RewardModule(CausalLMModule):
         rank_zero_info(f"reward: calibrated on {self.calibration_files}: bias shifted by {-shift:+.4f}")
         return shift
 
+    # --- degenerate answers ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def degenerate_check(self) -> dict | None:
+        """Score degenerate variants (:mod:`rlhf_lightning.data.degenerate`) of the best real answer to each
+        held-out prompt (the training prompts when nothing is held out) and compare them with the real answers.
+
+        Returns ``{"prompts", "split", "median_real", "chosen_mean", "kinds": {kind: {"mean", "beats_chosen",
+        "above_median_real"}}}``: per kind its mean score, the share of prompts where it scores above that
+        prompt's chosen answer, and the share where it scores above the median of all real answers; ``None``
+        when there is nothing to check (no prompts, or the check is off)."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.degenerate_check_prompts <= 0 or not hasattr(datamodule, "answer_sequence"):
+            return None
+        split = "held-out" if datamodule.val_examples else "training"
+        pool = [e for e in datamodule.val_examples or datamodule.train_examples if e.prompt is not None]
+        pool = pool[: self.degenerate_check_prompts]
+        if not pool:
+            return None
+        best = [best_response(e.pairs) for e in pool]
+        sequences = [s for e in pool for s in e.sequences]
+        for kind in DEGENERATE_KINDS:
+            for e, b in zip(pool, best):
+                text = degenerate_answers(e.prompt, e.responses[b])[kind]
+                sequences.append(datamodule.answer_sequence(e, text)[: datamodule.max_length])
+        pad = self.tokenizer.pad_token_id
+        scores = score_sequences(self.model, self.score_head, sequences, pad, self.calibration_batch_size)
+        real_count = sum(len(e.sequences) for e in pool)
+        real, rest = scores[:real_count], scores[real_count:]
+        offsets = [0]
+        for e in pool:
+            offsets.append(offsets[-1] + len(e.sequences))
+        chosen = [real[offsets[i] + b] for i, b in enumerate(best)]
+        median_real = float(torch.tensor(real).median())
+        kinds = {}
+        for k, kind in enumerate(DEGENERATE_KINDS):
+            variant = rest[k * len(pool) : (k + 1) * len(pool)]
+            kinds[kind] = {
+                "mean": sum(variant) / len(variant),
+                "beats_chosen": sum(v > c for v, c in zip(variant, chosen)) / len(pool),
+                "above_median_real": sum(v > median_real for v in variant) / len(pool),
+            }
+        return {
+            "prompts": len(pool),
+            "split": split,
+            "median_real": median_real,
+            "chosen_mean": sum(chosen) / len(chosen),
+            "kinds": kinds,
+        }
+
+    def report_degenerate_check(self, report: dict) -> None:
+        """Print and log the check's table, and warn about what a policy would exploit."""
+        rows = [(kind, r["mean"], r["beats_chosen"], r["above_median_real"]) for kind, r in report["kinds"].items()]
+        table = markdown_table(
+            ["degenerate answer", "mean score", "beats the chosen answer", "above the median real answer"],
+            rows,
+            numbered=False,
+        )
+        header = (
+            f"{report['prompts']} {report['split']} prompts; chosen answers score {report['chosen_mean']:.3f} on "
+            f"average, the median real answer {report['median_real']:.3f}"
+        )
+        rank_zero_info(f"reward: degenerate-answer check, {header}\n{table}")
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is not None and hasattr(experiment, "add_scalar"):
+            step = self.trainer.global_step
+            for kind, r in report["kinds"].items():
+                experiment.add_scalar(f"degenerate/{kind}_beats_chosen", r["beats_chosen"], step)
+                experiment.add_scalar(f"degenerate/{kind}_above_median_real", r["above_median_real"], step)
+            experiment.add_text("degenerate_check", f"{header}\n\n{table}", step)
+        empty = report["kinds"]["empty"]["above_median_real"]
+        if empty > 0.5:
+            rank_zero_warn(
+                f"reward: an empty answer scores above the median real answer for {100 * empty:.0f}% of the "
+                f"{report['split']} prompts: a policy trained against this reward model can raise its score by "
+                "answering with nothing. PPO's rewards.penalize_empty (on by default) gives empty answers the "
+                "missing-EOS penalty; better, add such answers as rejected rows (docs/reward.md#degenerate-answers)"
+            )
+        for kind, r in report["kinds"].items():
+            if kind != "empty" and r["beats_chosen"] > 0.5:
+                rank_zero_warn(
+                    f"reward: a {kind.replace('_', ' ')} answer beats the chosen one for "
+                    f"{100 * r['beats_chosen']:.0f}% of the {report['split']} prompts "
+                    "(docs/reward.md#degenerate-answers)"
+                )
+
     def on_train_end(self) -> None:
         if self.calibration_files:
             self.calibrate()
+        self.degenerate_report = self.degenerate_check()
+        if self.degenerate_report is not None:
+            self.report_degenerate_check(self.degenerate_report)
         super().on_train_end()
 
     def save_final(self, folder: Path | None = None) -> Path:
         folder = super().save_final(folder)
         save_head(self.score_head, folder)
+        if self.degenerate_report is not None:
+            (folder / DEGENERATE_FILE).write_text(json.dumps(self.degenerate_report, indent=2) + "\n")
         self.update_run_info(folder, calibration_shift=self.calibration_shift)
         return folder

@@ -1,6 +1,6 @@
 """Pure torch functions: the math of every stage, free of models and frameworks."""
 
-from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, pearson
+from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, empty_responses, pearson
 from rlhf_lightning.ops.logprobs import TokenLogProbs, logprobs_from_logits, token_logprobs_from_hidden
 from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, whiten
 from rlhf_lightning.ops.ppo import (
@@ -26,6 +26,7 @@ __all__ = [
     "content_mask",
     "distinct_n",
     "empty_fraction",
+    "empty_responses",
     "pearson",
     "gae",
     "kl_per_token",

@@ -30,9 +30,14 @@ def distinct_n(responses: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Ten
     return torch.tensor(len(set(grams)) / len(grams) if grams else 0.0)
 
 
+def empty_responses(mask: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
+    """``(b,)`` bool: the responses that hold no token besides their closing stop token (an empty turn)."""
+    return content_mask(mask, ended).sum(-1) == 0
+
+
 def empty_fraction(mask: torch.Tensor, ended: torch.Tensor) -> torch.Tensor:
     """Share of responses that ended without a single token before their stop token."""
-    return (content_mask(mask, ended).sum(-1) == 0).float().mean()
+    return empty_responses(mask, ended).float().mean()
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

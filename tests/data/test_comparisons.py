@@ -90,12 +90,11 @@ def test_overlong_rows_are_dropped_by_default_or_truncated(tmp_path, tiny_llama)
     rows = [{"prompt": "Q:", "chosen": "a" * 40, "rejected": "b"}, {"prompt": "Q:", "chosen": "ok", "rejected": "no"}]
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    dropped = ComparisonsDataModule(train_files=str(path), tokenizer=tiny_llama, val_fraction=0.0, max_length=10)
+    raw = dict(tokenizer=tiny_llama, val_fraction=0.0, max_length=10, chat_template="never")
+    dropped = ComparisonsDataModule(train_files=str(path), **raw)
     dropped.setup()
     assert dropped.stats["dropped overlong"] == 1 and len(dropped.train_examples) == 1
-    cut = ComparisonsDataModule(
-        train_files=str(path), tokenizer=tiny_llama, val_fraction=0.0, max_length=10, overlong="truncate"
-    )
+    cut = ComparisonsDataModule(train_files=str(path), overlong="truncate", **raw)
     cut.setup()
     assert cut.stats["truncated"] == 1 and max(len(s) for s in cut.train_examples[0].sequences) == 10
 

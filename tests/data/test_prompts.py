@@ -28,7 +28,12 @@ def test_text_and_message_prompts(tmp_path, char_tokenizer):
     tok = char_tokenizer
     dm = setup_prompts(tmp_path, tok, [{"prompt": "Q: why?"}, {"prompt": USER}])
     text, chat = dm.train_examples
-    assert text.input_ids == tok("Q: why?", add_special_tokens=True)["input_ids"] and text.text == "Q: why?"
+    # a chat model gets a text prompt as the user's turn, with the generation prompt (chat_template: auto)
+    assert text.input_ids == chat_ids(tok, [{"role": "user", "content": "Q: why?"}])
+    assert text.text.endswith("<|im_start|>assistant\n") and text.display == "Q: why?"
+    assert text.row == {"prompt": "Q: why?", "origin": text.row["origin"]}  # written out as the user gave it
+    raw = setup_prompts(tmp_path, tok, [{"prompt": "Q: why?"}], chat_template="never").train_examples[0]
+    assert raw.input_ids == tok("Q: why?", add_special_tokens=True)["input_ids"] and raw.text == "Q: why?"
     assert chat.input_ids == chat_ids(tok, USER)
     assert chat.text.endswith("<|im_start|>assistant\n") and "Review the Blue Kettle." in chat.text
     assert dm.example_length(chat) == len(chat.input_ids)
@@ -48,7 +53,7 @@ def test_demonstration_and_comparison_rows_are_reused_as_prompts(tmp_path, char_
         chat_ids(tok, system + USER),
         chat_ids(tok, USER + ANSWER + USER),
         chat_ids(tok, USER),
-        tok("Q:")["input_ids"],
+        chat_ids(tok, [{"role": "user", "content": "Q:"}]),
     ]
 
 
@@ -81,11 +86,11 @@ def test_message_prompts_need_a_chat_template(tmp_path):
 def test_overlong_prompts_are_dropped_or_keep_their_end(tmp_path, char_tokenizer):
     tok = char_tokenizer
     rows = [{"prompt": "short"}, {"prompt": "abcdefghijklmnop"}, {"prompt": USER}]
-    dropped = setup_prompts(tmp_path, tok, rows, max_length=13)
+    dropped = setup_prompts(tmp_path, tok, rows, max_length=13, chat_template="never")
     assert [e.text for e in dropped.train_examples] == ["short"]
     assert dropped.stats["dropped overlong"] == 2
 
-    cut = setup_prompts(tmp_path, tok, rows, max_length=13, overlong="truncate")
+    cut = setup_prompts(tmp_path, tok, rows, max_length=13, overlong="truncate", chat_template="never")
     assert cut.stats["truncated"] == 2
     short, text, chat = cut.train_examples
     assert short.text == "short"
@@ -143,7 +148,7 @@ def test_builtin_prompts_are_valid_and_match_their_generator(tiny_llama, tmp_pat
 def test_held_out_rows_do_not_depend_on_the_length_policy(tmp_path, char_tokenizer):
     # every third prompt is over max_length: dropping them must not move any other row across the split
     rows = [{"prompt": f"p{i}" + ("-long-long-long" if i % 3 == 0 else "")} for i in range(30)]
-    common = dict(val_fraction=0.3, split_seed=1, max_length=8)
+    common = dict(val_fraction=0.3, split_seed=1, max_length=8, chat_template="never")
     dropped = setup_prompts(tmp_path, char_tokenizer, rows, overlong="drop", **common)
     truncated = setup_prompts(tmp_path, char_tokenizer, rows, overlong="truncate", **common)
 
@@ -160,7 +165,9 @@ def test_held_out_rows_do_not_depend_on_the_length_policy(tmp_path, char_tokeniz
 def test_a_held_out_split_emptied_by_overlong_rows_names_the_length_fix(tmp_path, char_tokenizer):
     rows = [{"prompt": "short"}] * 3 + [{"prompt": "a much longer prompt"}]
     with pytest.raises(ValueError) as info:  # split_seed 1 holds out row 4, the long one
-        setup_prompts(tmp_path, char_tokenizer, rows, val_fraction=0.25, max_length=10, split_seed=1)
+        setup_prompts(
+            tmp_path, char_tokenizer, rows, val_fraction=0.25, max_length=10, split_seed=1, chat_template="never"
+        )
     assert "leaving 3 usable rows to train on and 0 to validate on" in str(info.value)
     assert "raise max_length (10) or set overlong: truncate to keep the 1 overlong rows" in str(info.value)
 

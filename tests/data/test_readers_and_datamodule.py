@@ -155,10 +155,10 @@ def test_overlong_rows_are_truncated_or_dropped_and_counted(tmp_path, tiny_llama
         {"prompt": "p" * 30, "completion": "y"},
     ]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    cut = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0)
+    cut = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0, chat_template="never")
     assert cut.stats["truncated"] == 1 and cut.stats["dropped no target after truncation"] == 1
     assert [len(e.input_ids) for e in cut.train_examples] == [7, 20]
-    dropped = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0, overlong="drop")
+    dropped = _datamodule(path, tiny_llama, max_length=20, val_fraction=0.0, overlong="drop", chat_template="never")
     assert dropped.stats["dropped overlong"] == 2 and len(dropped.train_examples) == 1
 
 
@@ -200,10 +200,11 @@ def test_builtin_demonstrations_are_valid_and_match_their_generator(tiny_llama, 
 
 def test_text_prompts_give_samples_and_text_rows_none(tmp_path, tiny_llama):
     rows = [{"text": "Once upon a time."}, {"prompt": "q0", "completion": "a"}, {"text": "More."}]
-    dm = _datamodule(write_jsonl(tmp_path / "d.jsonl", rows), tiny_llama, val_fraction=0.0)
+    raw = dict(val_fraction=0.0, chat_template="never")
+    dm = _datamodule(write_jsonl(tmp_path / "d.jsonl", rows), tiny_llama, **raw)
     assert [len(p) for p in dm.sample_prompts(4)] == [2]  # the text rows have no prompt to answer
     every_token = _datamodule(
-        write_jsonl(tmp_path / "e.jsonl", ROWS[:3]), tiny_llama, val_fraction=0.0, completion_only_loss=False
+        write_jsonl(tmp_path / "e.jsonl", ROWS[:3]), tiny_llama, completion_only_loss=False, **raw
     )
     assert all(e.loss_mask == [True] * len(e.input_ids) for e in every_token.train_examples)
     assert [len(p) for p in every_token.sample_prompts(4)] == [2, 2, 2]  # "q0".."q2", whatever is trained

@@ -31,19 +31,20 @@ def stage_configs(root: Path, base: str) -> dict[str, str]:
     prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": p} for p in PROMPTS * 2])
     trainer = {"accelerator": "cpu", "log_every_n_steps": 1, "enable_progress_bar": False}
     model = {"name_or_path": base}
+    raw = {"chat_template": "never"}  # text rows joined raw, as TRL does; the evaluation must follow suit
     configs = {
         "sft": {
             "trainer": {**trainer, "max_steps": 4},
             "model": {"class_path": "rlhf_lightning.SFTModule", "init_args": {"model": model, "lora": {"r": 4}}},
             "data": {"class_path": "rlhf_lightning.DemonstrationsDataModule",
-                     "init_args": {"train_files": demos, "batch_size": 4, "val_fraction": 0.25}},
+                     "init_args": {"train_files": demos, "batch_size": 4, "val_fraction": 0.25, **raw}},
         },
         "reward": {
             "trainer": {**trainer, "max_steps": 6},
             "model": {"class_path": "rlhf_lightning.RewardModule",
                       "init_args": {"model": model, "optim": {"lr": 0.003}}},
             "data": {"class_path": "rlhf_lightning.ComparisonsDataModule",
-                     "init_args": {"train_files": pairs, "batch_size": 4, "val_fraction": 0.25}},
+                     "init_args": {"train_files": pairs, "batch_size": 4, "val_fraction": 0.25, **raw}},
         },
         "ppo": {
             "trainer": {**trainer, "max_steps": 4, "num_sanity_val_steps": 0, "limit_val_batches": 0},
@@ -54,7 +55,7 @@ def stage_configs(root: Path, base: str) -> dict[str, str]:
             # would hold out other rows
             "data": {"class_path": "rlhf_lightning.PromptsDataModule",
                      "init_args": {"train_files": prompts, "batch_size": 4, "val_fraction": 0.25, "max_length": 6,
-                                   "overlong": "truncate"}},
+                                   "overlong": "truncate", **raw}},
         },
     }  # fmt: skip
     paths = {}
@@ -118,6 +119,7 @@ def test_pipeline_evaluation_gives_ppo_own_numbers_on_exactly_its_held_out_promp
     assert len(in_run["summary"]) >= 12
     settings = {k: v for k, v in in_run["settings"].items() if k != "prompts"}  # what evaluate needs to match
     assert settings == {k: later["sources"][k] for k in settings}
+    assert later["sources"]["chat_template"] == "never"  # the PPO stage's choice, passed on by the pipeline
     assert settings["overlong"] == "truncate" and settings["seed"] == 5 and settings["batch_size"] == 4
     for key, value in in_run["summary"].items():
         name = key.removeprefix("eval/").replace("reference", "baseline")

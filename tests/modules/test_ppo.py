@@ -116,15 +116,18 @@ def test_left_padded_prompts_and_right_padded_responses_change_nothing(arch, req
             assert torch.all(batch[0][i, n:] == 0) and torch.all(batch[2][i, n:] == 0)  # nothing after the end
 
 
-def test_score_shaping_penalises_unfinished_responses():
+def test_score_shaping_penalises_unfinished_and_empty_responses():
     module = PPOModule.__new__(PPOModule)
-    raw, ended = torch.tensor([2.0, 2.0, -5.0]), torch.tensor([True, False, False])
+    raw, ended = torch.tensor([2.0, 2.0, -5.0, 3.0]), torch.tensor([True, False, False, True])
+    empty = torch.tensor([False, False, False, True])  # the last one is a stop token alone
     module.shaping = RewardShaping(missing_eos_penalty=1.0, missing_eos_mode="subtract")
-    assert module.shape_scores(raw, ended).tolist() == [2.0, 1.0, -6.0]
+    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, 1.0, -6.0, 2.0]
     module.shaping = RewardShaping(missing_eos_penalty=1.0, missing_eos_mode="replace")
-    assert module.shape_scores(raw, ended).tolist() == [2.0, -1.0, -1.0]
+    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, -1.0, -1.0, -1.0]
+    module.shaping = RewardShaping(missing_eos_penalty=1.0, penalize_empty=False)
+    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, 1.0, -6.0, 3.0]
     module.shaping = RewardShaping(missing_eos_penalty=None, score_clip=3.0)
-    assert module.shape_scores(raw, ended).tolist() == [2.0, 2.0, -3.0]
+    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, 2.0, -3.0, 3.0]
 
 
 def vowel_reward(prompts: list[str], responses: list[str]) -> list[float]:

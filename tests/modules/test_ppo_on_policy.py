@@ -154,7 +154,8 @@ def test_ppo_on_a_4bit_base_starts_on_policy_learns_and_resumes(tiny_llama, tmp_
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}:"} for i in range(80)])
     shaping = '--model.rewards={"kl_coef": 0.3, "missing_eos_penalty": null}'
     common = ["--model.model.quantization=nf4", "--model.optim.lr=0.003", shaping, "--trainer.max_steps=256",
-              "--checkpoint.every_n_train_steps=8", "--model.evaluation.at_end=false"]  # fmt: skip
+              "--checkpoint.every_n_train_steps=8", "--model.evaluation.at_end=false",
+              "--data.chat_template=never"]  # fmt: skip
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     cli = run_cli(ppo_args(tiny_llama, prompts, full, *common))
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in cli.model.modules())

@@ -2,15 +2,18 @@
 
 import json
 import random
+import warnings
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from rlhf_lightning.data import DataFormatError
+from rlhf_lightning.data import ComparisonsDataModule, DataFormatError
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad
 from rlhf_lightning.models.reward import RewardModel, ScalarHead
 from rlhf_lightning.modules import RewardModule
+from rlhf_lightning.modules import reward as reward_module
 from tests.helpers import run_cli, scalars, write_jsonl
 
 
@@ -119,10 +122,11 @@ def test_saved_reward_model_reloads_with_its_head_and_calibration(trained, tiny_
     final = root / "run" / "final"
     info = json.loads((final / "rlhf_lightning.json").read_text())
     assert info["stage"] == "reward" and info["adapter"] and info["calibration_shift"] != 0.0
+    assert info["chat_template"] == "auto"  # the text rows went through the tiny model's chat template
     reloaded = RewardModel.from_folder(final)
     rows = z_rule_rows(6, seed=3)
     sequences = [
-        scored_sequence({"prompt": r["prompt"], "response": r[k]}, reloaded.tokenizer, RowLocation("t", 1))
+        scored_sequence({"prompt": r["prompt"], "response": r[k]}, reloaded.tokenizer, RowLocation("t", 1), chat=True)
         for r in rows
         for k in ("chosen", "rejected")
     ]
@@ -136,7 +140,7 @@ def test_saved_reward_model_reloads_with_its_head_and_calibration(trained, tiny_
     assert not torch.allclose(fresh.linear.weight, reloaded.head.linear.weight)
     # calibration: the reference responses now score 0 on average
     ref = [json.loads(line) for line in open(calibration)]
-    ref_seqs = [scored_sequence(r, reloaded.tokenizer, RowLocation("t", 1)) for r in ref]
+    ref_seqs = [scored_sequence(r, reloaded.tokenizer, RowLocation("t", 1), chat=True) for r in ref]
     ids, mask = left_pad(ref_seqs, reloaded.tokenizer.pad_token_id)
     assert reloaded(ids, mask).mean().item() == pytest.approx(0.0, abs=1e-4)
 
@@ -219,3 +223,56 @@ def test_a_bad_calibration_row_stops_the_run_before_any_weight_is_loaded(tiny_ll
     args = reward_args(tiny_llama, train, train, tmp_path / "run", f"--model.calibration_files=[{calibration}]")
     with pytest.raises(DataFormatError, match=r"reference\.jsonl, row 2, field 'response': missing"):
         run_cli(args)
+
+
+def _module_over(datamodule, base):
+    """A RewardModule whose trainer holds ``datamodule`` (no weights: the tests replace its scorer)."""
+    module = RewardModule(model=ModelConfig(name_or_path=base), calibration_batch_size=4)
+    module._trainer = SimpleNamespace(datamodule=datamodule, global_step=0, logger=None)
+    return module
+
+
+def test_degenerate_check_by_hand_warns_when_empty_answers_win(tmp_path, tiny_llama, monkeypatch):
+    rows = [
+        {"prompt": "Basil tips?", "chosen": "Water it when the soil is dry.", "rejected": "Plants."},
+        {"prompt": "Name a cat.", "responses": ["Mochi", "Grey Cloud the cat", "cat"], "ranking": [2, 1, 3]},
+    ]
+    dm = ComparisonsDataModule(train_files=write_jsonl(tmp_path / "c.jsonl", rows), val_fraction=0.0)
+    module = _module_over(dm, tiny_llama)
+    dm.tokenizer = module.tokenizer
+    dm.setup("fit")
+    # a reward model that likes short sequences: every empty answer beats every real one
+    monkeypatch.setattr(reward_module, "score_sequences", lambda model, head, seqs, pad, bs: [-len(s) for s in seqs])
+    report = module.degenerate_check()
+    real = [-len(s) for e in dm.train_examples for s in e.sequences]
+    empty = [-len(dm.answer_sequence(e, "")) for e in dm.train_examples]
+    assert report["prompts"] == 2 and report["split"] == "training"
+    assert report["median_real"] == float(torch.tensor(real).median())
+    # the chosen answers: the pair's chosen, and the ranking's rank 1 ("Grey Cloud the cat", index 1)
+    assert (
+        report["chosen_mean"] == (-len(dm.train_examples[0].sequences[0]) - len(dm.train_examples[1].sequences[1])) / 2
+    )
+    assert report["kinds"]["empty"] == {"mean": sum(empty) / 2, "beats_chosen": 1.0, "above_median_real": 1.0}
+    assert report["kinds"]["cut_mid_sentence"]["beats_chosen"] == 1.0  # shorter than the answer it cuts
+    with pytest.warns(UserWarning, match=r"an empty answer scores above the median real answer for 100% of the"):
+        module.report_degenerate_check(report)
+    # one that likes long sequences: empty answers never win, a phrase repeated past the answer's length does
+    monkeypatch.setattr(reward_module, "score_sequences", lambda model, head, seqs, pad, bs: [len(s) for s in seqs])
+    report = module.degenerate_check()
+    assert report["kinds"]["empty"]["beats_chosen"] == 0.0 and report["kinds"]["empty"]["above_median_real"] == 0.0
+    assert report["kinds"]["phrase_repeated"]["beats_chosen"] == 1.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module.report_degenerate_check(report)
+    messages = [str(w.message) for w in caught]
+    assert not any("empty answer" in m for m in messages)
+    assert any("a phrase repeated answer beats the chosen one for 100% of the training prompts" in m for m in messages)
+
+
+def test_trained_reward_model_reports_its_degenerate_check(trained):
+    _, root, _ = trained
+    report = json.loads((root / "run" / "final" / "degenerate_check.json").read_text())
+    assert report["prompts"] == 64 and report["split"] == "held-out"
+    assert set(report["kinds"]) == {"empty", "cut_mid_sentence", "prompt_repeated", "phrase_repeated"}
+    assert all(0.0 <= r["beats_chosen"] <= 1.0 for r in report["kinds"].values())
+    assert scalars(root / "run", "degenerate/empty_beats_chosen")

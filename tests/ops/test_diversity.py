@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, pearson
+from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, empty_responses, pearson
 
 EOS = 2
 # three responses: "5 6 5 6 EOS", "EOS" (empty), "7 7 7" (ran out of room), right-padded with 0
@@ -26,7 +26,10 @@ def test_distinct_n_by_hand():
 
 
 def test_empty_fraction_counts_answers_that_are_only_a_stop_token():
+    assert empty_responses(MASK, ENDED).tolist() == [False, True, False]
     assert empty_fraction(MASK, ENDED).item() == pytest.approx(1 / 3)
+    # a response cut at its first token without a stop token is not empty: it has one token of content
+    assert empty_responses(MASK[:, :1], torch.tensor([False, True, False])).tolist() == [False, True, False]
 
 
 def test_pearson_by_hand_and_for_constant_inputs():

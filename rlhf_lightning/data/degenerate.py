@@ -1,0 +1,54 @@
+"""Degenerate answers: what a policy tries first when its reward model can be gamed.
+
+A reward model learns from the answers people compared, and those are almost never empty, cut off, a copy
+of the question or one phrase over and over. Nothing in the Bradley-Terry loss says how such answers should
+score, and a policy optimised against the reward model finds them in a few iterations when they score well
+(empty turns are the usual first find). The reward stage therefore scores these variants of held-out
+answers after training and reports how often each beats the real chosen answer
+(:meth:`rlhf_lightning.modules.reward.RewardModule.degenerate_check`).
+"""
+
+from __future__ import annotations
+
+DEGENERATE_KINDS = ("empty", "cut_mid_sentence", "prompt_repeated", "phrase_repeated")
+
+
+def response_text(response: str | list[dict]) -> str:
+    """The text of a response: the string, or the content of its last assistant message."""
+    if isinstance(response, str):
+        return response
+    return [m for m in response if m["role"] == "assistant"][-1]["content"]
+
+
+def prompt_text(prompt: str | list[dict]) -> str:
+    """The request of a prompt: the string, or the content of its last user message (the last message of any
+    role when there is none)."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m for m in prompt if m["role"] == "user"]
+    return (users or prompt)[-1]["content"]
+
+
+def as_response(text: str, like: str | list[dict]) -> str | list[dict]:
+    """``text`` in the form of ``like``: a string, or one assistant message."""
+    return text if isinstance(like, str) else [{"role": "assistant", "content": text}]
+
+
+def degenerate_answers(prompt: str | list[dict], answer: str | list[dict]) -> dict[str, str]:
+    """Degenerate variants of ``answer`` (a real answer to ``prompt``), as texts:
+
+    - ``empty``: nothing (scored as the prompt followed by the stop token, as a policy's empty turn);
+    - ``cut_mid_sentence``: the first half of its words, without closing punctuation;
+    - ``prompt_repeated``: the request itself, as the answer;
+    - ``phrase_repeated``: its first three words repeated to its length (at least three times).
+    """
+    words = response_text(answer).split()
+    half = " ".join(words[: max(1, len(words) // 2)]).rstrip(".!?,;:")
+    phrase = words[:3] or ["ok"]
+    repeats = max(3, len(words) // len(phrase))
+    return {
+        "empty": "",
+        "cut_mid_sentence": half,
+        "prompt_repeated": prompt_text(prompt).strip(),
+        "phrase_repeated": " ".join(phrase * repeats),
+    }
