@@ -1,0 +1,51 @@
+"""The development task: its rule by hand, and the shipped files agree with it and keep held-out apart."""
+
+import pytest
+
+from rlhf_lightning.data.everyday import HELDOUT_REQUESTS, gold_parts, gold_reward, gold_score, read_requests
+from rlhf_lightning.data.readers import read_rows
+
+BASIL = "How do I keep basil alive on a windowsill? Quick tip please."  # content: keep basil alive windowsill
+
+
+def rows(name):
+    return [row for _, row in read_rows(f"builtin:{name}.jsonl")]
+
+
+def test_the_rule_by_hand():
+    on_topic = "Keep the basil on a sunny windowsill and water it when the soil feels dry."
+    parts = gold_parts(BASIL, on_topic)
+    # the request's content stems: keep, basil, alive, windo(wsill) -> the answer uses keep, basil, windo: 3/4
+    assert parts["relevance"] == pytest.approx(2 * 3 / 4)
+    assert parts["length"] == 0.0 and parts["finished"] == 0.5  # 15 words, under the brevity target of 30
+    assert parts["repetition"] == 0.0 and parts["evasive"] == 0.0 and parts["too_short"] == 0.0
+    assert gold_score(BASIL, on_topic) == pytest.approx(2.0)
+    # 90 words with the request asking for brevity: 60 over the target of 30 -> -2 (the floor)
+    rambling = " ".join(["Basil likes light and warm air"] * 15)
+    assert gold_parts(BASIL, rambling)["length"] == -2.0
+    assert gold_parts(BASIL, rambling)["repetition"] == pytest.approx(-3 * (1 - 6 / 89))  # 6 distinct of 89 bigrams
+    assert gold_parts(BASIL, "Keep the basil alive and")["finished"] == -0.5  # cut mid-sentence
+    assert gold_parts(BASIL, "I'm sorry, I cannot help with basil.")["evasive"] == -1.0
+    assert gold_parts(BASIL, "Basil.")["too_short"] == -1.0
+    assert gold_score(BASIL, "") == gold_score(BASIL, "  ") == -3.0  # an empty answer is the worst
+    # without a brevity request the target is 60 words
+    assert gold_parts("Describe how a windowsill herb garden works.", " ".join(["word"] * 60) + ".")["length"] == 0.0
+    assert gold_reward([BASIL, BASIL], [on_topic, ""]) == [gold_score(BASIL, on_topic), -3.0]
+
+
+def test_shipped_files_follow_the_rule_and_keep_held_out_requests_apart():
+    requests = read_requests()
+    assert len(requests) == len(set(requests)) == 320
+    train, held = rows("everyday_prompts"), rows("everyday_prompts_heldout")
+    assert len(held) == HELDOUT_REQUESTS and len(train) == 320 - HELDOUT_REQUESTS
+    train_prompts, held_prompts = {r["prompt"] for r in train}, {r["prompt"] for r in held}
+    assert not train_prompts & held_prompts and train_prompts | held_prompts == set(requests)
+    pairs, held_pairs = rows("everyday_comparisons"), rows("everyday_comparisons_heldout")
+    assert {p["prompt"] for p in pairs} <= train_prompts and {p["prompt"] for p in held_pairs} <= held_prompts
+    assert len(pairs) >= 200 and len(held_pairs) >= 45
+    for pair in pairs + held_pairs:  # every label is the rule's, by at least 0.5
+        assert gold_score(pair["prompt"], pair["chosen"]) - gold_score(pair["prompt"], pair["rejected"]) >= 0.5
+    demonstrations = rows("everyday_demonstrations")
+    assert {d["prompt"] for d in demonstrations} <= train_prompts and len(demonstrations) >= 150
+    samples = rows("everyday_samples")
+    assert len(samples) == 4 * 320 and all(s["gold"] == gold_score(s["prompt"], s["text"]) for s in samples)
