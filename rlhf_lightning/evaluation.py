@@ -187,11 +187,58 @@ def samples_table(records: list[dict], a: str, b: str, limit: int | None = None)
     return markdown_table(header, rows)
 
 
-def report_markdown(summary: dict[str, float], records: list[dict], a: str, b: str, sources: dict, limit: int) -> str:
+def overoptimization_point(summary: dict[str, float], a: str, b: str, at: int | str) -> dict | None:
+    """One point of the over-optimisation curve from a :func:`summarize` summary: ``at`` (an iteration, or a
+    label), side ``a``'s mean KL to the reference (nats), its mean reward-model score and side ``b``'s, and with
+    a gold function both gold scores; ``None`` when ``a``'s KL was not measured.
+
+    Plotted against KL, the reward-model score keeps rising while the gold score rises, peaks and falls: the
+    gap is how far the policy exploits the reward model's errors (Gao et al. 2022, "Scaling Laws for Reward
+    Model Overoptimization", who plot against ``sqrt(KL)``)."""
+    if f"{a}_kl" not in summary:
+        return None
+    point = {"at": at, "kl": summary[f"{a}_kl"], "score": summary[f"{a}_score"]}
+    point["reference_score"] = summary[f"{b}_score"]
+    if f"gold_{a}" in summary:
+        point |= {"gold": summary[f"gold_{a}"], "reference_gold": summary[f"gold_{b}"]}
+    return point
+
+
+def overoptimization_table(points: list[dict]) -> str:
+    """Markdown: one row per point of :func:`overoptimization_point`, in KL order."""
+    gold = all("gold" in p for p in points)
+    headers = ["at", "KL (nats)", "sqrt KL", "reward model: policy", "reward model: reference"]
+    headers += ["gold: policy", "gold: reference"] if gold else []
+    rows = []
+    for p in sorted(points, key=lambda p: p["kl"]):
+        row = [str(p["at"]), p["kl"], max(p["kl"], 0.0) ** 0.5, p["score"], p["reference_score"]]
+        rows.append(tuple(row + ([p["gold"], p["reference_gold"]] if gold else [])))
+    return markdown_table(headers, rows, numbered=False)
+
+
+def report_markdown(
+    summary: dict[str, float],
+    records: list[dict],
+    a: str,
+    b: str,
+    sources: dict,
+    limit: int,
+    overoptimization: list[dict] | None = None,
+) -> str:
     lines = [f"# {a} vs {b}", ""]
     lines += [f"- {name}: `{value}`" for name, value in sources.items()]
     metrics = markdown_table(["metric", "value"], [(k, f"{v:.4f}") for k, v in summary.items()], numbered=False)
     lines += ["", metrics, ""]
+    if overoptimization:
+        lines += [
+            "## Reward-model score and gold score against KL",
+            "",
+            "Each evaluation of the policy: where the reward-model score keeps rising while the gold score stops, "
+            "the policy is exploiting the reward model (over-optimisation).",
+            "",
+            overoptimization_table(overoptimization),
+            "",
+        ]
     table = samples_table(records, a, b, limit)
     lines += [f"## Samples ({min(limit, len(records))} of {len(records)})", "", table, ""]
     return "\n".join(lines)
@@ -406,6 +453,9 @@ def evaluate_policies(
             records.extend(compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn, penalty, texts))
         log.info(f"evaluate: {len(records)}/{len(examples)} prompts")
     summary = summarize(records, "policy", "baseline")
+    curve = _recorded_overoptimization(policy)
+    point = overoptimization_point(summary, "policy", "baseline", "evaluate")
+    curve += [point] if point is not None else []
     sources = {
         "policy": policy,
         "baseline": baseline,
@@ -424,15 +474,23 @@ def evaluate_policies(
         "missing_eos_mode": missing_eos_mode,
         "penalize_empty": penalize_empty,
     }
-    return _write(output, summary, records, sources, num_samples)
+    return _write(output, summary, records, sources, num_samples, curve)
 
 
-def _write(output: str, summary: dict, records: list[dict], sources: dict, num_samples: int) -> dict:
+def _recorded_overoptimization(policy: str) -> list[dict]:
+    """The over-optimisation points a PPO run recorded at its evaluations (its ``final/evaluation.json``)."""
+    path = Path(policy) / JSON_FILE
+    if not path.exists():
+        return []
+    return list(json.loads(path.read_text()).get("overoptimization", []))
+
+
+def _write(output: str, summary: dict, records: list[dict], sources: dict, num_samples: int, curve: list[dict]) -> dict:
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"sources": sources, "summary": summary, "records": records}
+    result = {"sources": sources, "summary": summary, "overoptimization": curve, "records": records}
     (out / JSON_FILE).write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    report = report_markdown(summary, records, "policy", "baseline", sources, num_samples)
+    report = report_markdown(summary, records, "policy", "baseline", sources, num_samples, curve)
     (out / MARKDOWN_FILE).write_text(report)
     print(markdown_table(["metric", "value"], [(k, f"{v:.4f}") for k, v in summary.items()], numbered=False))
     print(f"-> {out / JSON_FILE}, {out / MARKDOWN_FILE}")

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from rlhf_lightning.callbacks import markdown_table
-from rlhf_lightning.runs import HELDOUT_FILE, read_scalars
+from rlhf_lightning.runs import DEGENERATE_FILE, HELDOUT_FILE, read_scalars
 
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
@@ -251,11 +251,14 @@ class Pipeline:
         score_first, score_last = first_last("ppo", "objective/scores")
         kl_first, kl_last = first_last("ppo", "objective/kl")
         evaluation = json.loads((root / "evaluation" / "evaluation.json").read_text())["summary"]
+        check = root / "reward" / "final" / DEGENERATE_FILE
+        empty = json.loads(check.read_text())["kinds"]["empty"]["above_median_real"] if check.exists() else None
         summary = {
             "sft/train_loss_first": sft_first,
             "sft/train_loss_last": sft_last,
             "sft/val_loss": sft_val,
             "reward/val_accuracy": accuracy,
+            "reward/empty_above_median_real": empty,
             "ppo/score_first_iteration": score_first,
             "ppo/score_last_iteration": score_last,
             "ppo/kl_first_iteration": kl_first,
@@ -277,6 +280,10 @@ class Pipeline:
             ("SFT: held-out loss", f(s["sft/val_loss"])),
             ("Reward model: held-out accuracy", f(s["reward/val_accuracy"])),
             (
+                "Reward model: share of held-out prompts where an empty answer beats the median real one",
+                f(s["reward/empty_above_median_real"], 2),
+            ),
+            (
                 "PPO: reward-model score (first → last iteration)",
                 f"{f(s['ppo/score_first_iteration'])} → {f(s['ppo/score_last_iteration'])}",
             ),
@@ -290,6 +297,10 @@ class Pipeline:
             (
                 "Held-out length, tokens: PPO vs SFT",
                 f"{f(s['eval/policy_length'], 1)} vs {f(s['eval/baseline_length'], 1)}",
+            ),
+            (
+                "Held-out empty answers: PPO vs SFT",
+                f"{f(s.get('eval/policy_empty'), 2)} vs {f(s.get('eval/baseline_empty'), 2)}",
             ),
         ]
         if "eval/gold_policy" in s:

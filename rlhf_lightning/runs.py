@@ -1,5 +1,5 @@
-"""What a run folder holds besides checkpoints and ``final``: TensorBoard event files, and the prompts a PPO
-run held out for evaluation."""
+"""What a run folder holds besides checkpoints and the model in ``final``: TensorBoard event files, the
+prompts a PPO run held out for evaluation, a reward run's degenerate-answer check."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 HELDOUT_FILE = "heldout_prompts.jsonl"
 """A PPO run folder's record of its evaluation prompts (a prompts file; each row names its ``origin``)."""
+DEGENERATE_FILE = "degenerate_check.json"
+"""In a reward run's ``final`` folder: how degenerate answers to held-out prompts scored after training."""
 
 
 def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:

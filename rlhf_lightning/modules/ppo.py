@@ -37,6 +37,8 @@ from rlhf_lightning.evaluation import (
     compare_batch,
     eos_penalty,
     kl_temperature,
+    overoptimization_point,
+    overoptimization_table,
     samples_table,
     short_prompt,
     summarize,
@@ -272,6 +274,7 @@ class PPOModule(CausalLMModule):
         self._groups: dict[str, list[torch.nn.Parameter]] | None = None
         self._last_warning: dict[str, int] = {}
         self._first_rollout: dict[str, float] | None = None  # the first iteration's score, length, distinct-2
+        self._overoptimization: list[dict] = []  # one point per evaluation: KL, reward-model and gold scores
         self.last_stats: dict[str, float] = {}
         self.episodes = 0  # prompts rolled out so far, all ranks
         self.save_hyperparameters()
@@ -777,8 +780,37 @@ class PPOModule(CausalLMModule):
         records, self._eval_records = self._eval_records, []
         if not records:
             return
-        self.log_dict(self.summarize(records), sync_dist=True)
+        summary = self.summarize(records)
+        self.log_dict(summary, sync_dist=True)
         self._write_table("evaluation", self._evaluation_table(records))
+        reduce = self.trainer.strategy.reduce
+        summary = {k: float(reduce(torch.tensor(v, device=self.device), reduce_op="mean")) for k, v in summary.items()}
+        # inside fit, the loop validates after an iteration's update but before counting it
+        self._track_overoptimization(summary, self._iteration() + (self.trainer.state.fn == "fit"))
+
+    def _track_overoptimization(self, summary: dict[str, float], iterations: int) -> None:
+        """Add this evaluation to the curve of reward-model and gold score against KL
+        (:func:`rlhf_lightning.evaluation.overoptimization_point`) and log it: TensorBoard scalars
+        ``overoptimization/reward_model_score`` and ``overoptimization/gold_score`` whose *step is the KL in
+        millinats* (the reference's scores at step 0), so the chart's x-axis is the KL, and the table under
+        TEXT. A point is labelled with the ``iterations`` done; evaluating again after the same iteration
+        replaces it."""
+        plain = {k.removeprefix("eval/"): v for k, v in summary.items()}
+        point = overoptimization_point(plain, *SIDES, iterations)
+        if point is None:
+            return
+        first = not self._overoptimization
+        self._overoptimization = [p for p in self._overoptimization if p["at"] != point["at"]] + [point]
+        experiment = getattr(self.logger, "experiment", None)
+        if experiment is None or not hasattr(experiment, "add_scalar"):
+            return
+        steps = [(0, "reference_score", "reference_gold")] if first else []
+        steps.append((round(1000 * max(point["kl"], 0.0)), "score", "gold"))
+        for step, score, gold in steps:
+            experiment.add_scalar("overoptimization/reward_model_score", point[score], step)
+            if gold in point:
+                experiment.add_scalar("overoptimization/gold_score", point[gold], step)
+        self._write_table("overoptimization", overoptimization_table(self._overoptimization))
 
     def evaluate(self) -> dict:
         """Run the evaluation over the eval prompts (the training prompts if there are none). Returns the
@@ -847,6 +879,7 @@ class PPOModule(CausalLMModule):
             "kl_controller": self.kl_controller.state_dict(),
             "episodes": self.episodes,
             "first_rollout": self._first_rollout,
+            "overoptimization": self._overoptimization,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -855,6 +888,7 @@ class PPOModule(CausalLMModule):
             self.kl_controller.load_state_dict(checkpoint["ppo"]["kl_controller"])
             self.episodes = checkpoint["ppo"]["episodes"]
             self._first_rollout = checkpoint["ppo"].get("first_rollout")
+            self._overoptimization = checkpoint["ppo"].get("overoptimization", [])
 
     def on_train_end(self) -> None:
         evaluation = None
@@ -864,6 +898,8 @@ class PPOModule(CausalLMModule):
             self.train()
             if self.logger is not None:
                 self.logger.log_metrics(evaluation["summary"], step=self._iteration())
+            self._track_overoptimization(evaluation["summary"], self._iteration())
+            evaluation["overoptimization"] = self._overoptimization
             self._write_table("evaluation", self._evaluation_table(evaluation["records"]))
             rank_zero_info("ppo evaluation: " + ", ".join(f"{k} {v:.3f}" for k, v in evaluation["summary"].items()))
         folder = self.final_folder()  # on every rank: trainer.log_dir is a collective call under DDP

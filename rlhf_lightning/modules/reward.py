@@ -19,9 +19,8 @@ from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.metrics import PreferenceMetrics
 from rlhf_lightning.modules.optim import OptimConfig
 from rlhf_lightning.ops import preference_loss
+from rlhf_lightning.runs import DEGENERATE_FILE
 from rlhf_lightning.scores import require_finite
-
-DEGENERATE_FILE = "degenerate_check.json"
 
 
 def best_response(pairs: list[tuple[int, int]]) -> int:

@@ -101,7 +101,9 @@ def test_pipeline_runs_every_step_into_one_root(pipeline_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sft/train_loss_first"] is not None and summary["reward/val_accuracy"] is not None
     assert summary["ppo/kl_first_iteration"] == pytest.approx(0.0, abs=1e-4)  # policy == SFT at the start
+    assert 0.0 <= summary["reward/empty_above_median_real"] <= 1.0  # the reward stage's degenerate check
     assert "Gold win rate of PPO over SFT" in (out / "summary.md").read_text()
+    assert "Held-out empty answers: PPO vs SFT" in (out / "summary.md").read_text()
 
 
 def test_pipeline_evaluation_gives_ppo_own_numbers_on_exactly_its_held_out_prompts(pipeline_run):
@@ -120,6 +122,11 @@ def test_pipeline_evaluation_gives_ppo_own_numbers_on_exactly_its_held_out_promp
     settings = {k: v for k, v in in_run["settings"].items() if k != "prompts"}  # what evaluate needs to match
     assert settings == {k: later["sources"][k] for k in settings}
     assert later["sources"]["chat_template"] == "never"  # the PPO stage's choice, passed on by the pipeline
+    # the over-optimisation table: the PPO run's own evaluation, then this one (same numbers, same KL)
+    assert [p["at"] for p in later["overoptimization"]] == [in_run["overoptimization"][0]["at"], "evaluate"]
+    assert later["overoptimization"][0] == in_run["overoptimization"][0]
+    assert later["overoptimization"][1]["kl"] == later["summary"]["policy_kl"] == in_run["summary"]["eval/policy_kl"]
+    assert "Reward-model score and gold score against KL" in (out / "evaluation" / "evaluation.md").read_text()
     assert settings["overlong"] == "truncate" and settings["seed"] == 5 and settings["batch_size"] == 4
     for key, value in in_run["summary"].items():
         name = key.removeprefix("eval/").replace("reference", "baseline")

@@ -183,3 +183,13 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama):
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], atol=1e-6, rtol=1e-5)
     assert model.is_gradient_checkpointing
+
+
+def test_a_run_folder_records_how_its_text_rows_were_formatted(tmp_path):
+    from rlhf_lightning.models.loading import recorded_chat_template, write_run_info
+
+    assert recorded_chat_template(tmp_path) == "auto"  # a model folder, not a run's
+    write_run_info(tmp_path, {"stage": "reward"})
+    assert recorded_chat_template(tmp_path) == "never"  # written before the option: text rows were joined raw
+    write_run_info(tmp_path, {"stage": "reward", "chat_template": "auto"})
+    assert recorded_chat_template(tmp_path) == "auto"

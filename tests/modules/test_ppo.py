@@ -175,7 +175,8 @@ def test_policy_reward_rises_while_kl_stays_bounded(tiny_llama, prompts_file, tm
     # noisy, so 4 are averaged at each end) and keep the KL well under that 36.
     run = tmp_path / "run"
     shaping = '--model.rewards={"kl_coef": 0.3, "missing_eos_penalty": null}'
-    run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_epochs=8", "--model.optim.lr=0.003", shaping))
+    gold = "--model.evaluation.gold_function=tests.modules.test_ppo:vowel_reward"  # the reward itself, as gold
+    run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_epochs=8", "--model.optim.lr=0.003", shaping, gold))
     scores, kl = scalars(run, "objective/scores"), scalars(run, "objective/kl")
     steps = sorted(scores)
     assert len(steps) == 32
@@ -196,6 +197,16 @@ def test_policy_reward_rises_while_kl_stays_bounded(tiny_llama, prompts_file, tm
     assert (final / "adapter_model.safetensors").exists() and (final / "value" / "score_head.safetensors").exists()
     evaluation = json.loads((final / "evaluation.json").read_text())
     assert evaluation["summary"]["eval/win_rate"] > 0.5 and len(evaluation["records"]) == 16
+    # over-optimisation: one point per evaluation (each epoch's, then the end's at the same iteration 32)
+    curve = evaluation["overoptimization"]
+    assert [p["at"] for p in curve] == [4, 8, 12, 16, 20, 24, 28, 32]
+    end = evaluation["summary"]
+    assert curve[-1]["kl"] == end["eval/policy_kl"] and curve[-1]["score"] == end["eval/policy_score"]
+    assert all(p["gold"] == pytest.approx(p["score"]) for p in curve)  # gold is the reward function here
+    plotted = scalars(run, "overoptimization/reward_model_score")  # its step is the KL in millinats
+    assert plotted[0] == pytest.approx(curve[0]["reference_score"])  # the reference, at KL 0
+    assert {round(1000 * max(p["kl"], 0)) for p in curve} <= set(plotted) and len(plotted) >= 5
+    assert plotted[round(1000 * curve[-1]["kl"])] == pytest.approx(curve[-1]["score"])
     # evaluation on demand, from the last checkpoint
     args = ppo_args(tiny_llama, prompts_file, tmp_path / "validate", shaping)[1:]
     cli = run_cli(["validate", *args, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])

@@ -1,0 +1,189 @@
+"""Reward model held-out accuracy: the project's reward stage against a minimal recipe, on the development task.
+
+The minimal recipe is what a user writes in forty lines with transformers and peft:
+``AutoModelForSequenceClassification`` (one label) on the embedded SmolLM2-135M-Instruct, from the base model;
+peft LoRA r 16, alpha 32, dropout 0 on the seven linear projections (task ``SEQ_CLS``: the score head is
+trained in full); AdamW at a constant 3e-4, no warmup, gradient clipping 1.0; batch 8 pairs; each pair's
+texts chat-formatted (the tokenizer's chat template on ``[user: prompt, assistant: answer]``); the
+Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)``; the tokenizer's own pad token.
+
+Ours is ``rlhf-lightning fit --config configs/reward.yaml`` with the task's files and the same epochs and
+batch, every other setting as shipped (pass ``--sft`` to start from a dev-task SFT run's adapter, as the
+shipped config does; without it ours starts from the base model, as the recipe does). ``--variant
+NAME=OVERRIDES`` adds runs of ours with command-line overrides (``;``-separated), one per factor of the
+table in docs/reward.md.
+
+Held-out accuracy (pairs whose chosen answer scores higher; ties count half) after every epoch, every run
+in its own process, one after another:
+
+    .venv/bin/python benchmarks/reward_baseline.py --epochs 2
+    .venv/bin/python benchmarks/reward_baseline.py --epochs 2 --only ours \\
+        --variant "lr 1e-4 cosine=--model.init_args.optim.lr=1e-4;--model.init_args.optim.schedule=cosine"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TRAIN = "builtin:everyday_comparisons.jsonl"
+HELDOUT = "builtin:everyday_comparisons_heldout.jsonl"
+
+
+def read_pairs(source: str) -> list[dict]:
+    from rlhf_lightning.data.readers import read_rows
+
+    return [row for _, row in read_rows(source)]
+
+
+def run_recipe(args: argparse.Namespace) -> dict:
+    """The minimal recipe, in this process. Returns held-out accuracy per epoch."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_lightning.models import embedded_model_dir
+
+    torch.manual_seed(args.seed)
+    path = embedded_model_dir()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="SEQ_CLS")
+    model = get_peft_model(model, lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.recipe_lr)
+
+    def texts(rows: list[dict], key: str) -> list[str]:
+        return [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r[key]}], tokenize=False
+            )
+            for r in rows
+        ]
+
+    def scores(batch: list[str]) -> torch.Tensor:
+        enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=args.max_length)
+        return model(**enc).logits.squeeze(-1)
+
+    train, heldout = read_pairs(args.train), read_pairs(args.heldout)
+    order = list(range(len(train)))
+    rng = random.Random(args.seed)
+    accuracies, start = [], time.perf_counter()
+    for epoch in range(args.epochs):
+        model.train()
+        rng.shuffle(order)
+        for i in range(0, len(order), args.batch_size):
+            rows = [train[j] for j in order[i : i + args.batch_size]]
+            both = scores(texts(rows, "chosen") + texts(rows, "rejected"))
+            loss = -torch.nn.functional.logsigmoid(both[: len(rows)] - both[len(rows) :]).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+        model.eval()
+        wins = 0.0
+        with torch.no_grad():
+            for i in range(0, len(heldout), 16):
+                rows = heldout[i : i + 16]
+                both = scores(texts(rows, "chosen") + texts(rows, "rejected"))
+                c, r = both[: len(rows)], both[len(rows) :]
+                wins += float((c > r).sum() + 0.5 * (c == r).sum())
+        accuracies.append(wins / len(heldout))
+        print(f"recipe: epoch {epoch + 1} held-out accuracy {accuracies[-1]:.3f}", flush=True)
+    return {"accuracy_per_epoch": accuracies, "seconds": time.perf_counter() - start}
+
+
+def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict:
+    """``rlhf-lightning fit --config configs/reward.yaml`` with the task's files, in a fresh process."""
+    run_dir = Path(tempfile.mkdtemp(prefix="reward-", dir=work))
+    command = [
+        str(ROOT / ".venv" / "bin" / "rlhf-lightning"), "fit", "--config", str(ROOT / "configs" / "reward.yaml"),
+        f"--trainer.default_root_dir={run_dir}",
+        f"--trainer.max_epochs={args.epochs}",
+        "--trainer.val_check_interval=1.0",
+        "--trainer.enable_progress_bar=false",
+        f"--seed_everything={args.seed}",
+        f"--data.init_args.train_files={args.train}",
+        f"--data.init_args.val_files={args.heldout}",
+        f"--data.init_args.batch_size={args.batch_size}",
+        f"--data.init_args.max_length={args.max_length}",
+        f"--model.init_args.model.adapter={args.sft}" if args.sft else '--model.init_args.model={"adapter": null}',
+        "--model.init_args.calibration_files=[builtin:everyday_demonstrations.jsonl]",
+        *overrides,
+    ]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=ROOT)
+    seconds = time.perf_counter() - start
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = sorted(run_dir.rglob("events.out.tfevents.*"))
+    accumulator = EventAccumulator(str(events[-1].parent))
+    accumulator.Reload()
+    accuracy = [e.value for e in sorted(accumulator.Scalars("val/accuracy"), key=lambda e: e.step)]
+    report = next(run_dir.rglob("degenerate_check.json"), None)
+    degenerate = json.loads(report.read_text())["kinds"] if report else None
+    print(f"ours {overrides}: held-out accuracy per epoch {[round(a, 3) for a in accuracy]}", flush=True)
+    return {"accuracy_per_epoch": accuracy, "seconds": seconds, "overrides": overrides, "degenerate": degenerate}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per batch")
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--recipe-lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", default=TRAIN)
+    p.add_argument("--heldout", default=HELDOUT)
+    p.add_argument("--sft", default=None, help="ours starts from this SFT run's final adapter (default: base model)")
+    p.add_argument("--only", choices=["recipe", "ours"], default=None)
+    p.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDE;OVERRIDE... (more runs of ours)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "reward_baseline.json")
+    args = p.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="reward-baseline-"))
+    jobs = [] if args.only == "ours" else [("minimal recipe", None)]
+    if args.only != "recipe":
+        jobs.append(("ours (configs/reward.yaml)", []))
+        for variant in args.variant:
+            name, _, overrides = variant.partition("=")
+            jobs.append((f"ours, {name}", [o for o in overrides.split(";") if o]))
+    for name, overrides in jobs:  # the record is written after each run: an interrupted sweep keeps its runs
+        result = run_recipe(args) if overrides is None else run_ours(args, overrides, work)
+        save(args, name, result)
+    runs = json.loads(args.out.read_text())["runs"]
+    print("\n| run | held-out accuracy per epoch | minutes |\n|---|---|---|")
+    for name, run in runs.items():
+        epochs = " / ".join(f"{a:.3f}" for a in run["accuracy_per_epoch"])
+        print(f"| {name} | {epochs} | {run['seconds'] / 60:.1f} |")
+    print(f"-> {args.out}")
+
+
+def save(args: argparse.Namespace, name: str, result: dict) -> None:
+    """Add one run to the JSON record (runs of earlier invocations with other names are kept)."""
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    record = {
+        "benchmark": "reward-model held-out accuracy on the development task (everyday requests)",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
+        "pairs": {"train": len(read_pairs(args.train)), "heldout": len(read_pairs(args.heldout))},
+        "runs": {**previous.get("runs", {}), name: {**result, "settings": {
+            k: v for k, v in vars(args).items() if k not in ("out", "variant", "only")}}},
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

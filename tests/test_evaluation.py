@@ -1,0 +1,33 @@
+"""Evaluation reporting: win rates and the over-optimisation curve, by hand."""
+
+from rlhf_lightning.evaluation import overoptimization_point, overoptimization_table, summarize, win
+
+
+def test_win_counts_ties_as_half_and_summarize_means_by_hand():
+    assert [win(2.0, 1.0), win(1.0, 1.0), win(0.0, 1.0)] == [1.0, 0.5, 0.0]
+    records = [
+        {"policy_score": 2.0, "baseline_score": 1.0, "policy_kl": 0.5, "policy_length": 4, "baseline_length": 6,
+         "policy_ended": True, "baseline_ended": True, "policy_eos_penalty": 0.0, "baseline_eos_penalty": 0.0,
+         "policy_empty": False, "baseline_empty": False, "policy_gold": 1.0, "baseline_gold": 1.0},
+        {"policy_score": 0.0, "baseline_score": 3.0, "policy_kl": 1.5, "policy_length": 0, "baseline_length": 2,
+         "policy_ended": True, "baseline_ended": False, "policy_eos_penalty": -1.0, "baseline_eos_penalty": -1.0,
+         "policy_empty": True, "baseline_empty": False, "policy_gold": -3.0, "baseline_gold": 0.0},
+    ]  # fmt: skip
+    summary = summarize(records, "policy", "baseline")
+    assert summary["win_rate"] == 0.5 and summary["gold_win_rate"] == 0.25  # a tie and a loss on gold
+    assert summary["policy_kl"] == 1.0 and summary["policy_empty"] == 0.5 and summary["baseline_ended"] == 0.5
+    assert summary["gold_policy"] == -1.0 and summary["gold_baseline"] == 0.5
+
+
+def test_overoptimization_points_and_table_by_hand():
+    summary = {"policy_score": 2.0, "baseline_score": 0.5, "policy_kl": 4.0, "gold_policy": 0.3, "gold_baseline": 0.1}
+    point = overoptimization_point(summary, "policy", "baseline", 12)
+    assert point == {"at": 12, "kl": 4.0, "score": 2.0, "reference_score": 0.5, "gold": 0.3, "reference_gold": 0.1}
+    assert overoptimization_point({"policy_score": 1.0, "baseline_score": 0.0}, "policy", "baseline", 1) is None
+    later = dict(point, at=20, kl=9.0, score=3.0, gold=-0.2)
+    table = overoptimization_table([later, point]).splitlines()
+    assert table[0].startswith("| at | KL (nats) | sqrt KL | reward model: policy")
+    assert table[2] == "| 12 | 4.000 | 2.000 | 2.000 | 0.500 | 0.300 | 0.100 |"  # in KL order
+    assert table[3] == "| 20 | 9.000 | 3.000 | 3.000 | 0.500 | -0.200 | 0.100 |"
+    no_gold = {k: v for k, v in point.items() if "gold" not in k}
+    assert "gold" not in overoptimization_table([no_gold]).splitlines()[0]
