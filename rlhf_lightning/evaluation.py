@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 
 from rlhf_lightning.callbacks import markdown_table
-from rlhf_lightning.data.chat import ChatTemplateMode, stop_token_ids
+from rlhf_lightning.data.chat import ChatTemplateMode, stop_token_ids, text_rows_as_chat
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.models.adapters import Role, role_scores, sample_from_role, sequence_kl
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
@@ -96,7 +96,7 @@ def compare_batch(
     prompts: torch.Tensor,
     prompt_mask: torch.Tensor,
     samplers: dict[str, Sampler],
-    score: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    score: Callable[[torch.Tensor, torch.Tensor, int, list[str]], torch.Tensor],
     tokenizer,
     kl: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     kl_sides: Sequence[str] = (),
@@ -108,20 +108,22 @@ def compare_batch(
     ended, and for the sides in ``kl_sides`` the summed KL of its response to the reference; ``gold_fn``
     adds ``{side}_gold``.
 
-    ``score(sequences, attention_mask, prompt_length)`` gives the raw scores ``(b,)``;
+    ``score(sequences, attention_mask, prompt_length, prompt_texts)`` gives the raw scores ``(b,)``;
     ``penalty(scores, ended, empty)`` the missing-EOS penalty ``(b,)`` (see :func:`eos_penalty`);
     ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses.
-    ``prompt_texts`` are the prompts as the records show them (the user's last message); by default the
-    prompt tokens are decoded. ``gold_fn`` gets the decoded prompt tokens without special tokens (the chat
-    template's text included), as a PPO reward function does.
+    ``prompt_texts`` are the prompts as the user wrote them (a text prompt's text, a conversation's last user
+    message); by default the prompt tokens are decoded. The records show them, and ``score`` (for a reward
+    function) and ``gold_fn`` get them, as a PPO reward function does.
     """
     p = prompts.shape[1]
     decode = tokenizer.decode
-    decoded = [decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(prompts, prompt_mask)]
-    records = [{"prompt": text} for text in (decoded if prompt_texts is None else prompt_texts)]
+    if prompt_texts is None:
+        prompt_texts = [decode(ids[m.bool()], skip_special_tokens=True) for ids, m in zip(prompts, prompt_mask)]
+    texts = list(prompt_texts)
+    records = [{"prompt": text} for text in texts]
     for side, sample in samplers.items():
         sequences, attention_mask, mask, ended = sample(prompts, prompt_mask)
-        scores = score(sequences, attention_mask, p)
+        scores = score(sequences, attention_mask, p, texts)
         empty = empty_responses(mask, ended)
         penalties = penalty(scores, ended, empty) if penalty is not None else torch.zeros_like(scores)
         kls = kl(side, sequences, attention_mask, mask) if kl is not None and side in kl_sides else None
@@ -136,7 +138,7 @@ def compare_batch(
             record[f"{side}_empty"] = bool(empty[i])
     if gold_fn is not None:
         for side in samplers:
-            gold = gold_fn(decoded, [r[side] for r in records])
+            gold = gold_fn(texts, [r[side] for r in records])
             for record, g in zip(records, gold.tolist()):
                 record[f"{side}_gold"] = g
     return records
@@ -189,8 +191,9 @@ def samples_table(records: list[dict], a: str, b: str, limit: int | None = None)
 
 def overoptimization_point(summary: dict[str, float], a: str, b: str, at: int | str) -> dict | None:
     """One point of the over-optimisation curve from a :func:`summarize` summary: ``at`` (an iteration, or a
-    label), side ``a``'s mean KL to the reference (nats), its mean reward-model score and side ``b``'s, and with
-    a gold function both gold scores; ``None`` when ``a``'s KL was not measured.
+    label), side ``a``'s mean KL to the reference (nats), its mean reward-model ``score`` and side ``b``'s
+    (``baseline_score``; in PPO the baseline is the reference), and with a gold function both gold scores
+    (``gold``, ``baseline_gold``); ``None`` when ``a``'s KL was not measured.
 
     Plotted against KL, the reward-model score keeps rising while the gold score rises, peaks and falls: the
     gap is how far the policy exploits the reward model's errors (Gao et al. 2022, "Scaling Laws for Reward
@@ -198,21 +201,22 @@ def overoptimization_point(summary: dict[str, float], a: str, b: str, at: int | 
     if f"{a}_kl" not in summary:
         return None
     point = {"at": at, "kl": summary[f"{a}_kl"], "score": summary[f"{a}_score"]}
-    point["reference_score"] = summary[f"{b}_score"]
+    point["baseline_score"] = summary[f"{b}_score"]
     if f"gold_{a}" in summary:
-        point |= {"gold": summary[f"gold_{a}"], "reference_gold": summary[f"gold_{b}"]}
+        point |= {"gold": summary[f"gold_{a}"], "baseline_gold": summary[f"gold_{b}"]}
     return point
 
 
 def overoptimization_table(points: list[dict]) -> str:
-    """Markdown: one row per point of :func:`overoptimization_point`, in KL order."""
-    gold = all("gold" in p for p in points)
-    headers = ["at", "KL (nats)", "sqrt KL", "reward model: policy", "reward model: reference"]
-    headers += ["gold: policy", "gold: reference"] if gold else []
+    """Markdown: one row per point of :func:`overoptimization_point`, in KL order (gold cells ``n/a`` for a
+    point measured without a gold function)."""
+    gold = any("gold" in p for p in points)
+    headers = ["at", "KL (nats)", "sqrt KL", "reward model: policy", "reward model: baseline"]
+    headers += ["gold: policy", "gold: baseline"] if gold else []
     rows = []
     for p in sorted(points, key=lambda p: p["kl"]):
-        row = [str(p["at"]), p["kl"], max(p["kl"], 0.0) ** 0.5, p["score"], p["reference_score"]]
-        rows.append(tuple(row + ([p["gold"], p["reference_gold"]] if gold else [])))
+        row = [str(p["at"]), p["kl"], max(p["kl"], 0.0) ** 0.5, p["score"], p["baseline_score"]]
+        rows.append(tuple(row + ([p.get("gold", "n/a"), p.get("baseline_gold", "n/a")] if gold else [])))
     return markdown_table(headers, rows, numbered=False)
 
 
@@ -413,6 +417,7 @@ def evaluate_policies(
     stop_token_ids(tokenizer, (), stop_tokens or [], "--stop_tokens")  # refused before any weight is loaded
     gold_fn = ScoreFunction(gold_function, "gold_function") if gold_function else None
     chat_template = chat_template or recorded_chat_template(policy)
+    text_rows_as_chat(tokenizer, chat_template, "--chat_template")  # refused here, naming this command's option
     examples = load_prompts(
         tokenizer, prompts, val_fraction, split_seed, max_length, max_prompts, overlong, chat_template
     )
@@ -433,7 +438,7 @@ def evaluate_policies(
     def sampler(role: Role) -> Sampler:
         return lambda ids, mask: sample_from_role(role, ids, mask, cfg, stops, pad)
 
-    def score(sequences, attention_mask, prompt_length):
+    def score(sequences, attention_mask, prompt_length, prompt_texts):
         return require_finite(role_scores(reward, sequences, attention_mask), f"the reward model {reward_model}")
 
     def kl(side, sequences, attention_mask, mask):
@@ -453,9 +458,6 @@ def evaluate_policies(
             records.extend(compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn, penalty, texts))
         log.info(f"evaluate: {len(records)}/{len(examples)} prompts")
     summary = summarize(records, "policy", "baseline")
-    curve = _recorded_overoptimization(policy)
-    point = overoptimization_point(summary, "policy", "baseline", "evaluate")
-    curve += [point] if point is not None else []
     sources = {
         "policy": policy,
         "baseline": baseline,
@@ -474,15 +476,27 @@ def evaluate_policies(
         "missing_eos_mode": missing_eos_mode,
         "penalize_empty": penalize_empty,
     }
+    point = overoptimization_point(summary, "policy", "baseline", "evaluate")
+    curve = _recorded_overoptimization(policy, sources) + ([point] if point is not None else [])
     return _write(output, summary, records, sources, num_samples, curve)
 
 
-def _recorded_overoptimization(policy: str) -> list[dict]:
-    """The over-optimisation points a PPO run recorded at its evaluations (its ``final/evaluation.json``)."""
+def _recorded_overoptimization(policy: str, sources: dict) -> list[dict]:
+    """The over-optimisation points a PPO run recorded at its evaluations (its ``final/evaluation.json``), when
+    they were measured as this evaluation is: the same settings, and the run's reference as the baseline."""
     path = Path(policy) / JSON_FILE
     if not path.exists():
         return []
-    return list(json.loads(path.read_text()).get("overoptimization", []))
+    recorded = json.loads(path.read_text())
+    settings = {k: v for k, v in recorded.get("settings", {}).items() if k != "prompts"}
+    differ = sorted(k for k, v in settings.items() if k in sources and sources[k] != v)
+    reference = read_run_info(policy).get("reference") if _describe_folder(policy)["stage"] == "ppo" else None
+    same_reference = reference is not None and Path(reference).resolve() == Path(sources["reference"]).resolve()
+    if differ or not same_reference:
+        why = f"settings {differ} differ" if differ else f"the run's reference is {reference}"
+        log.warning(f"evaluate: the PPO run's own over-optimisation points are left out ({why})")
+        return []
+    return list(recorded.get("overoptimization", []))
 
 
 def _write(output: str, summary: dict, records: list[dict], sources: dict, num_samples: int, curve: list[dict]) -> dict:

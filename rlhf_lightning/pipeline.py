@@ -280,7 +280,7 @@ class Pipeline:
             ("SFT: held-out loss", f(s["sft/val_loss"])),
             ("Reward model: held-out accuracy", f(s["reward/val_accuracy"])),
             (
-                "Reward model: share of held-out prompts where an empty answer beats the median real one",
+                "Reward model: share of checked prompts where an empty answer beats the median real one",
                 f(s["reward/empty_above_median_real"], 2),
             ),
             (

@@ -22,7 +22,7 @@ import functools
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +57,7 @@ from rlhf_lightning.models.adapters import (
 )
 from rlhf_lightning.models.embedded import resolve_model_path
 from rlhf_lightning.models.generation import generation_eos_ids, seeded
-from rlhf_lightning.models.loading import disable_dropout, load_causal_lm, read_run_info
+from rlhf_lightning.models.loading import disable_dropout, load_causal_lm, read_run_info, recorded_chat_template
 from rlhf_lightning.models.reward import RewardModel, ScalarHead, hidden_size_of, load_head, save_head
 from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
@@ -204,7 +204,8 @@ class PPOModule(CausalLMModule):
         optim: Optimizer and schedule (one step per minibatch).
         reward_model: The reward run's ``final`` folder (adapter + ``score_head.safetensors``).
         reward_function: Instead of a reward model, ``module:function`` with
-            ``f(prompts: list[str], responses: list[str]) -> list[float]`` (rule-based rewards).
+            ``f(prompts: list[str], responses: list[str]) -> list[float]`` (rule-based rewards); the prompts as
+            the user wrote them (a text prompt's text, a conversation's last user message).
         separate_reward: Load the reward model as its own model instead of an adapter on the policy's base
             (more memory; needed when it was trained on another base or in full).
         separate_value: Give the value function its own copy of the reward model's base (more memory).
@@ -405,11 +406,23 @@ class PPOModule(CausalLMModule):
             return response_values(r.head, role_hidden_states(r, sequences, attention_mask), response_length)
 
     @torch.no_grad()
-    def score(self, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
-        """Raw reward ``(b,)`` of ``[prompt | response]`` sequences, read at the last real token."""
+    def score(
+        self,
+        sequences: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prompt_length: int,
+        prompt_texts: Sequence[str] | None = None,
+    ) -> torch.Tensor:
+        """Raw reward ``(b,)`` of ``[prompt | response]`` sequences, read at the last real token. A reward
+        function gets ``prompt_texts`` (the prompts as the user wrote them: a text prompt's text, the last user
+        message of a conversation) or, without them, the decoded prompt tokens."""
         if self.reward_fn is not None:
             decode = self.tokenizer.batch_decode
-            prompts = decode(sequences[:, :prompt_length], skip_special_tokens=True)
+            prompts = (
+                list(prompt_texts)
+                if prompt_texts is not None
+                else decode(sequences[:, :prompt_length], skip_special_tokens=True)
+            )
             masked = sequences[:, prompt_length:].masked_fill(attention_mask[:, prompt_length:] == 0, 0)
             responses = [
                 self.tokenizer.decode(row[: int(n)], skip_special_tokens=True)
@@ -451,8 +464,9 @@ class PPOModule(CausalLMModule):
         return sample_from_role(self.roles[role], prompts, prompt_mask, cfg, self.stop_ids, self.tokenizer.pad_token_id)
 
     @torch.no_grad()
-    def make_experience(self, sequences, attention_mask, mask, ended, prompt_length: int):
-        """Scoring phase: log-probs, reference log-probs, values, scores, rewards, advantages."""
+    def make_experience(self, sequences, attention_mask, mask, ended, prompt_length: int, prompt_texts=None):
+        """Scoring phase: log-probs, reference log-probs, values, scores, rewards, advantages. ``prompt_texts``
+        go to a reward function (see :meth:`score`)."""
         was_training = self.training
         self.eval()
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("lp", "ent", "ref", "values", "raw")}
@@ -464,7 +478,8 @@ class PPOModule(CausalLMModule):
             parts["ent"].append(out.entropy)
             parts["ref"].append(self._logprobs("reference", seq, att, m).logprobs)
             parts["values"].append(self._values(seq, att, r))
-            parts["raw"].append(self.score(seq, att, prompt_length))
+            texts = prompt_texts[sl] if prompt_texts is not None else None
+            parts["raw"].append(self.score(seq, att, prompt_length, texts))
         self.train(was_training)
         lp, ent, ref, values, raw = (torch.cat(parts[k]) for k in ("lp", "ent", "ref", "values", "raw"))
         values = values * mask
@@ -603,7 +618,9 @@ class PPOModule(CausalLMModule):
         with timer("rollout"):
             sequences, attention_mask, mask, ended = self.sample(prompts, prompt_mask)
         with timer("scoring"):
-            experience, stats = self.make_experience(sequences, attention_mask, mask, ended, prompts.shape[1])
+            experience, stats = self.make_experience(
+                sequences, attention_mask, mask, ended, prompts.shape[1], batch.get("prompt_text")
+            )
         with timer("training"):
             stats.update(self.optimize(experience))
         self.kl_controller.update(stats["objective/kl"].item(), prompts.shape[0] * self.trainer.world_size)
@@ -695,6 +712,7 @@ class PPOModule(CausalLMModule):
 
     def on_fit_start(self) -> None:
         self._record_heldout_prompts()
+        self._check_chat_template()
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = self.trainer.strategy
@@ -703,6 +721,26 @@ class PPOModule(CausalLMModule):
                 "PPO under DDP needs --trainer.strategy=ddp_find_unused_parameters_true: each backward pass "
                 "reaches only the policy's or only the value's adapter, and DDP must be told the rest is unused"
             )
+
+    def _check_chat_template(self) -> None:
+        """Warn when text prompts are formatted otherwise than the reward model's and the SFT model's text rows
+        were (``data.chat_template`` against the mode their run folders record): the policy would then answer,
+        and be scored on, sequences shaped unlike those the reward model learned from."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        examples = getattr(datamodule, "train_examples", None) or []
+        if not any(isinstance((e.row or {}).get("prompt"), str) for e in examples):
+            return  # only text prompts depend on the option
+        mode = datamodule.chat_template
+        runs = {"reward model": self.reward_model_path, "SFT adapter": self.model_config.adapter}
+        for name, folder in runs.items():
+            recorded = recorded_chat_template(folder) if folder and Path(folder).is_dir() else None
+            if recorded is not None and recorded != mode and "never" in (recorded, mode):
+                rank_zero_warn(
+                    f"ppo: text prompts are formatted with data.chat_template: {mode}, but the {name} {folder} "
+                    f"was trained with chat_template: {recorded}: set data.chat_template: {recorded} so the policy "
+                    "answers in the format the reward model scores "
+                    "(docs/data-formats.md#text-rows-on-chat-models-chat_template)"
+                )
 
     def _record_heldout_prompts(self) -> None:
         """Write the evaluation prompts to the run folder's ``heldout_prompts.jsonl`` (a prompts file), so a
@@ -778,7 +816,7 @@ class PPOModule(CausalLMModule):
 
     def on_validation_epoch_end(self) -> None:
         records, self._eval_records = self._eval_records, []
-        if not records:
+        if not records or self.trainer.sanity_checking:  # a sanity check's few batches are no evaluation
             return
         summary = self.summarize(records)
         self.log_dict(summary, sync_dist=True)
@@ -790,26 +828,30 @@ class PPOModule(CausalLMModule):
 
     def _track_overoptimization(self, summary: dict[str, float], iterations: int) -> None:
         """Add this evaluation to the curve of reward-model and gold score against KL
-        (:func:`rlhf_lightning.evaluation.overoptimization_point`) and log it: TensorBoard scalars
-        ``overoptimization/reward_model_score`` and ``overoptimization/gold_score`` whose *step is the KL in
-        millinats* (the reference's scores at step 0), so the chart's x-axis is the KL, and the table under
-        TEXT. A point is labelled with the ``iterations`` done; evaluating again after the same iteration
-        replaces it."""
+        (:func:`rlhf_lightning.evaluation.overoptimization_point`), labelled with the ``iterations`` done
+        (evaluating again after the same iteration replaces the point), and show it in TensorBoard: the table
+        ``overoptimization`` under TEXT, and the scalars ``overoptimization/reward_model_score`` and
+        ``overoptimization/gold_score`` whose *step is the KL in millinats*, so the chart's x-axis is the KL.
+
+        TensorBoard keeps a series' steps increasing (a step at or below an earlier one drops the earlier
+        points), so the whole curve is written again in KL order at each evaluation, starting with the
+        reference at step 0: the chart always shows the latest curve."""
         plain = {k.removeprefix("eval/"): v for k, v in summary.items()}
         point = overoptimization_point(plain, *SIDES, iterations)
         if point is None:
             return
-        first = not self._overoptimization
         self._overoptimization = [p for p in self._overoptimization if p["at"] != point["at"]] + [point]
         experiment = getattr(self.logger, "experiment", None)
         if experiment is None or not hasattr(experiment, "add_scalar"):
             return
-        steps = [(0, "reference_score", "reference_gold")] if first else []
-        steps.append((round(1000 * max(point["kl"], 0.0)), "score", "gold"))
-        for step, score, gold in steps:
-            experiment.add_scalar("overoptimization/reward_model_score", point[score], step)
-            if gold in point:
-                experiment.add_scalar("overoptimization/gold_score", point[gold], step)
+        first = self._overoptimization[0]
+        curve = [(0, first["baseline_score"], first.get("baseline_gold"))]
+        for p in sorted(self._overoptimization, key=lambda p: p["kl"]):
+            curve.append((max(1, round(1000 * p["kl"])), p["score"], p.get("gold")))
+        for step, score, gold in curve:
+            experiment.add_scalar("overoptimization/reward_model_score", score, step)
+            if gold is not None:
+                experiment.add_scalar("overoptimization/gold_score", gold, step)
         self._write_table("overoptimization", overoptimization_table(self._overoptimization))
 
     def evaluate(self) -> dict:
@@ -856,7 +898,7 @@ class PPOModule(CausalLMModule):
         temperature = self._eval_temperature()
         with seeded(self.eval_config.seed + self._iteration(), self.device):
             sequences, attention_mask, mask, ended = self.sample(ids, prompt_mask, "policy", temperature)
-        scores = self.score(sequences, attention_mask, ids.shape[1])
+        scores = self.score(sequences, attention_mask, ids.shape[1], batch["prompt_text"])
         kl = self._sequence_kl(sequences, attention_mask, mask, kl_temperature(temperature))
         decode = self.tokenizer.decode
         rows = [

@@ -23,6 +23,11 @@ from rlhf_lightning.runs import DEGENERATE_FILE
 from rlhf_lightning.scores import require_finite
 
 
+def has_prompt(prompt: str | list | None) -> bool:
+    """Whether a comparison row has a prompt another answer can be given to."""
+    return bool(prompt) and (not isinstance(prompt, str) or bool(prompt.strip()))
+
+
 def best_response(pairs: list[tuple[int, int]]) -> int:
     """The index of a prompt's best response: the most often preferred, net of the times it lost (the first
     such on ties): ``chosen`` for a pair, rank 1 for a ranking."""
@@ -171,9 +176,11 @@ class RewardModule(CausalLMModule):
         if self.degenerate_check_prompts <= 0 or not hasattr(datamodule, "answer_sequence"):
             return None
         split = "held-out" if datamodule.val_examples else "training"
-        pool = [e for e in datamodule.val_examples or datamodule.train_examples if e.prompt is not None]
+        # rows without a prompt to answer (implicit-prompt pairs, a blank text prompt) cannot be checked
+        pool = [e for e in datamodule.val_examples or datamodule.train_examples if has_prompt(e.prompt)]
         pool = pool[: self.degenerate_check_prompts]
         if not pool:
+            rank_zero_info(f"reward: no degenerate-answer check: none of the {split} rows has a prompt to answer")
             return None
         best = [best_response(e.pairs) for e in pool]
         sequences = [s for e in pool for s in e.sequences]

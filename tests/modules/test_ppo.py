@@ -204,9 +204,10 @@ def test_policy_reward_rises_while_kl_stays_bounded(tiny_llama, prompts_file, tm
     assert curve[-1]["kl"] == end["eval/policy_kl"] and curve[-1]["score"] == end["eval/policy_score"]
     assert all(p["gold"] == pytest.approx(p["score"]) for p in curve)  # gold is the reward function here
     plotted = scalars(run, "overoptimization/reward_model_score")  # its step is the KL in millinats
-    assert plotted[0] == pytest.approx(curve[0]["reference_score"])  # the reference, at KL 0
-    assert {round(1000 * max(p["kl"], 0)) for p in curve} <= set(plotted) and len(plotted) >= 5
-    assert plotted[round(1000 * curve[-1]["kl"])] == pytest.approx(curve[-1]["score"])
+    assert plotted[0] == pytest.approx(curve[0]["baseline_score"])  # the reference, at KL 0
+    steps = [max(1, round(1000 * p["kl"])) for p in curve]  # rewritten in KL order at every evaluation
+    assert set(steps) <= set(plotted) and len(plotted) >= 5
+    assert plotted[steps[-1]] == pytest.approx(curve[-1]["score"])
     # evaluation on demand, from the last checkpoint
     args = ppo_args(tiny_llama, prompts_file, tmp_path / "validate", shaping)[1:]
     cli = run_cli(["validate", *args, f"--ckpt_path={run / 'checkpoints' / 'last.ckpt'}"])
@@ -339,3 +340,33 @@ def test_a_non_finite_ppo_loss_skips_that_optimizer_step(tiny_llama, prompts_fil
     run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_steps=16", "--model.evaluation.at_end=false"))
     assert scalars(run, "train/nonfinite_steps") == {0: 1.0, 1: 1.0}  # the first of 8 steps, then none
     assert all(torch.isfinite(v).all() for v in load_file(str(run / "final" / "adapter_model.safetensors")).values())
+
+
+def test_text_prompts_formatted_unlike_the_reward_models_rows_are_warned_about(folders, tiny_llama, tmp_path):
+    from types import SimpleNamespace
+
+    from rlhf_lightning.data import PromptsDataModule
+    from rlhf_lightning.models.loading import read_run_info, write_run_info
+
+    sft, reward = folders
+    raw_reward = tmp_path / "reward"
+    raw_reward.mkdir()
+    write_run_info(raw_reward, {**read_run_info(reward), "chat_template": "never"})  # trained on raw text rows
+    module = PPOModule(model=ModelConfig(name_or_path=tiny_llama, adapter=str(sft)), reward_model=str(raw_reward))
+
+    def check(rows, chat_template):
+        data = PromptsDataModule(write_jsonl(tmp_path / "p.jsonl", rows), val_fraction=0.0, chat_template=chat_template)
+        data.tokenizer = module.tokenizer
+        data.setup("fit")
+        module._trainer = SimpleNamespace(datamodule=data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            module._check_chat_template()
+        return [str(w.message) for w in caught if "chat_template" in str(w.message)]
+
+    # the SFT folder predates the option (no chat_template recorded: raw text), so it is named too
+    reward_message, sft_message = check([{"prompt": "q1"}], "auto")
+    expected = f"data.chat_template: auto, but the reward model {raw_reward} was trained with chat_template: never"
+    assert expected in reward_message and f"the SFT adapter {sft} was trained with chat_template: never" in sft_message
+    assert check([{"prompt": "q1"}], "never") == []  # formatted as the reward model's rows were
+    assert check([{"prompt": [{"role": "user", "content": "q1"}]}], "auto") == []  # messages: the option is moot

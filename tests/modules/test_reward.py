@@ -236,6 +236,8 @@ def test_degenerate_check_by_hand_warns_when_empty_answers_win(tmp_path, tiny_ll
     rows = [
         {"prompt": "Basil tips?", "chosen": "Water it when the soil is dry.", "rejected": "Plants."},
         {"prompt": "Name a cat.", "responses": ["Mochi", "Grey Cloud the cat", "cat"], "ranking": [2, 1, 3]},
+        {"prompt": " ", "chosen": "Yes.", "rejected": "No."},  # no prompt to answer: left out of the check
+        {"chosen": "A whole text.", "rejected": "Another one."},  # implicit prompt: left out too
     ]
     dm = ComparisonsDataModule(train_files=write_jsonl(tmp_path / "c.jsonl", rows), val_fraction=0.0)
     module = _module_over(dm, tiny_llama)
@@ -244,8 +246,9 @@ def test_degenerate_check_by_hand_warns_when_empty_answers_win(tmp_path, tiny_ll
     # a reward model that likes short sequences: every empty answer beats every real one
     monkeypatch.setattr(reward_module, "score_sequences", lambda model, head, seqs, pad, bs: [-len(s) for s in seqs])
     report = module.degenerate_check()
-    real = [-len(s) for e in dm.train_examples for s in e.sequences]
-    empty = [-len(dm.answer_sequence(e, "")) for e in dm.train_examples]
+    checked = dm.train_examples[:2]
+    real = [-len(s) for e in checked for s in e.sequences]
+    empty = [-len(dm.answer_sequence(e, "")) for e in checked]
     assert report["prompts"] == 2 and report["split"] == "training"
     assert report["median_real"] == float(torch.tensor(real).median())
     # the chosen answers: the pair's chosen, and the ranking's rank 1 ("Grey Cloud the cat", index 1)
