@@ -75,8 +75,11 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     bigrams = list(zip(words, words[1:]))
     repeated = 1 - len(set(bigrams)) / len(bigrams) if bigrams else 0.0
     text = response.strip().lower()
+    request = _WORD.findall(prompt.lower())
+    copied = sum(b in set(zip(request, request[1:])) for b in bigrams) / len(bigrams) if bigrams else 0.0
     return {
         "relevance": 2.0 * covered,
+        "echo": -3.0 if copied > 0.5 else 0.0,
         "length": -min(2.0, max(0, len(words) - target) / target),
         "finished": 0.5 if response.rstrip().endswith((".", "!", "?", ")", '"')) else -0.5,
         "repetition": -3.0 * repeated,
@@ -96,10 +99,12 @@ def gold_score(prompt: str, response: str) -> float:
     - ``finished``: +0.5 when the answer ends a sentence (``.``, ``!``, ``?``, a closing bracket or quote),
       else -0.5 (cut off at the length limit or mid-thought);
     - ``repetition``: -3 x the share of repeated word bigrams;
+    - ``echo``: -3 when more than half of the answer's word bigrams are the request's own (the question
+      repeated back: it uses every content word of the request, and answers nothing);
     - ``evasive``: -1 for a refusal or disclaimer ("As an AI", "I'm sorry", "I cannot", ...);
     - ``too_short``: -1 under 3 words.
 
-    An empty answer scores -3. Range about [-7, 2.5].
+    An empty answer scores -3. Range about [-10, 2.5].
     """
     return round(sum(gold_parts(prompt, response).values()), 4)
 
@@ -201,15 +206,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="use only the first N requests (a quick try)")
+    parser.add_argument(
+        "--relabel", action="store_true", help="label the answers of the shipped everyday_samples.jsonl again "
+        "with the current rule (after changing it), without sampling"
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     requests = read_requests()[: args.limit]
     train, held_out = split_requests(requests, args.seed) if args.limit is None else (requests, [])
-    print(f"sampling {args.samples} answers to {len(requests)} requests with the embedded model", flush=True)
-    answers = dict(
-        zip(requests, sample_answers(requests, args.samples, args.max_new_tokens, args.temperature, args.seed))
-    )
+    if args.relabel:
+        answers: dict[str, list[dict]] = {r: [] for r in requests}
+        for line in (ASSETS / "everyday_samples.jsonl").read_text(encoding="utf-8").splitlines():
+            sample = json.loads(line)
+            answers[sample["prompt"]].append({"text": sample["text"], "finished": sample["finished"]})
+    else:
+        print(f"sampling {args.samples} answers to {len(requests)} requests with the embedded model", flush=True)
+        sampled = sample_answers(requests, args.samples, args.max_new_tokens, args.temperature, args.seed)
+        answers = dict(zip(requests, sampled))
     train_rows = build_rows(train, [answers[r] for r in train])
     held_rows = build_rows(held_out, [answers[r] for r in held_out])
     write_jsonl(train_rows["demonstrations"], out / "everyday_demonstrations.jsonl")

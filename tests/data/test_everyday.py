@@ -19,6 +19,7 @@ def test_the_rule_by_hand():
     assert parts["relevance"] == pytest.approx(2 * 3 / 4)
     assert parts["length"] == 0.0 and parts["finished"] == 0.5  # 15 words, under the brevity target of 30
     assert parts["repetition"] == 0.0 and parts["evasive"] == 0.0 and parts["too_short"] == 0.0
+    assert parts["echo"] == 0.0  # none of its word pairs is the request's
     assert gold_score(BASIL, on_topic) == pytest.approx(2.0)
     # 90 words with the request asking for brevity: 60 over the target of 30 -> -2 (the floor)
     rambling = " ".join(["Basil likes light and warm air"] * 15)
@@ -27,6 +28,9 @@ def test_the_rule_by_hand():
     assert gold_parts(BASIL, "Keep the basil alive and")["finished"] == -0.5  # cut mid-sentence
     assert gold_parts(BASIL, "I'm sorry, I cannot help with basil.")["evasive"] == -1.0
     assert gold_parts(BASIL, "Basil.")["too_short"] == -1.0
+    # the request repeated back uses every content word of it, and answers nothing
+    echo = gold_parts(BASIL, "How do I keep basil alive on a windowsill?")
+    assert echo["relevance"] == 2.0 and echo["echo"] == -3.0 and gold_score(BASIL, BASIL) < gold_score(BASIL, on_topic)
     assert gold_score(BASIL, "") == gold_score(BASIL, "  ") == -3.0  # an empty answer is the worst
     # without a brevity request the target is 60 words
     assert gold_parts("Describe how a windowsill herb garden works.", " ".join(["word"] * 60) + ".")["length"] == 0.0
