@@ -184,10 +184,10 @@ class RewardModule(CausalLMModule):
             return None
         best = [best_response(e.pairs) for e in pool]
         sequences = [s for e in pool for s in e.sequences]
+        variants = [degenerate_answers(e.prompt, e.responses[b]) for e, b in zip(pool, best)]
         for kind in DEGENERATE_KINDS:
-            for e, b in zip(pool, best):
-                text = degenerate_answers(e.prompt, e.responses[b])[kind]
-                sequences.append(datamodule.answer_sequence(e, text)[: datamodule.max_length])
+            for e, answers in zip(pool, variants):
+                sequences.append(datamodule.answer_sequence(e, answers[kind])[: datamodule.max_length])
         pad = self.tokenizer.pad_token_id
         scores = score_sequences(self.model, self.score_head, sequences, pad, self.calibration_batch_size)
         real_count = sum(len(e.sequences) for e in pool)
