@@ -13,10 +13,14 @@ shipped config does; without it ours starts from the base model, as the recipe d
 NAME=OVERRIDES`` adds runs of ours with command-line overrides (``;``-separated), one per factor of the
 table in docs/reward.md.
 
-Held-out accuracy (pairs whose chosen answer scores higher; ties count half) after every epoch, every run
-in its own process, one after another:
+Held-out accuracy (pairs whose chosen answer scores higher; ties count half) on two sets: the task's 59
+held-out pairs (each held-out request's best answer against its worst) after every epoch, and, after the
+last epoch, every pair of the held-out requests' sampled answers whose gold scores differ by at least 0.5
+(242 pairs, harder ones included: one pair is 0.4 points, not 1.7). Every run in its own process, one after
+another; ``--seeds`` repeats every run at each seed (the seed of the LoRA and head initialisation and of
+the batch order), so a factor's effect can be told from seed noise:
 
-    .venv/bin/python benchmarks/reward_baseline.py --epochs 2
+    .venv/bin/python benchmarks/reward_baseline.py --epochs 1 --seeds 0 1 2
     .venv/bin/python benchmarks/reward_baseline.py --epochs 2 --only ours \\
         --variant "lr 1e-4 cosine=--model.init_args.optim.lr=1e-4;--model.init_args.optim.schedule=cosine"
 """
@@ -46,8 +50,33 @@ def read_pairs(source: str) -> list[dict]:
     return [row for _, row in read_rows(source)]
 
 
+def heldout_samples(heldout: str) -> list[dict]:
+    """The sampled answers to the held-out requests (``{prompt, response, gold}``), from the task's samples."""
+    from rlhf_lightning.data.everyday import ASSETS
+
+    requests = {row["prompt"] for row in read_pairs(heldout)}
+    rows = [json.loads(line) for line in (ASSETS / "everyday_samples.jsonl").read_text().splitlines() if line]
+    return [{"prompt": r["prompt"], "response": r["text"], "gold": r["gold"]} for r in rows if r["prompt"] in requests]
+
+
+def gold_pairs(samples: list[dict], min_gap: float = 0.5) -> list[tuple[int, int]]:
+    """``(better, worse)`` indices of every two answers to one request whose gold scores differ by ``min_gap``."""
+    pairs = []
+    for i, a in enumerate(samples):
+        for j, b in enumerate(samples):
+            if a["prompt"] == b["prompt"] and a["gold"] - b["gold"] >= min_gap:
+                pairs.append((i, j))
+    return pairs
+
+
+def pair_accuracy(scores: list[float], pairs: list[tuple[int, int]]) -> float:
+    """Share of ``pairs`` whose better answer scores higher (ties count half)."""
+    wins = sum(1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0 for i, j in pairs)
+    return wins / len(pairs)
+
+
 def run_recipe(args: argparse.Namespace) -> dict:
-    """The minimal recipe, in this process. Returns held-out accuracy per epoch."""
+    """The minimal recipe, in this process. Returns held-out accuracy per epoch and on all held-out pairs."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -102,7 +131,20 @@ def run_recipe(args: argparse.Namespace) -> dict:
                 wins += float((c > r).sum() + 0.5 * (c == r).sum())
         accuracies.append(wins / len(heldout))
         print(f"recipe: epoch {epoch + 1} held-out accuracy {accuracies[-1]:.3f}", flush=True)
-    return {"accuracy_per_epoch": accuracies, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    samples = heldout_samples(args.heldout)
+    with torch.no_grad():
+        texts_all = [
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["response"]}],
+                tokenize=False,
+            )
+            for s in samples
+        ]
+        all_scores = [float(x) for i in range(0, len(samples), 16) for x in scores(texts_all[i : i + 16])]
+    all_pairs = pair_accuracy(all_scores, gold_pairs(samples))
+    print(f"recipe: all held-out pairs {all_pairs:.3f}", flush=True)
+    return {"accuracy_per_epoch": accuracies, "all_pairs_accuracy": all_pairs, "seconds": seconds}
 
 
 def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict:
@@ -115,6 +157,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict
         "--trainer.val_check_interval=1.0",
         "--trainer.enable_progress_bar=false",
         f"--seed_everything={args.seed}",
+        f"--data.init_args.shuffle_seed={args.seed}",
         f"--data.init_args.train_files={args.train}",
         f"--data.init_args.val_files={args.heldout}",
         f"--data.init_args.batch_size={args.batch_size}",
@@ -134,8 +177,23 @@ def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict
     accuracy = [e.value for e in sorted(accumulator.Scalars("val/accuracy"), key=lambda e: e.step)]
     report = next(run_dir.rglob("degenerate_check.json"), None)
     degenerate = json.loads(report.read_text())["kinds"] if report else None
-    print(f"ours {overrides}: held-out accuracy per epoch {[round(a, 3) for a in accuracy]}", flush=True)
-    return {"accuracy_per_epoch": accuracy, "seconds": seconds, "overrides": overrides, "degenerate": degenerate}
+    from rlhf_lightning.scoring import score_file
+
+    samples = heldout_samples(args.heldout)
+    answers, scored = run_dir / "heldout_samples.jsonl", run_dir / "heldout_scored.jsonl"
+    answers.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    score_file(str(report.parent if report else run_dir / "final"), str(answers), str(scored))
+    all_scores = [json.loads(line)["score"] for line in scored.read_text().splitlines()]
+    all_pairs = pair_accuracy(all_scores, gold_pairs(samples))
+    print(f"ours {overrides}: held-out accuracy per epoch {[round(a, 3) for a in accuracy]}, "
+          f"all held-out pairs {all_pairs:.3f}", flush=True)  # fmt: skip
+    return {
+        "accuracy_per_epoch": accuracy,
+        "all_pairs_accuracy": all_pairs,
+        "seconds": seconds,
+        "overrides": overrides,
+        "degenerate": degenerate,
+    }
 
 
 def main() -> None:
@@ -144,7 +202,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="pairs per batch")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--recipe-lr", type=float, default=3e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="every run is repeated at each seed")
     p.add_argument("--train", default=TRAIN)
     p.add_argument("--heldout", default=HELDOUT)
     p.add_argument("--sft", default=None, help="ours starts from this SFT run's final adapter (default: base model)")
@@ -159,15 +217,29 @@ def main() -> None:
         for variant in args.variant:
             name, _, overrides = variant.partition("=")
             jobs.append((f"ours, {name}", [o for o in overrides.split(";") if o]))
-    for name, overrides in jobs:  # the record is written after each run: an interrupted sweep keeps its runs
-        result = run_recipe(args) if overrides is None else run_ours(args, overrides, work)
-        save(args, name, result)
-    runs = json.loads(args.out.read_text())["runs"]
-    print("\n| run | held-out accuracy per epoch | minutes |\n|---|---|---|")
-    for name, run in runs.items():
-        epochs = " / ".join(f"{a:.3f}" for a in run["accuracy_per_epoch"])
-        print(f"| {name} | {epochs} | {run['seconds'] / 60:.1f} |")
+    for seed in args.seeds:  # the record is written after each run: an interrupted sweep keeps its runs
+        for name, overrides in jobs:
+            args.seed = seed
+            result = run_recipe(args) if overrides is None else run_ours(args, overrides, work)
+            save(args, f"{name}, seed {seed}", result)
+    print_table(json.loads(args.out.read_text())["runs"])
     print(f"-> {args.out}")
+
+
+def print_table(runs: dict) -> None:
+    """One row per setting: each seed's accuracies, and their means."""
+    settings: dict[str, list[dict]] = {}
+    for name, run in runs.items():
+        settings.setdefault(name.rpartition(", seed ")[0] or name, []).append(run)
+    print("\n| run | seeds | 59 held-out pairs, last epoch | mean | all 242 held-out pairs | mean | minutes |")
+    print("|---|---|---|---|---|---|---|")
+    for name, group in settings.items():
+        last = [run["accuracy_per_epoch"][-1] for run in group]
+        every = [run["all_pairs_accuracy"] for run in group if "all_pairs_accuracy" in run]
+        minutes = sum(run["seconds"] for run in group) / len(group) / 60
+        mean_every = f"{sum(every) / len(every):.3f}" if every else "-"
+        print(f"| {name} | {len(group)} | {' / '.join(f'{a:.3f}' for a in last)} | {sum(last) / len(last):.3f} "
+              f"| {' / '.join(f'{a:.3f}' for a in every) or '-'} | {mean_every} | {minutes:.1f} |")  # fmt: skip
 
 
 def save(args: argparse.Namespace, name: str, result: dict) -> None:
@@ -179,7 +251,7 @@ def save(args: argparse.Namespace, name: str, result: dict) -> None:
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         "pairs": {"train": len(read_pairs(args.train)), "heldout": len(read_pairs(args.heldout))},
         "runs": {**previous.get("runs", {}), name: {**result, "settings": {
-            k: v for k, v in vars(args).items() if k not in ("out", "variant", "only")}}},
+            k: v for k, v in vars(args).items() if k not in ("out", "variant", "only", "seeds")}}},
     }  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from rlhf_lightning.data.base import Dropped, RowsDataModule
 from rlhf_lightning.data.chat import (
@@ -36,7 +37,14 @@ from rlhf_lightning.data.chat import (
     validate_messages,
     validate_tools,
 )
-from rlhf_lightning.data.degenerate import as_response
+from rlhf_lightning.data.degenerate import (
+    DEGENERATE_KINDS,
+    DegenerateKind,
+    as_response,
+    best_response,
+    degenerate_answers,
+    has_prompt,
+)
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text, tokenize_conversation
 
@@ -144,6 +152,14 @@ class ComparisonsDataModule(RowsDataModule):
             (default) renders them through the tokenizer's chat template when it has one (prompt = user turn,
             response = assistant turn), as the model was tuned; ``always`` requires a template; ``never`` joins
             them as raw text (TRL's behaviour). Message-list rows always use the template.
+        rejected_variants: Degenerate answers added to every training prompt as worse than its best response:
+            ``empty``, ``cut_mid_sentence``, ``prompt_repeated`` (the request itself as the answer),
+            ``phrase_repeated`` (:func:`rlhf_lightning.data.degenerate.degenerate_answers`). People rarely
+            compare such answers, so the Bradley-Terry loss never says how they score, and a policy finds
+            the ones that score well; the reward stage's degenerate-answer check reports which. Each variant
+            adds one sequence and one pair per prompt (the cost of a batch grows about in proportion); a
+            variant identical to a real response or longer than ``max_length`` is left out. Validation rows
+            are left as given, so ``val/accuracy`` stays on the real comparisons. Default: none.
     """
 
     kind = "comparisons"
@@ -163,11 +179,47 @@ class ComparisonsDataModule(RowsDataModule):
         num_workers: int = 0,
         tokenizer: str | None = None,
         chat_template: ChatTemplateMode = "auto",
+        rejected_variants: list[DegenerateKind] | None = None,
     ) -> None:
         super().__init__(
             train_files, val_files, val_fraction, split_seed, max_length, overlong,
             batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer, chat_template,
         )  # fmt: skip
+        self.rejected_variants = list(dict.fromkeys(rejected_variants or []))
+        unknown = [k for k in self.rejected_variants if k not in DEGENERATE_KINDS]
+        if unknown:
+            raise ValueError(f"data.rejected_variants: unknown {unknown}; choose from {list(DEGENERATE_KINDS)}")
+
+    def setup(self, stage: str | None = None) -> None:
+        fresh = not self.train_examples
+        super().setup(stage)
+        if fresh and self.rejected_variants:
+            before = self.stats.copy()
+            self.train_examples = [self.with_rejected_variants(e) for e in self.train_examples]
+            added = {k: v - before[k] for k, v in self.stats.items() if k.startswith("rejected variant")}
+            counts = ", ".join(f"{k} {v}" for k, v in added.items())
+            rank_zero_info(f"{self.kind}: rejected variants {', '.join(self.rejected_variants)}: {counts}")
+
+    def with_rejected_variants(self, example: ComparisonExample) -> ComparisonExample:
+        """``example`` with each of ``rejected_variants`` of its best response appended as a worse sequence,
+        paired with that best response (``responses`` keeps the real answers only)."""
+        if not has_prompt(example.prompt):
+            self.stats["rejected variants skipped (row without a prompt)"] += 1
+            return example
+        best = best_response(example.pairs)
+        answers = degenerate_answers(example.prompt, example.responses[best])
+        sequences, pairs = list(example.sequences), list(example.pairs)
+        for kind in self.rejected_variants:
+            sequence = self.answer_sequence(example, answers[kind])
+            if len(sequence) > self.max_length:
+                self.stats[f"rejected variant {kind} skipped (longer than max_length)"] += 1
+            elif sequence in sequences:
+                self.stats[f"rejected variant {kind} skipped (identical to a response)"] += 1
+            else:
+                pairs.append((best, len(sequences)))
+                sequences.append(sequence)
+                self.stats[f"rejected variant {kind} added"] += 1
+        return example._replace(sequences=sequences, pairs=pairs)
 
     # --- rows ----------------------------------------------------------------------------------------------
     def tokenize_row(self, row: object, where: RowLocation) -> ComparisonExample:

@@ -10,7 +10,10 @@ answers after training and reports how often each beats the real chosen answer
 
 from __future__ import annotations
 
-DEGENERATE_KINDS = ("empty", "cut_mid_sentence", "prompt_repeated", "phrase_repeated")
+from typing import Literal, get_args
+
+DegenerateKind = Literal["empty", "cut_mid_sentence", "prompt_repeated", "phrase_repeated"]
+DEGENERATE_KINDS: tuple[str, ...] = get_args(DegenerateKind)
 
 
 def response_text(response: str | list[dict]) -> str:
@@ -52,3 +55,18 @@ def degenerate_answers(prompt: str | list[dict], answer: str | list[dict]) -> di
         "prompt_repeated": prompt_text(prompt).strip(),
         "phrase_repeated": " ".join(phrase * repeats),
     }
+
+
+def has_prompt(prompt: str | list | None) -> bool:
+    """Whether a comparison row has a prompt another answer can be given to."""
+    return bool(prompt) and (not isinstance(prompt, str) or bool(prompt.strip()))
+
+
+def best_response(pairs: list[tuple[int, int]]) -> int:
+    """The index of a prompt's best response: the most often preferred, net of the times it lost (the first
+    such on ties): ``chosen`` for a pair, rank 1 for a ranking."""
+    net: dict[int, int] = {}
+    for better, worse in pairs:
+        net[better] = net.get(better, 0) + 1
+        net[worse] = net.get(worse, 0) - 1
+    return max(sorted(net), key=lambda i: net[i])

@@ -30,13 +30,22 @@ HEAD_FILE = "score_head.safetensors"
 
 
 class ScalarHead(nn.Module):
-    """``hidden (.., d) -> score (..)`` in float32, initialised small (std ``1/sqrt(d+1)``, bias 0) so
-    that initial scores are near 0 and the first updates are not dominated by the head."""
+    """``hidden (.., d) -> score (..)`` in float32: a linear layer with a bias, initialised with weights
+    drawn from ``N(0, init_std^2)`` and bias 0.
 
-    def __init__(self, hidden_size: int) -> None:
+    Args:
+        hidden_size: ``d``, the backbone's hidden size.
+        init_std: Standard deviation of the initial weights; ``None``: ``1/sqrt(d+1)`` (Stiennon et al. 2020,
+            "Learning to summarize from human feedback", reward head). 0 starts every score at 0.
+    """
+
+    def __init__(self, hidden_size: int, init_std: float | None = None) -> None:
         super().__init__()
+        if init_std is not None and init_std < 0:
+            raise ValueError(f"the score head's init_std must be >= 0, got {init_std}")
         self.linear = nn.Linear(hidden_size, 1, dtype=torch.float32)
-        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        std = 1.0 / math.sqrt(hidden_size + 1) if init_std is None else init_std
+        nn.init.normal_(self.linear.weight, std=std) if std > 0 else nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from rlhf_lightning.callbacks import ThroughputMonitor, markdown_table
 from rlhf_lightning.data.chat import text_rows_as_chat
-from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, degenerate_answers
+from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, best_response, degenerate_answers, has_prompt
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models import LoraConfig, ModelConfig
@@ -21,21 +21,6 @@ from rlhf_lightning.modules.optim import OptimConfig
 from rlhf_lightning.ops import preference_loss
 from rlhf_lightning.runs import DEGENERATE_FILE
 from rlhf_lightning.scores import require_finite
-
-
-def has_prompt(prompt: str | list | None) -> bool:
-    """Whether a comparison row has a prompt another answer can be given to."""
-    return bool(prompt) and (not isinstance(prompt, str) or bool(prompt.strip()))
-
-
-def best_response(pairs: list[tuple[int, int]]) -> int:
-    """The index of a prompt's best response: the most often preferred, net of the times it lost (the first
-    such on ties): ``chosen`` for a pair, rank 1 for a ranking."""
-    net: dict[int, int] = {}
-    for better, worse in pairs:
-        net[better] = net.get(better, 0) + 1
-        net[worse] = net.get(worse, 0) - 1
-    return max(sorted(net), key=lambda i: net[i])
 
 
 class RewardModule(CausalLMModule):
@@ -59,6 +44,10 @@ class RewardModule(CausalLMModule):
             repeated, one phrase repeated) to up to this many held-out prompts and report how often each beats
             the real chosen answer (``final/degenerate_check.json``, ``degenerate/*`` in TensorBoard); warns
             when an empty answer outranks the median real one. 0 turns the check off.
+        head_init_std: Standard deviation of the score head's initial weights (``null``: ``1/sqrt(d+1)``,
+            Stiennon et al. 2020). It sets the spread of the initial, random scores: SmolLM2-135M's final
+            hidden states have a norm of about 45, so ``1/sqrt(d+1)`` starts scores with a spread of about 2,
+            0.02 of about 0.9, 0 at exactly 0.
     """
 
     stage = "reward"
@@ -72,12 +61,16 @@ class RewardModule(CausalLMModule):
         calibration_files: list[str] | None = None,
         calibration_batch_size: int = 16,
         degenerate_check_prompts: int = 64,
+        head_init_std: float | None = None,
     ) -> None:
         super().__init__(model, lora, optim)
+        if head_init_std is not None and head_init_std < 0:
+            raise ValueError(f"head_init_std must be >= 0 (or null for 1/sqrt(d+1)), got {head_init_std}")
         self.center_coef = center_coef
         self.calibration_files = list(calibration_files or [])
         self.calibration_batch_size = calibration_batch_size
         self.degenerate_check_prompts = degenerate_check_prompts
+        self.head_init_std = head_init_std
         self.degenerate_report: dict | None = None
         self.score_head: ScalarHead | None = None
         self.calibration_shift = 0.0
@@ -87,7 +80,7 @@ class RewardModule(CausalLMModule):
         self.save_hyperparameters()
 
     def configure_heads(self) -> None:
-        self.score_head = ScalarHead(hidden_size_of(self.model)).to(self._target_device())
+        self.score_head = ScalarHead(hidden_size_of(self.model), self.head_init_std).to(self._target_device())
 
     def configure_callbacks(self) -> list:
         return [ThroughputMonitor()]
@@ -183,18 +176,19 @@ class RewardModule(CausalLMModule):
             rank_zero_info(f"reward: no degenerate-answer check: none of the {split} rows has a prompt to answer")
             return None
         best = [best_response(e.pairs) for e in pool]
-        sequences = [s for e in pool for s in e.sequences]
+        # the real answers only: training rows may carry added rejected variants after them
+        sequences = [s for e in pool for s in e.sequences[: len(e.responses)]]
         variants = [degenerate_answers(e.prompt, e.responses[b]) for e, b in zip(pool, best)]
         for kind in DEGENERATE_KINDS:
             for e, answers in zip(pool, variants):
                 sequences.append(datamodule.answer_sequence(e, answers[kind])[: datamodule.max_length])
         pad = self.tokenizer.pad_token_id
         scores = score_sequences(self.model, self.score_head, sequences, pad, self.calibration_batch_size)
-        real_count = sum(len(e.sequences) for e in pool)
+        real_count = sum(len(e.responses) for e in pool)
         real, rest = scores[:real_count], scores[real_count:]
         offsets = [0]
         for e in pool:
-            offsets.append(offsets[-1] + len(e.sequences))
+            offsets.append(offsets[-1] + len(e.responses))
         chosen = [real[offsets[i] + b] for i, b in enumerate(best)]
         median_real = float(torch.tensor(real).median())
         kinds = {}
@@ -239,14 +233,15 @@ class RewardModule(CausalLMModule):
                 f"reward: an empty answer scores above the median real answer for {100 * empty:.0f}% of the "
                 f"{report['split']} prompts: a policy trained against this reward model can raise its score by "
                 "answering with nothing. PPO's rewards.penalize_empty (on by default) gives empty answers the "
-                "missing-EOS penalty; better, add such answers as rejected rows (docs/reward.md#degenerate-answers)"
+                "missing-EOS penalty; better, retrain with data.rejected_variants: [empty] "
+                "(docs/reward.md#degenerate-answers)"
             )
         for kind, r in report["kinds"].items():
             if kind != "empty" and r["beats_chosen"] > 0.5:
                 rank_zero_warn(
                     f"reward: a {kind.replace('_', ' ')} answer beats the chosen one for "
-                    f"{100 * r['beats_chosen']:.0f}% of the {report['split']} prompts "
-                    "(docs/reward.md#degenerate-answers)"
+                    f"{100 * r['beats_chosen']:.0f}% of the {report['split']} prompts: retrain with "
+                    f"data.rejected_variants including {kind} (docs/reward.md#degenerate-answers)"
                 )
 
     def on_train_end(self) -> None:

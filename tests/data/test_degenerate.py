@@ -1,5 +1,7 @@
 """Degenerate answers for the reward stage's check, and the sequences they are scored as."""
 
+import pytest
+
 from rlhf_lightning.data import ComparisonsDataModule
 from rlhf_lightning.data.degenerate import degenerate_answers
 from tests.helpers import write_jsonl
@@ -48,3 +50,43 @@ def test_another_answer_is_formatted_as_the_rows_and_an_empty_one_as_a_policys_e
     example = dm.train_examples[0]
     assert dm.answer_sequence(example, ANSWER) == example.sequences[0]
     assert tok.decode(dm.answer_sequence(example, "")) == generation_prompt + "<|im_end|>"
+
+
+def test_rejected_variants_are_added_to_training_prompts_as_worse_than_the_best_answer(tmp_path, char_tokenizer):
+    tok = char_tokenizer
+    rows = [
+        {"prompt": PROMPT, "chosen": ANSWER, "rejected": "No idea."},
+        {"prompt": "Name a cat.", "responses": ["Mochi", "Grey Cloud the cat", "cat"], "ranking": [2, 1, 3]},
+        {"chosen": "A whole text.", "rejected": "Another one."},  # implicit prompt: nothing to answer
+        {"prompt": "Say hi.", "chosen": "Say hi.", "rejected": "No."},  # the prompt repeated IS the chosen answer
+    ]
+    plain = comparisons(tmp_path, tok, rows)
+    dm = comparisons(tmp_path, tok, rows, rejected_variants=["empty", "prompt_repeated"])
+    pair, ranking, implicit, echo = dm.train_examples
+    # the pair: chosen (0) beats rejected (1), the empty turn (2) and the request repeated back (3)
+    assert pair.pairs == [(0, 1), (0, 2), (0, 3)]
+    assert pair.sequences[:2] == plain.train_examples[0].sequences and pair.responses == [ANSWER, "No idea."]
+    assert pair.sequences[2] == dm.answer_sequence(pair, "")
+    assert pair.sequences[3] == dm.answer_sequence(pair, PROMPT)
+    # the ranking: its best response is rank 1, "Grey Cloud the cat" (index 1)
+    assert ranking.pairs[-2:] == [(1, 3), (1, 4)] and len(ranking.sequences) == 5
+    assert implicit == plain.train_examples[2]
+    assert echo.pairs == [(0, 1), (0, 2)]  # the repeated prompt equals the chosen answer: only the empty turn added
+    assert dm.stats["rejected variant empty added"] == 3 and dm.stats["rejected variant prompt_repeated added"] == 2
+    assert dm.stats["rejected variant prompt_repeated skipped (identical to a response)"] == 1
+    assert dm.stats["rejected variants skipped (row without a prompt)"] == 1
+
+
+def test_rejected_variants_leave_validation_rows_as_given_and_refuse_unknown_kinds(tmp_path, char_tokenizer):
+    rows = [{"prompt": f"Q{i}?", "chosen": f"Answer number {i}.", "rejected": "No."} for i in range(20)]
+    dm = ComparisonsDataModule(
+        train_files=write_jsonl(tmp_path / "c.jsonl", rows), val_fraction=0.5, rejected_variants=["empty"]
+    )
+    dm.tokenizer = char_tokenizer
+    dm.setup("fit")
+    assert all(e.pairs == [(0, 1), (0, 2)] for e in dm.train_examples)
+    assert all(e.pairs == [(0, 1)] and len(e.sequences) == 2 for e in dm.val_examples)
+    dm.setup("validate")  # a second setup (Lightning calls it per stage) adds nothing more
+    assert all(len(e.sequences) == 3 for e in dm.train_examples)
+    with pytest.raises(ValueError, match=r"data.rejected_variants: unknown \['blank'\]"):
+        ComparisonsDataModule(rejected_variants=["blank"])

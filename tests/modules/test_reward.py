@@ -46,6 +46,11 @@ def test_head_starts_small():
     head = ScalarHead(256)
     assert head.linear.bias.item() == 0.0
     assert head.linear.weight.std().item() == pytest.approx(1 / 257**0.5, rel=0.2)
+    assert ScalarHead(256, init_std=0.02).linear.weight.std().item() == pytest.approx(0.02, rel=0.2)
+    zero = ScalarHead(256, init_std=0.0)
+    assert torch.equal(zero(torch.randn(3, 5, 256)), torch.zeros(3, 5))  # every score starts at exactly 0
+    with pytest.raises(ValueError, match="init_std"):
+        ScalarHead(256, init_std=-0.1)
 
 
 def z_rule_rows(n: int, seed: int) -> list[dict]:
@@ -270,6 +275,15 @@ def test_degenerate_check_by_hand_warns_when_empty_answers_win(tmp_path, tiny_ll
     messages = [str(w.message) for w in caught]
     assert not any("empty answer" in m for m in messages)
     assert any("a phrase repeated answer beats the chosen one for 100% of the training prompts" in m for m in messages)
+    # training rows that carry added rejected variants are checked on their real answers only: same report
+    augmented = ComparisonsDataModule(
+        train_files=write_jsonl(tmp_path / "c.jsonl", rows), val_fraction=0.0, rejected_variants=["empty"]
+    )
+    module = _module_over(augmented, tiny_llama)
+    augmented.tokenizer = module.tokenizer
+    augmented.setup("fit")
+    assert len(augmented.train_examples[0].sequences) == 3
+    assert module.degenerate_check() == report
 
 
 def test_trained_reward_model_reports_its_degenerate_check(trained):
