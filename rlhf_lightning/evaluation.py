@@ -11,7 +11,9 @@ give identical numbers for the same prompts, seed and batch size:
   empty answer (a stop token first);
 - the KL of a side to the reference is measured at the temperature its responses were sampled at (1 for
   greedy responses);
-- batch ``i`` samples from its own generator seeded with ``seed + i``.
+- batch ``i`` samples from a generator seeded with ``seed + i``, reseeded for each side: both sides draw the
+  same random numbers (common random numbers: a lower-variance comparison), and the reference's answers are
+  the same at every evaluation of a run, a fixed baseline for the over-optimisation curve.
 
 The PPO stage evaluates its policy against the SFT reference with :func:`compare_batch`; the
 ``rlhf-lightning evaluate`` command (:func:`evaluate_policies`) compares any two policies, each a run's
@@ -26,6 +28,7 @@ It writes ``evaluation.json`` (summary and every record) and ``evaluation.md`` (
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -103,6 +106,7 @@ def compare_batch(
     gold_fn: ScoreFunction | None = None,
     penalty: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     prompt_texts: Sequence[str] | None = None,
+    seed: int | None = None,
 ) -> list[dict]:
     """One record per prompt with each side's response, raw score, missing-EOS penalty, length, whether it
     ended, and for the sides in ``kl_sides`` the summed KL of its response to the reference; ``gold_fn``
@@ -113,7 +117,8 @@ def compare_batch(
     ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses.
     ``prompt_texts`` are the prompts as the user wrote them (a text prompt's text, a conversation's last user
     message); by default the prompt tokens are decoded. The records show them, and ``score`` (for a reward
-    function) and ``gold_fn`` get them, as a PPO reward function does.
+    function) and ``gold_fn`` get them, as a PPO reward function does. With ``seed``, each side samples from a
+    generator seeded with it (the global RNG is left as it was), so every side draws the same random numbers.
     """
     p = prompts.shape[1]
     decode = tokenizer.decode
@@ -122,7 +127,8 @@ def compare_batch(
     texts = list(prompt_texts)
     records = [{"prompt": text} for text in texts]
     for side, sample in samplers.items():
-        sequences, attention_mask, mask, ended = sample(prompts, prompt_mask)
+        with seeded(seed, prompts.device) if seed is not None else contextlib.nullcontext():
+            sequences, attention_mask, mask, ended = sample(prompts, prompt_mask)
         scores = score(sequences, attention_mask, p, texts)
         empty = empty_responses(mask, ended)
         penalties = penalty(scores, ended, empty) if penalty is not None else torch.zeros_like(scores)
@@ -453,9 +459,10 @@ def evaluate_policies(
     for i, start in enumerate(range(0, len(examples), batch_size)):
         batch = examples[start : start + batch_size]
         ids, mask = left_pad([e.input_ids for e in batch], pad, device)
-        with seeded(seed + i, device):
-            texts = [e.display for e in batch]
-            records.extend(compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn, penalty, texts))
+        texts = [e.display for e in batch]
+        records.extend(
+            compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn, penalty, texts, seed + i)
+        )
         log.info(f"evaluate: {len(records)}/{len(examples)} prompts")
     summary = summarize(records, "policy", "baseline")
     sources = {

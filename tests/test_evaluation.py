@@ -35,3 +35,38 @@ def test_overoptimization_points_and_table_by_hand():
     assert "gold" not in overoptimization_table([no_gold]).splitlines()[0]
     mixed = overoptimization_table([no_gold, later]).splitlines()  # a point without gold keeps its row
     assert mixed[2] == "| 12 | 4.000 | 2.000 | 2.000 | 0.500 | n/a | n/a |"
+
+
+def test_compare_batch_gives_every_side_the_same_random_numbers(char_tokenizer):
+    """Each side samples under the same seed: the baseline's answers do not depend on how much randomness the
+    policy's sampling drew, and are the same at every evaluation."""
+    import torch
+
+    from rlhf_lightning.evaluation import compare_batch
+
+    prompts, prompt_mask = torch.tensor([[5, 6], [7, 8]]), torch.ones(2, 2, dtype=torch.long)
+
+    def sampler(draws: int):
+        def sample(ids, mask):
+            torch.rand(draws)  # a policy that draws more random numbers before its answer
+            tokens = torch.randint(10, 20, (ids.shape[0], 3))
+            sequences = torch.cat([ids, tokens], dim=1)
+            return sequences, torch.ones_like(sequences), torch.ones_like(tokens, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+
+        return sample
+
+    def run(policy_draws: int, seed: int | None):
+        samplers = {"policy": sampler(policy_draws), "baseline": sampler(0)}
+        score = lambda seq, att, p, texts: seq[:, p:].float().sum(-1)  # noqa: E731
+        return compare_batch(prompts, prompt_mask, samplers, score, char_tokenizer, seed=seed)
+
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    records = run(policy_draws=5, seed=3)
+    assert torch.equal(torch.rand(1), before)  # the global generator is left as it was
+    again = run(policy_draws=100, seed=3)
+    assert [r["baseline"] for r in records] == [r["baseline"] for r in again]
+    same = run(policy_draws=0, seed=3)  # identical samplers under one seed give identical answers
+    assert [r["policy"] for r in same] == [r["baseline"] for r in same]
+    assert [r["policy_score"] for r in same] == [r["baseline_score"] for r in same]

@@ -789,19 +789,19 @@ class PPOModule(CausalLMModule):
         the definition, shared with ``rlhf-lightning evaluate``."""
         temperature = self._eval_temperature()
         samplers = {side: functools.partial(self.sample, role=side, temperature=temperature) for side in SIDES}
-        with seeded(self.eval_config.seed + index, self.device):
-            return compare_batch(
-                batch["input_ids"],
-                batch["attention_mask"],
-                samplers,
-                score=self.score,
-                tokenizer=self.tokenizer,
-                kl=lambda side, seq, att, mask: self._sequence_kl(seq, att, mask, kl_temperature(temperature)),
-                kl_sides=["policy"],
-                gold_fn=self.gold_fn,
-                penalty=self._penalty,
-                prompt_texts=batch.get("prompt_text"),
-            )
+        return compare_batch(
+            batch["input_ids"],
+            batch["attention_mask"],
+            samplers,
+            score=self.score,
+            tokenizer=self.tokenizer,
+            kl=lambda side, seq, att, mask: self._sequence_kl(seq, att, mask, kl_temperature(temperature)),
+            kl_sides=["policy"],
+            gold_fn=self.gold_fn,
+            penalty=self._penalty,
+            prompt_texts=batch.get("prompt_text"),
+            seed=self.eval_config.seed + index,
+        )
 
     @staticmethod
     def summarize(records: list[dict]) -> dict[str, float]:
