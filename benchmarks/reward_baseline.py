@@ -206,14 +206,15 @@ def main() -> None:
     p.add_argument("--train", default=TRAIN)
     p.add_argument("--heldout", default=HELDOUT)
     p.add_argument("--sft", default=None, help="ours starts from this SFT run's final adapter (default: base model)")
-    p.add_argument("--only", choices=["recipe", "ours"], default=None)
+    p.add_argument("--only", choices=["recipe", "ours", "variants"], default=None, help="run only these")
     p.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDE;OVERRIDE... (more runs of ours)")
     p.add_argument("--out", type=Path, default=HERE / "results" / "reward_baseline.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="reward-baseline-"))
-    jobs = [] if args.only == "ours" else [("minimal recipe", None)]
-    if args.only != "recipe":
+    jobs = [("minimal recipe", None)] if args.only in (None, "recipe") else []
+    if args.only in (None, "ours"):
         jobs.append(("ours (configs/reward.yaml)", []))
+    if args.only != "recipe":
         for variant in args.variant:
             name, _, overrides = variant.partition("=")
             jobs.append((f"ours, {name}", [o for o in overrides.split(";") if o]))
@@ -234,6 +235,7 @@ def print_table(runs: dict) -> None:
     print("\n| run | seeds | 59 held-out pairs, last epoch | mean | all 242 held-out pairs | mean | minutes |")
     print("|---|---|---|---|---|---|---|")
     for name, group in settings.items():
+        group.sort(key=lambda run: run["settings"]["seed"])
         last = [run["accuracy_per_epoch"][-1] for run in group]
         every = [run["all_pairs_accuracy"] for run in group if "all_pairs_accuracy" in run]
         minutes = sum(run["seconds"] for run in group) / len(group) / 60
