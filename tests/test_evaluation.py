@@ -51,7 +51,12 @@ def test_compare_batch_gives_every_side_the_same_random_numbers(char_tokenizer):
             torch.rand(draws)  # a policy that draws more random numbers before its answer
             tokens = torch.randint(10, 20, (ids.shape[0], 3))
             sequences = torch.cat([ids, tokens], dim=1)
-            return sequences, torch.ones_like(sequences), torch.ones_like(tokens, dtype=torch.bool), torch.ones(2, dtype=torch.bool)
+            return (
+                sequences,
+                torch.ones_like(sequences),
+                torch.ones_like(tokens, dtype=torch.bool),
+                torch.ones(2, dtype=torch.bool),
+            )
 
         return sample
 
