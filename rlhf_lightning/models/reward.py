@@ -45,7 +45,10 @@ class ScalarHead(nn.Module):
             raise ValueError(f"the score head's init_std must be >= 0, got {init_std}")
         self.linear = nn.Linear(hidden_size, 1, dtype=torch.float32)
         std = 1.0 / math.sqrt(hidden_size + 1) if init_std is None else init_std
-        nn.init.normal_(self.linear.weight, std=std) if std > 0 else nn.init.zeros_(self.linear.weight)
+        if std > 0:
+            nn.init.normal_(self.linear.weight, std=std)
+        else:
+            nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
