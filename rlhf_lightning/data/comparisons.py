@@ -343,7 +343,7 @@ class ComparisonsDataModule(RowsDataModule):
         """
         if example.prompt is None:
             raise ValueError("an implicit-prompt row has no prompt to answer")
-        where = RowLocation("another answer to a held-out prompt", 1)
+        where = RowLocation("another answer to a row's prompt (degenerate check, rejected variants)", 1)
         like = example.responses[0]
         chat = isinstance(like, list) or self.chat
         if text:
