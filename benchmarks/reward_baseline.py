@@ -5,7 +5,9 @@ The minimal recipe is what a user writes in forty lines with transformers and pe
 peft LoRA r 16, alpha 32, dropout 0 on the seven linear projections (task ``SEQ_CLS``: the score head is
 trained in full); AdamW at a constant 3e-4, no warmup, gradient clipping 1.0; batch 8 pairs; each pair's
 texts chat-formatted (the tokenizer's chat template on ``[user: prompt, assistant: answer]``); the
-Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)``; the tokenizer's own pad token.
+Bradley-Terry loss ``-log sigmoid(r_chosen - r_rejected)``; the tokenizer's own pad token. transformers reads
+the score at the last token the template writes (for SmolLM2 the newline after ``<|im_end|>``);
+``--recipe-score-at eos`` reads it at ``<|im_end|>`` itself, where ours reads it.
 
 Ours is ``rlhf-lightning fit --config configs/reward.yaml`` with the task's files and the same epochs and
 batch, every other setting as shipped (pass ``--sft`` to start from a dev-task SFT run's adapter, as the
@@ -94,13 +96,16 @@ def run_recipe(args: argparse.Namespace) -> dict:
     model = get_peft_model(model, lora)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.recipe_lr)
 
+    def chat(prompt: str, answer: str) -> str:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}], tokenize=False
+        )
+        if args.recipe_score_at == "eos":  # drop what the template writes after the answer's end-of-turn token
+            text = text[: text.rindex(tokenizer.eos_token) + len(tokenizer.eos_token)]
+        return text
+
     def texts(rows: list[dict], key: str) -> list[str]:
-        return [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r[key]}], tokenize=False
-            )
-            for r in rows
-        ]
+        return [chat(r["prompt"], r[key]) for r in rows]
 
     def scores(batch: list[str]) -> torch.Tensor:
         enc = tokenizer(batch, return_tensors="pt", padding=True, truncation=True, max_length=args.max_length)
@@ -134,13 +139,7 @@ def run_recipe(args: argparse.Namespace) -> dict:
     seconds = time.perf_counter() - start
     samples = heldout_samples(args.heldout)
     with torch.no_grad():
-        texts_all = [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": s["prompt"]}, {"role": "assistant", "content": s["response"]}],
-                tokenize=False,
-            )
-            for s in samples
-        ]
+        texts_all = [chat(s["prompt"], s["response"]) for s in samples]
         all_scores = [float(x) for i in range(0, len(samples), 16) for x in scores(texts_all[i : i + 16])]
     all_pairs = pair_accuracy(all_scores, gold_pairs(samples))
     print(f"recipe: all held-out pairs {all_pairs:.3f}", flush=True)
@@ -202,6 +201,13 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8, help="pairs per batch")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--recipe-lr", type=float, default=3e-4)
+    p.add_argument(
+        "--recipe-score-at",
+        choices=["template_end", "eos"],
+        default="template_end",
+        help="the recipe reads the score at the last token the chat template writes (a newline after "
+        "the end-of-turn token for SmolLM2), or at the end-of-turn token itself, where ours reads it",
+    )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="every run is repeated at each seed")
     p.add_argument("--train", default=TRAIN)
     p.add_argument("--heldout", default=HELDOUT)
@@ -211,7 +217,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "reward_baseline.json")
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="reward-baseline-"))
-    jobs = [("minimal recipe", None)] if args.only in (None, "recipe") else []
+    recipe = "minimal recipe" + (", score read at the end-of-turn token" if args.recipe_score_at == "eos" else "")
+    jobs = [(recipe, None)] if args.only in (None, "recipe") else []
     if args.only in (None, "ours"):
         jobs.append(("ours (configs/reward.yaml)", []))
     if args.only != "recipe":

@@ -72,3 +72,54 @@ def test_help_shows_each_field_documentation(capsys):
     out = capsys.readouterr().out
     assert "--model.lora.r" in out and "Rank of each adapter" in out
     assert "--model.model.quantization" in out and "bitsandbytes" in out
+
+
+def _defaults(class_path: str) -> dict:
+    """``__init__`` defaults of a class named by its import path, dataclasses as dicts."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    module, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    defaults = {}
+    for key, param in inspect.signature(cls.__init__).parameters.items():
+        if param.default is inspect.Parameter.empty:
+            continue
+        value = param.default
+        defaults[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+    return defaults
+
+
+def _differences(written: dict, defaults: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in written.items():
+        if key not in defaults:
+            out.append(f"{prefix}{key}: not an option")
+        elif isinstance(value, dict) and isinstance(defaults[key], dict):
+            out += _differences(value, defaults[key], f"{prefix}{key}.")
+        elif value in ([], None) and defaults[key] in ([], None):  # an empty list written for a None default
+            continue
+        elif (list(value) if isinstance(value, tuple | list) else value) != (
+            list(defaults[key]) if isinstance(defaults[key], tuple | list) else defaults[key]
+        ):
+            out.append(f"{prefix}{key}: {value!r} written, {defaults[key]!r} is the default")
+    return out
+
+
+# The fields the full configs set on purpose (each with a comment saying why); every other field they show
+# must be the default, as their first line says, so that a changed default cannot leave them behind.
+NOT_DEFAULTS = {
+    "sft.yaml": {"model": {"samples.every_n_steps"}, "data": set()},
+    "reward.yaml": {"model": {"model.adapter", "calibration_files"}, "data": set()},
+    "ppo.yaml": {"model": {"model.adapter", "reward_model"}, "data": set()},
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_DEFAULTS))
+def test_full_configs_show_the_defaults(name):
+    written = yaml.safe_load((Path(__file__).parent.parent / "configs" / name).read_text())
+    for part in ("model", "data"):
+        found = _differences(written[part]["init_args"], _defaults(written[part]["class_path"]))
+        unexpected = [d for d in found if d.partition(":")[0] not in NOT_DEFAULTS[name][part]]
+        assert not unexpected, f"configs/{name} {part}: {unexpected}"
