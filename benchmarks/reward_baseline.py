@@ -24,7 +24,8 @@ the batch order), so a factor's effect can be told from seed noise:
 
     .venv/bin/python benchmarks/reward_baseline.py --epochs 1 --seeds 0 1 2
     .venv/bin/python benchmarks/reward_baseline.py --epochs 2 --only ours \\
-        --variant "lr 1e-4 cosine=--model.init_args.optim.lr=1e-4;--model.init_args.optim.schedule=cosine"
+        --variant "previous defaults=--model.init_args.optim.lr=1e-4;--model.init_args.optim.schedule=cosine;\\
+--model.init_args.optim.warmup_ratio=0.03;--model.init_args.head_init_std=null"
 """
 
 from __future__ import annotations

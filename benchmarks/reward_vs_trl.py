@@ -63,6 +63,7 @@ def run_ours(args: argparse.Namespace) -> dict:
         model=ModelConfig(name_or_path="embedded"),
         lora=LoraConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=0.0, target_modules=LORA_TARGETS.split(",")),
         optim=OptimConfig(lr=args.lr, warmup_steps=0, warmup_ratio=0.0, schedule="linear"),
+        head_init_std=None,  # 1/sqrt(d+1), as when the recorded figures were measured
     )
     data = ComparisonsDataModule(
         train_files=args.train,

@@ -34,8 +34,9 @@ class RewardModule(CausalLMModule):
     Args:
         model: Which model to load and how; ``adapter`` is the SFT adapter to start from.
         lora: LoRA adapters for the backbone (the head is always trained in full).
-        optim: Optimizer and learning-rate schedule; by default a constant 3e-4 without warmup, which
-            measured best on held-out pairs after one epoch (docs/reward.md#what-costs-accuracy).
+        optim: Optimizer and learning-rate schedule; by default a constant 3e-4 without warmup, which with
+            ``head_init_std`` 0.02 matched a minimal transformers + peft recipe on held-out pairs after one
+            epoch (docs/reward.md#what-costs-accuracy).
         center_coef: Reward centering ``c * (r_better + r_worse)^2`` per pair (0 = off; 0.01 is typical):
             keeps scores near 0 without changing their order.
         calibration_files: Reference responses (demonstrations in any accepted format). After training, the
