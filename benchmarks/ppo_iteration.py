@@ -67,8 +67,8 @@ def synthetic_model(name: str, vocab: int, cache: Path) -> str:
 def random_run_folder(base: str, folder: Path, stage: str, std: float) -> str:
     """An adapter folder (and score head for a reward folder) with random LoRA weights."""
     from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm, load_tokenizer
-    from rlhf_lightning.models.loading import write_run_info
     from rlhf_lightning.models.reward import ScalarHead, save_head
+    from rlhf_lightning.models.run_folder import RunFolder, RunInfo
 
     model = load_causal_lm(ModelConfig(name_or_path=base, dtype="float32"), LoraConfig(r=16, alpha=32))
     with torch.no_grad():
@@ -79,7 +79,7 @@ def random_run_folder(base: str, folder: Path, stage: str, std: float) -> str:
     load_tokenizer(base).save_pretrained(folder)
     if stage == "reward":
         save_head(ScalarHead(model.config.hidden_size), folder)
-    write_run_info(folder, {"stage": stage, "base_model": base, "adapter": True})
+    RunFolder.write_info(folder, RunInfo(stage=stage, base_model=base, adapter=True))
     del model
     return str(folder)
 
@@ -107,7 +107,7 @@ def main() -> None:
 
     from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig, resolve_model_path
     from rlhf_lightning.modules import PPOModule
-    from rlhf_lightning.modules.ppo import EvalConfig, PPOConfig
+    from rlhf_lightning.modules.ppo import PPOConfig, PPOEvalConfig
 
     base = args.model
     if base in SYNTHETIC:
@@ -125,7 +125,7 @@ def main() -> None:
         rollout=GenerationConfig(max_new_tokens=args.response_len),
         ppo=PPOConfig(ppo_epochs=args.ppo_epochs, num_minibatches=args.num_minibatches,
                       micro_batch_size=args.micro_batch),
-        evaluation=EvalConfig(at_end=False, samples_every_n_iterations=0),
+        evaluation=PPOEvalConfig(at_end=False, samples_every_n_iterations=0),
     )  # fmt: skip
     vocab = len(module.tokenizer)
     generator = torch.Generator().manual_seed(0)
@@ -138,8 +138,12 @@ def main() -> None:
 
     records: list[dict] = []
 
-    class Record(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    class Record(L.Callback):  # an iteration's statistics are complete once every callback has added to them
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if pl_module.last_stats:
+                records.append(dict(pl_module.last_stats))
+
+        def on_train_end(self, trainer, pl_module):
             records.append(dict(pl_module.last_stats))
 
     device = "gpu" if torch.cuda.is_available() else "cpu"

@@ -177,7 +177,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict
     accuracy = [e.value for e in sorted(accumulator.Scalars("val/accuracy"), key=lambda e: e.step)]
     report = next(run_dir.rglob("degenerate_check.json"), None)
     degenerate = json.loads(report.read_text())["kinds"] if report else None
-    from rlhf_lightning.scoring import score_file
+    from rlhf_lightning.commands.score import score_file
 
     samples = heldout_samples(args.heldout)
     answers, scored = run_dir / "heldout_samples.jsonl", run_dir / "heldout_scored.jsonl"

@@ -11,7 +11,6 @@ Each run writes one folder, ``trainer.default_root_dir``:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -22,18 +21,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from rlhf_lightning.data.errors import DataFormatError, OptionError
+from rlhf_lightning.models.loading import quiet_transformers
+from rlhf_lightning.models.score_function import ScoreError
 from rlhf_lightning.modules.guard import NonFiniteStepsError
-from rlhf_lightning.scores import ScoreError
 
 DEFAULT_RUN_DIR = "runs/default"
-
-
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.utils.logging.set_verbosity_warning()
-    transformers.utils.logging.disable_progress_bar()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 class RLHFLightningCLI(LightningCLI):
@@ -91,10 +83,10 @@ class RLHFLightningCLI(LightningCLI):
 
 
 COMMANDS = {  # name: (module, function, required arguments are positional)
-    "score": ("rlhf_lightning.scoring", "score_file", True),
-    "export": ("rlhf_lightning.export", "export_model", True),
-    "evaluate": ("rlhf_lightning.evaluation", "evaluate_policies", False),
-    "pipeline": ("rlhf_lightning.pipeline", "run_pipeline", False),
+    "score": ("rlhf_lightning.commands.score", "score_file", True),
+    "export": ("rlhf_lightning.commands.export", "export_model", True),
+    "evaluate": ("rlhf_lightning.commands.evaluate", "evaluate_policies", False),
+    "pipeline": ("rlhf_lightning.commands.pipeline", "run_pipeline", False),
 }
 
 
@@ -106,7 +98,7 @@ printed without a traceback."""
 def main(argv: list[str] | None = None) -> None:
     """``rlhf-lightning fit|validate|... --config ...`` (LightningCLI) or one of the :data:`COMMANDS`."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    _quiet_libraries()
+    quiet_transformers()
     try:
         _run(sys.argv[1:] if argv is None else argv, argv)
     except USER_ERRORS as error:

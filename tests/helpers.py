@@ -9,8 +9,8 @@ import lightning as L
 import torch
 
 from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm, load_tokenizer
-from rlhf_lightning.models.loading import write_run_info
 from rlhf_lightning.models.reward import ScalarHead, save_head
+from rlhf_lightning.models.run_folder import RunFolder, RunInfo
 
 
 class StopAfterStep(L.Callback):
@@ -43,7 +43,7 @@ def run_cli(args: list[str]):
 
 def scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
     """``{step: value}`` of a scalar in a run folder's TensorBoard events (later writes win)."""
-    from rlhf_lightning.runs import read_scalars
+    from rlhf_lightning.evaluation.report import read_scalars
 
     return read_scalars(run_dir, tag)
 
@@ -70,5 +70,5 @@ def make_run_folder(base: str, folder: Path, stage: str, seed: int, dropout: flo
         with torch.no_grad():
             head.linear.bias.fill_(0.5)
         save_head(head, folder)
-    write_run_info(folder, {"stage": stage, "base_model": base, "adapter": True})
+    RunFolder.write_info(folder, RunInfo(stage=stage, base_model=base, adapter=True))
     return folder

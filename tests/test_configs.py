@@ -23,7 +23,7 @@ def test_pipeline_config_and_each_stage_with_its_overrides_parse(config, capsys,
     """The pipeline config parses, and every stage's config parses with the overrides and wiring the
     pipeline adds, so that a misspelt override fails here rather than minutes into a run."""
     from rlhf_lightning.cli import main
-    from rlhf_lightning.pipeline import StageSpec, stage_arguments
+    from rlhf_lightning.commands.pipeline import StageSpec, stage_arguments
 
     with pytest.raises(SystemExit) as exit_info:
         main(["pipeline", f"--config={config}", "--print_config"])

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from rlhf_lightning.export import SCORE_BIAS_KEY, export_model
+from rlhf_lightning.commands.export import SCORE_BIAS_KEY, export_model
+from rlhf_lightning.commands.score import score_file
 from rlhf_lightning.models import ModelConfig, load_causal_lm, load_tokenizer
 from rlhf_lightning.models.tiny import build_tiny_model
-from rlhf_lightning.scoring import score_file
 from tests.helpers import make_run_folder, write_jsonl
 
 ROWS = [{"prompt": "Say hi. ", "response": "hello there"}, {"prompt": "Q: ", "response": "a"}]

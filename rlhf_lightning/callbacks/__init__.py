@@ -1,6 +1,7 @@
-"""Lightning callbacks: sample tables in TensorBoard, throughput and peak memory."""
+"""Lightning callbacks: sample tables in TensorBoard, throughput and peak memory, PPO's health warnings."""
 
-from rlhf_lightning.callbacks.samples import GenerationSamples, SampleConfig, markdown_table
+from rlhf_lightning.callbacks.ppo_health import PPOHealthCheck
+from rlhf_lightning.callbacks.samples import GenerationSamples, SampleConfig
 from rlhf_lightning.callbacks.throughput import PhaseTimer, ThroughputMonitor, peak_memory_gb
 
-__all__ = ["GenerationSamples", "PhaseTimer", "SampleConfig", "ThroughputMonitor", "markdown_table", "peak_memory_gb"]
+__all__ = ["GenerationSamples", "PPOHealthCheck", "PhaseTimer", "SampleConfig", "ThroughputMonitor", "peak_memory_gb"]

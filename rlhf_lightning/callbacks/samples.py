@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from rlhf_lightning.data.chat import stop_token_ids
+from rlhf_lightning.evaluation.report import markdown_table
 from rlhf_lightning.models.generation import GenerationConfig, generate, generation_eos_ids, seeded
 
 
@@ -24,24 +25,6 @@ class SampleConfig:
     temperature: float = 0.0
     """0 is greedy: successive tables then differ only because the model changed. Sampled tables draw from
     their own generator, so they never change the training run."""
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "<br>") or " "
-
-
-def markdown_table(headers: list[str], rows: list[tuple], numbered: bool = True) -> str:
-    """A markdown table (TensorBoard's text tab renders it), its rows numbered unless ``numbered=False``;
-    floats are shown with 3 decimals."""
-
-    def cell(value) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else _cell(str(value))
-
-    if numbered:
-        headers, rows = ["#", *headers], [(i, *row) for i, row in enumerate(rows)]
-    lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def samples_markdown(rows: list[tuple[str, str]]) -> str:

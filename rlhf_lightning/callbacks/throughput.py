@@ -49,31 +49,54 @@ class ThroughputMonitor(L.Callback):
         )
 
 
-class PhaseTimer:
-    """Wall time and peak memory of the named phases of one step (PPO: rollout, scoring, training).
+class PhaseTimer(L.Callback):
+    """Wall time, peak memory and throughput of the named phases of each training step (PPO: rollout, scoring,
+    training), logged as ``perf/{phase}_sec``, ``perf/peak_memory_gb_{phase}`` and, for a phase whose tokens
+    were counted, ``perf/{phase}_tokens_per_sec``. The module times a phase with ``with timer.phase(name):``
+    and counts its tokens with :meth:`count`.
 
     On a GPU the allocator's peak is reset at the start of each phase, so each phase reports its own peak.
     On CPU the figure is the process's peak resident set size so far (it cannot be reset).
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
+    def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
         self.peak_gb: dict[str, float] = {}
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.tokens: dict[str, float] = {}
 
     @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        self._sync()
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+    def phase(self, name: str, device: torch.device) -> Iterator[None]:
+        sync = torch.cuda.synchronize if device.type == "cuda" else lambda _: None
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         start = time.perf_counter()
         try:
             yield
         finally:
-            self._sync()
+            sync(device)
             self.seconds[name] = time.perf_counter() - start
-            self.peak_gb[name] = peak_memory_gb(self.device)
+            self.peak_gb[name] = peak_memory_gb(device)
+
+    def count(self, name: str, tokens: float) -> None:
+        """``tokens`` processed in phase ``name`` this step (all devices together)."""
+        self.tokens[name] = tokens
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for name, seconds in self.seconds.items():
+            out[f"perf/{name}_sec"] = seconds
+            out[f"perf/peak_memory_gb_{name}"] = self.peak_gb[name]
+            if name in self.tokens:
+                out[f"perf/{name}_tokens_per_sec"] = self.tokens[name] / max(seconds, 1e-9)
+        return out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seconds, self.peak_gb, self.tokens = {}, {}, {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        metrics = self.metrics()
+        if metrics:
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+            if isinstance(getattr(pl_module, "last_stats", None), dict):
+                pl_module.last_stats.update(metrics)

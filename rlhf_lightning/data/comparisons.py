@@ -47,6 +47,7 @@ from rlhf_lightning.data.degenerate import (
 )
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text, tokenize_conversation
+from rlhf_lightning.ops.padding import right_pad
 
 
 class ComparisonExample(NamedTuple):
@@ -372,12 +373,7 @@ def collate_comparisons(examples: Sequence[ComparisonExample], pad_id: int) -> d
             worse.append(offset + w)
             group.append(g)
             margin.append(example.margin)
-    longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        attention[i, : len(seq)] = 1
+    ids, attention = right_pad(sequences, pad_id)
     return {
         "input_ids": ids,
         "attention_mask": attention,

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rlhf_lightning.data.formats import TokenizedExample
+from rlhf_lightning.ops.padding import right_pad
 
 
 class ListDataset(Dataset):
@@ -27,15 +28,9 @@ def collate_right_padded(examples: Sequence[TokenizedExample], pad_id: int) -> d
 
     Masks come from each example's length, never from comparing ids with ``pad_id``.
     """
-    longest = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), longest), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(examples), longest), dtype=torch.long)
-    loss = torch.zeros((len(examples), longest), dtype=torch.bool)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.as_tensor(e.input_ids, dtype=torch.long)
-        attention[i, :n] = 1
-        loss[i, :n] = torch.as_tensor(e.loss_mask, dtype=torch.bool)
+    ids, attention = right_pad([e.input_ids for e in examples], pad_id)
+    loss, _ = right_pad([e.loss_mask for e in examples], 0)
+    loss = loss.bool()
     return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss}
 
 

@@ -34,7 +34,7 @@ from rlhf_lightning.data.chat import (
 )
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text
-from rlhf_lightning.models.generation import left_pad
+from rlhf_lightning.ops.padding import left_pad
 
 
 class PromptExample(NamedTuple):

@@ -2,7 +2,7 @@
 
 from rlhf_lightning.models.config import LoraConfig, ModelConfig
 from rlhf_lightning.models.embedded import embedded_model_dir, resolve_model_path
-from rlhf_lightning.models.generation import GenerationConfig, generate, left_pad
+from rlhf_lightning.models.generation import GenerationConfig, generate
 from rlhf_lightning.models.loading import (
     count_parameters,
     decoder_and_head,
@@ -10,8 +10,10 @@ from rlhf_lightning.models.loading import (
     load_causal_lm,
     load_tokenizer,
     position_ids_from_mask,
+    resolve_device,
     save_model_folder,
 )
+from rlhf_lightning.models.run_folder import RunFolder, RunInfo
 
 __all__ = [
     "GenerationConfig",
@@ -22,10 +24,12 @@ __all__ = [
     "embedded_model_dir",
     "final_hidden_states",
     "generate",
-    "left_pad",
     "load_causal_lm",
     "load_tokenizer",
     "position_ids_from_mask",
+    "resolve_device",
     "resolve_model_path",
+    "RunFolder",
+    "RunInfo",
     "save_model_folder",
 ]

@@ -15,16 +15,22 @@ at that moment, so a loss must be back-propagated while its own adapter is still
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from peft import PeftModel
 from torch import nn
 
-from rlhf_lightning.models.loading import decoder_and_head, final_hidden_states, lm_head_parameters
-from rlhf_lightning.models.reward import ScalarHead
-from rlhf_lightning.ops import last_token_index, token_logprobs_from_hidden
+from rlhf_lightning.models.config import ModelConfig
+from rlhf_lightning.models.embedded import resolve_model_path
+from rlhf_lightning.models.generation import sample_responses
+from rlhf_lightning.models.loading import decoder_and_head, final_hidden_states, lm_head_parameters, load_causal_lm
+from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, last_token_scores, load_head
+from rlhf_lightning.models.run_folder import RunFolder
+from rlhf_lightning.ops import token_logprobs_from_hidden, truncate_after_stop
 
 
 @dataclass
@@ -40,8 +46,6 @@ class Role:
 
 
 def _is_peft(model: nn.Module) -> bool:
-    from peft import PeftModel
-
     return isinstance(model, PeftModel)
 
 
@@ -121,12 +125,6 @@ def response_values(head: ScalarHead, hidden: torch.Tensor, response_length: int
     return head(hidden[:, -response_length - 1 : -1])
 
 
-def last_token_scores(head: ScalarHead, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Scores ``(b,)`` read at each sequence's last real token (the EOS of an ended response)."""
-    last = last_token_index(attention_mask)
-    return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-
-
 @torch.no_grad()
 def sample_from_role(
     role: Role,
@@ -141,9 +139,6 @@ def sample_from_role(
     Returns ``(sequences (b, p + r), attention_mask, response_mask (b, r) bool, ended (b,) bool)``.
     ``config`` is a :class:`~rlhf_lightning.models.generation.GenerationConfig`.
     """
-    from rlhf_lightning.models.generation import sample_responses
-    from rlhf_lightning.ops import truncate_after_stop
-
     with use_adapter(role.model, role.adapter):
         responses = sample_responses(role.model, prompts, prompt_mask, config, eos_token_ids, pad_token_id)
     responses, mask, ended = truncate_after_stop(responses, eos_token_ids, pad_token_id)
@@ -165,6 +160,14 @@ def role_logprobs(
     with use_adapter(role.model, role.adapter):
         hidden = role_hidden_states(role, sequences, attention_mask)
         return response_logprobs(role.model, hidden, sequences, response_mask, temperature, chunk_size, with_entropy)
+
+
+def role_values(
+    role: Role, sequences: torch.Tensor, attention_mask: torch.Tensor, response_length: int
+) -> torch.Tensor:
+    """Values ``(b, r)`` of a value role (:func:`response_values`) with its adapter active."""
+    with use_adapter(role.model, role.adapter):
+        return response_values(role.head, role_hidden_states(role, sequences, attention_mask), response_length)
 
 
 @torch.no_grad()
@@ -192,3 +195,41 @@ def sequence_kl(
     lp = role_logprobs(role, sequences, attention_mask, response_mask, temperature, chunk_size).logprobs
     ref = role_logprobs(reference, sequences, attention_mask, response_mask, temperature, chunk_size).logprobs
     return ((lp - ref) * response_mask).sum(-1)
+
+
+class RoleLoader:
+    """Loads policies and reward models as :class:`Role` s; adapters on the same base share one copy of it."""
+
+    def __init__(self, model_config: ModelConfig, device: torch.device | str) -> None:
+        self.model_config, self.device = model_config, device
+        self._bases: dict[str, torch.nn.Module] = {}
+
+    def _base(self, name_or_path: str, shared: bool) -> torch.nn.Module:
+        key = resolve_model_path(name_or_path)
+        if shared and key in self._bases:
+            return self._bases[key]
+        cfg = dataclasses.replace(self.model_config, name_or_path=name_or_path, adapter=None)
+        model = load_causal_lm(cfg, lora=None, device=self.device, trainable=False).to(self.device).eval()
+        if shared:
+            self._bases[key] = model
+        return model
+
+    def load(self, path: str, name: str) -> Role:
+        """A policy (``head`` None) or, for a reward run's folder, a reward model (with its score head)."""
+        folder = RunFolder(path)
+        if folder.adapter is None:
+            model = self._base(folder.base_model, shared=False)
+            role = Role(model, None)
+        else:
+            base = self._base(folder.base_model, shared=True)
+            key = resolve_model_path(folder.base_model)
+            if isinstance(base, PeftModel):
+                base.load_adapter(folder.adapter, adapter_name=name, is_trainable=False)
+            else:
+                base = PeftModel.from_pretrained(base, folder.adapter, adapter_name=name, is_trainable=False)
+                self._bases[key] = base
+            base.eval()
+            role = Role(base, name)
+        if folder.stage == "reward":
+            role.head = load_head(path, hidden_size_of(role.model)).to(self.device).eval()
+        return role

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import peft
+
 DType = Literal["float32", "bfloat16", "float16"]
 Quantization = Literal["none", "nf4", "fp4", "int8"]
 
@@ -67,3 +69,16 @@ class LoraConfig:
             raise ValueError(f"lora.r must be >= 1, got {self.r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_peft(self, modules_to_save: bool = True) -> peft.LoraConfig:
+        """peft's ``LoraConfig`` for a causal LM; ``modules_to_save=False`` leaves out the fully trained modules
+        (PPO's value adapter: a second trained copy of ``embed_tokens`` would only cost memory)."""
+        return peft.LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            use_rslora=self.use_rslora,
+            modules_to_save=(self.modules_to_save or None) if modules_to_save else None,
+            task_type="CAUSAL_LM",
+        )

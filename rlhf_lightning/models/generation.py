@@ -17,6 +17,9 @@ import torch
 import transformers
 from torch import nn
 
+from rlhf_lightning.models.loading import unwrap_causal_lm
+from rlhf_lightning.ops import left_pad
+
 
 @dataclass
 class GenerationConfig:
@@ -41,22 +44,8 @@ class GenerationConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu"):
-    """Left-pad token lists into ``(ids, attention_mask)`` of shape ``(b, t)``; the mask comes from lengths."""
-    longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        if len(seq):
-            ids[i, longest - len(seq) :] = torch.as_tensor(seq, dtype=torch.long)
-            mask[i, longest - len(seq) :] = 1
-    return ids.to(device), mask.to(device)
-
-
 def generation_eos_ids(model: nn.Module) -> list[int]:
     """The EOS id(s) of the model's own generation config (Llama-3 lists several; none is an empty list)."""
-    from rlhf_lightning.models.loading import unwrap_causal_lm
-
     configured = getattr(unwrap_causal_lm(model).generation_config, "eos_token_id", None)
     return [configured] if isinstance(configured, int) else list(configured or [])
 
@@ -80,8 +69,6 @@ def sampling_config(config: GenerationConfig, stop_ids: Sequence[int], pad_token
 def model_defaults_set_aside(model: nn.Module) -> Iterator[None]:
     """Run ``generate`` with a blank model generation config, so that only what the caller passes applies
     (``generate`` fills every field the caller leaves unset from the model's ``generation_config.json``)."""
-    from rlhf_lightning.models.loading import unwrap_causal_lm
-
     causal_lm = unwrap_causal_lm(model)
     saved = causal_lm.generation_config
     causal_lm.generation_config = transformers.GenerationConfig()

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from pathlib import Path
 
 import torch
+import transformers
+from peft import PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
@@ -15,9 +19,6 @@ from rlhf_lightning.models.embedded import resolve_model_path
 
 log = logging.getLogger(__name__)
 
-RUN_INFO_FILE = "rlhf_lightning.json"
-"""Written next to every stage's output: which stage, which base model, whether it is an adapter."""
-
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # GPT-2 style configs name their dropouts *pdrop; most others contain "dropout".
 _DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
@@ -25,6 +26,20 @@ _DROPOUT_SUFFIXES = ("dropout", "pdrop", "dropout_prob", "dropout_rate")
 
 def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto``: CUDA when available, else the CPU; anything else as torch reads it (``cpu``, ``cuda:1``)."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def quiet_transformers() -> None:
+    """Warnings only from transformers, no download progress bars, no tokenizer fork warnings."""
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def _distinct_pad_token(tokenizer) -> str | None:
@@ -133,25 +148,11 @@ def load_causal_lm(
     model.config.use_cache = False  # training; generation passes use_cache=True explicitly
 
     if cfg.adapter is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=trainable)
         if cfg.disable_dropout:
             disable_dropout(model)  # the adapter's own lora_dropout (0.05 in many recipes) comes with it
     elif trainable and lora is not None and lora.enabled:
-        from peft import LoraConfig as PeftLoraConfig
-        from peft import get_peft_model
-
-        peft_config = PeftLoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            use_rslora=lora.use_rslora,
-            modules_to_save=lora.modules_to_save or None,
-            task_type="CAUSAL_LM",
-        )
-        model = get_peft_model(model, peft_config)  # its dropout layers follow lora.dropout
+        model = get_peft_model(model, lora.to_peft())  # its dropout layers follow lora.dropout
     if not trainable:
         model.requires_grad_(False)
     return model
@@ -159,8 +160,6 @@ def load_causal_lm(
 
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected in it)."""
-    from peft import PeftModel
-
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
@@ -217,32 +216,9 @@ def lm_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
 
     LoRA on the LM head itself is refused: the chunked log-prob path applies the plain weight matrix.
     """
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import ModulesToSaveWrapper
-
     if isinstance(head, LoraLayer):
         raise ValueError("LoRA on the LM head is not supported; train it in full with lora.modules_to_save instead")
     if isinstance(head, ModulesToSaveWrapper):
         active = head.active_adapters[0] if head.active_adapters else None
         head = head.modules_to_save[active] if active in head.modules_to_save else head.original_module
     return head.weight, getattr(head, "bias", None)
-
-
-def read_run_info(folder: str | Path) -> dict:
-    path = Path(folder) / RUN_INFO_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{folder} has no {RUN_INFO_FILE}: point at the 'final' folder of a run")
-    return json.loads(path.read_text())
-
-
-def recorded_chat_template(folder: str | Path) -> str:
-    """How the run that wrote ``folder`` formatted text rows (its ``data.chat_template``): runs written before
-    the option existed joined them as raw text (``never``); a folder that is not a run's (a model folder, a
-    hub id, ``embedded``) gets ``auto``."""
-    if not (Path(folder) / RUN_INFO_FILE).exists():
-        return "auto"
-    return read_run_info(folder).get("chat_template", "never")
-
-
-def write_run_info(folder: str | Path, info: dict) -> None:
-    (Path(folder) / RUN_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")

@@ -9,6 +9,7 @@ A trained reward model is a folder: the backbone's adapter in peft format (or a 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -22,11 +23,9 @@ from rlhf_lightning.models.loading import (
     final_hidden_states,
     load_causal_lm,
     load_tokenizer,
-    read_run_info,
 )
-from rlhf_lightning.ops import last_token_index
-
-HEAD_FILE = "score_head.safetensors"
+from rlhf_lightning.models.run_folder import HEAD_FILE, RunFolder
+from rlhf_lightning.ops import last_token_index, left_pad
 
 
 class ScalarHead(nn.Module):
@@ -65,7 +64,12 @@ def sequence_scores(
 ) -> torch.Tensor:
     """Score ``(b,)`` of each sequence at its last real token."""
     decoder, _ = decoder_and_head(model)
-    hidden = final_hidden_states(decoder, input_ids, attention_mask)
+    return last_token_scores(head, final_hidden_states(decoder, input_ids, attention_mask), attention_mask)
+
+
+def last_token_scores(head: ScalarHead, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Scores ``(b,)``: ``head`` applied to ``hidden`` ``(b, t, d)`` at each sequence's last real token (the EOS
+    of an ended response), found from ``attention_mask`` ``(b, t)``, so any padding side gives the same."""
     last = last_token_index(attention_mask)
     return head(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
 
@@ -75,8 +79,6 @@ def score_sequences(
     model: nn.Module, head: ScalarHead, sequences: list[list[int]], pad_id: int, batch_size: int = 16
 ) -> list[float]:
     """Scores of token sequences, in their order, batched by length (little padding), in eval mode."""
-    from rlhf_lightning.models.generation import left_pad
-
     device = head.linear.weight.device
     was_training = model.training
     model.eval()
@@ -121,15 +123,9 @@ class RewardModel(nn.Module):
     ) -> RewardModel:
         """Load a reward model folder written by the reward stage. ``model_config`` may change how the
         base is loaded (dtype, quantization); its ``name_or_path`` and ``adapter`` come from the folder."""
-        folder = Path(folder)
-        info = read_run_info(folder)
-        if info.get("stage") != "reward":
-            raise ValueError(f"{folder} holds a '{info.get('stage')}' model, not a reward model")
-        base = model_config or ModelConfig()
-        if info["adapter"]:
-            cfg = ModelConfig(**{**vars(base), "name_or_path": info["base_model"], "adapter": str(folder)})
-        else:
-            cfg = ModelConfig(**{**vars(base), "name_or_path": str(folder), "adapter": None})
+        run = RunFolder(folder)
+        run.require_stage("reward", what="a reward model")
+        cfg = dataclasses.replace(model_config or ModelConfig(), name_or_path=run.base_model, adapter=run.adapter)
         model = load_causal_lm(cfg, lora=None, device=device, trainable=False).to(device).eval()
         head = load_head(folder, hidden_size_of(model)).to(device).eval()
         return cls(model, head, load_tokenizer(str(folder)))

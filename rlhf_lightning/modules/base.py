@@ -12,13 +12,11 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from rlhf_lightning.models import LoraConfig, ModelConfig, count_parameters, load_causal_lm, load_tokenizer
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.loading import read_run_info, write_run_info
+from rlhf_lightning.models.run_folder import FINAL_FOLDER, RunFolder, RunInfo
 from rlhf_lightning.modules.guard import NonFiniteGuard
 from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
-
-FINAL_FOLDER = "final"
 
 
 class CausalLMModule(L.LightningModule):
@@ -132,26 +130,28 @@ class CausalLMModule(L.LightningModule):
         folder.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        info = {
-            "stage": self.stage,
-            "base_model": self.model_config.name_or_path,
-            "base_model_path": resolve_model_path(self.model_config.name_or_path),
-            "adapter": self.lora_config.enabled or self.model_config.adapter is not None,
-            "global_step": self.trainer.global_step if self._trainer is not None else 0,
-            "chat_template": self.data_chat_template(),
-        }
-        write_run_info(folder, info)
+        RunFolder.write_info(
+            folder, self.run_info(adapter=self.lora_config.enabled or self.model_config.adapter is not None)
+        )
         return folder
+
+    def run_info(self, adapter: bool, **extra) -> RunInfo:
+        """What this run's ``final`` folder holds, for ``rlhf_lightning.json``."""
+        return RunInfo(
+            stage=self.stage,
+            base_model=self.model_config.name_or_path,
+            adapter=adapter,
+            base_model_path=resolve_model_path(self.model_config.name_or_path),
+            global_step=self.trainer.global_step if self._trainer is not None else 0,
+            chat_template=self.data_chat_template(),
+            extra=extra,
+        )
 
     def data_chat_template(self) -> str:
         """The run's ``data.chat_template`` (how text rows are formatted; ``auto`` without a DataModule), recorded
         in the final folder so that ``score`` and ``evaluate`` format text rows as training did."""
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return getattr(datamodule, "chat_template", "auto")
-
-    @staticmethod
-    def update_run_info(folder: Path, **fields) -> None:
-        write_run_info(folder, {**read_run_info(folder), **fields})
 
     def on_train_end(self) -> None:
         folder = self.final_folder()  # on every rank: trainer.log_dir is a collective call under DDP

@@ -10,6 +10,8 @@ from typing import Literal
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
+from rlhf_lightning.models.optimizers import bnb_optimizer
+
 
 @dataclass
 class OptimConfig:
@@ -57,14 +59,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> t
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, **kwargs)
-    import bitsandbytes as bnb
-
-    cls = {
-        "adamw_8bit": bnb.optim.AdamW8bit,
-        "paged_adamw": bnb.optim.PagedAdamW,
-        "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-    }
-    return cls[cfg.optimizer](params, **kwargs)
+    return bnb_optimizer(cfg.optimizer, params, **kwargs)
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:

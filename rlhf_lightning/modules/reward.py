@@ -8,19 +8,20 @@ from pathlib import Path
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from rlhf_lightning.callbacks import ThroughputMonitor, markdown_table
+from rlhf_lightning.callbacks import ThroughputMonitor
 from rlhf_lightning.data.chat import text_rows_as_chat
 from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, best_response, degenerate_answers, has_prompt
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
+from rlhf_lightning.evaluation.report import markdown_table
 from rlhf_lightning.models import LoraConfig, ModelConfig
 from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, save_head, score_sequences, sequence_scores
+from rlhf_lightning.models.run_folder import DEGENERATE_FILE, RunFolder
+from rlhf_lightning.models.score_function import require_finite
 from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.metrics import PreferenceMetrics
 from rlhf_lightning.modules.optim import OptimConfig
 from rlhf_lightning.ops import preference_loss
-from rlhf_lightning.runs import DEGENERATE_FILE
-from rlhf_lightning.scores import require_finite
 
 
 class RewardModule(CausalLMModule):
@@ -260,5 +261,5 @@ class RewardModule(CausalLMModule):
         save_head(self.score_head, folder)
         if self.degenerate_report is not None:
             (folder / DEGENERATE_FILE).write_text(json.dumps(self.degenerate_report, indent=2) + "\n")
-        self.update_run_info(folder, calibration_shift=self.calibration_shift)
+        RunFolder(folder).update_info(calibration_shift=self.calibration_shift)
         return folder

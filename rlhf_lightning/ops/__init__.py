@@ -3,6 +3,7 @@
 from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, empty_responses, pearson
 from rlhf_lightning.ops.logprobs import TokenLogProbs, logprobs_from_logits, token_logprobs_from_hidden
 from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, whiten
+from rlhf_lightning.ops.padding import left_pad, right_pad
 from rlhf_lightning.ops.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -38,12 +39,14 @@ __all__ = [
     "PreferenceLoss",
     "TokenLogProbs",
     "last_token_index",
+    "left_pad",
     "logprobs_from_logits",
     "masked_mean",
     "masked_sum",
     "masked_var",
     "pair_weights",
     "preference_loss",
+    "right_pad",
     "token_logprobs_from_hidden",
     "whiten",
 ]

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from rlhf_lightning.modules.ppo import Rollout
 from tests.helpers import make_run_folder
 from tests.integration.test_pipeline import stage_configs
 from tests.modules.test_ppo import shared_module
@@ -41,8 +42,8 @@ def _batch(seed: int, rows: int, prompt: int = 5, response: int = 6):
 def _experience(base, sft, reward, batch):
     torch.manual_seed(0)
     module = shared_module(base, sft, reward)
-    exp, stats = module.make_experience(*batch, prompt_length=5)
-    return exp.advantages, exp.returns, stats["objective/kl"]
+    exp, stats = module.make_experience(Rollout(*batch, prompt_length=5))
+    return exp.advantages, exp.returns, stats.kl
 
 
 def _rank_worker(rank: int, port: int, base: str, sft: str, reward: str, out: str) -> None:

@@ -11,7 +11,7 @@ import yaml
 
 from rlhf_lightning.cli import main
 from rlhf_lightning.data.synthetic import gold_reward
-from rlhf_lightning.runs import HELDOUT_FILE
+from rlhf_lightning.models.run_folder import HELDOUT_FILE
 from tests.helpers import write_jsonl
 
 PROMPTS = ["Say hi.", "Greet me.", "Hello?", "Wave.", "Say hey.", "Any word.", "Speak.", "Talk."]
@@ -199,7 +199,7 @@ def test_exported_policy_loads_with_plain_transformers_and_matches_the_adapter(p
 def test_exported_reward_model_is_a_sequence_classifier_with_the_same_scores(pipeline_run):
     from transformers import AutoModelForSequenceClassification
 
-    from rlhf_lightning.export import SCORE_BIAS_KEY
+    from rlhf_lightning.commands.export import SCORE_BIAS_KEY
     from rlhf_lightning.models.reward import RewardModel
 
     out = pipeline_run / "out"

@@ -9,7 +9,6 @@ from rlhf_lightning.models import (
     decoder_and_head,
     final_hidden_states,
     generate,
-    left_pad,
     load_causal_lm,
     load_tokenizer,
 )
@@ -131,9 +130,7 @@ class _ScriptedLM(nn.Module):
         return torch.cat([input_ids, self.continuations], dim=1)
 
 
-def test_left_pad_and_responses_end_at_their_first_stop_token():
-    ids, mask = left_pad([[1, 2, 3], [4]], pad_id=0)
-    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+def test_responses_end_at_their_first_stop_token():
     eos, eot = 2, 3
     lm = _ScriptedLM([[7, eos, 8, eos], [9, 9, 9, 9], [eot, 5, 5, 5]])
     lm.train()
@@ -183,13 +180,3 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama):
     for name, grad in results[0][1].items():
         torch.testing.assert_close(grad, results[1][1][name], atol=1e-6, rtol=1e-5)
     assert model.is_gradient_checkpointing
-
-
-def test_a_run_folder_records_how_its_text_rows_were_formatted(tmp_path):
-    from rlhf_lightning.models.loading import recorded_chat_template, write_run_info
-
-    assert recorded_chat_template(tmp_path) == "auto"  # a model folder, not a run's
-    write_run_info(tmp_path, {"stage": "reward"})
-    assert recorded_chat_template(tmp_path) == "never"  # written before the option: text rows were joined raw
-    write_run_info(tmp_path, {"stage": "reward", "chat_template": "auto"})
-    assert recorded_chat_template(tmp_path) == "auto"

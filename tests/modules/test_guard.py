@@ -6,9 +6,9 @@ import lightning as L
 import pytest
 import torch
 
+from rlhf_lightning.models.score_function import ScoreError, checked_scores
 from rlhf_lightning.modules import RewardModule, SFTModule
 from rlhf_lightning.modules.guard import NonFiniteGuard, NonFiniteStepsError
-from rlhf_lightning.scores import ScoreError, checked_scores
 from tests.helpers import run_cli, scalars, write_jsonl
 from tests.modules.test_sft import ROWS, sft_args
 

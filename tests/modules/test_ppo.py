@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad, load_causal_lm
+from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm
+from rlhf_lightning.models.score_function import ScoreError
 from rlhf_lightning.modules import PPOModule
 from rlhf_lightning.modules.ppo import RewardShaping
-from rlhf_lightning.ops import ppo_value_loss
-from rlhf_lightning.scores import ScoreError
+from rlhf_lightning.ops import left_pad, ppo_value_loss
 from tests.helpers import make_run_folder, run_cli, scalars, write_jsonl
 
 
@@ -51,8 +51,8 @@ def test_roles_share_one_base_and_trainable_flags_survive_switches(folders, tiny
     mask = torch.ones_like(ids)
     with torch.no_grad():
         module.score(ids, mask, 2)
-        module._logprobs("reference", ids, mask, mask[:, 2:].bool())
-        module._values(ids, mask, 3)
+        module.logprobs("reference", ids, mask, mask[:, 2:].bool())
+        module.values(ids, mask, 3)
     assert trainable(module) == names
     assert module.model.active_adapter == "default"
 
@@ -64,10 +64,10 @@ def test_policy_starts_as_reference_and_value_as_reward(folders, tiny_llama):
     att = torch.ones_like(seq)
     resp = torch.ones(1, 4, dtype=torch.bool)
     with torch.no_grad():
-        lp = module._logprobs("policy", seq, att, resp).logprobs
-        ref = module._logprobs("reference", seq, att, resp).logprobs
+        lp = module.logprobs("policy", seq, att, resp).logprobs
+        ref = module.logprobs("reference", seq, att, resp).logprobs
         assert torch.equal(lp, ref)  # exactly: the KL at step 0 is 0, not merely small
-        values = module._values(seq, att, 4)
+        values = module.values(seq, att, 4)
         # value of the state before response token i = reward model's score of the prefix ending there
         prefixes = [module.score(seq[:, : 2 + i], att[:, : 2 + i], 2) for i in range(4)]
         torch.testing.assert_close(values[0], torch.cat(prefixes), atol=1e-5, rtol=1e-5)
@@ -96,9 +96,9 @@ def test_left_padded_prompts_and_right_padded_responses_change_nothing(arch, req
     p = ids.shape[1]
     with torch.no_grad():
         batch = (
-            module._logprobs("policy", seq, att, resp_mask).logprobs,
-            module._logprobs("reference", seq, att, resp_mask).logprobs,
-            module._values(seq, att, r) * resp_mask,
+            module.logprobs("policy", seq, att, resp_mask).logprobs,
+            module.logprobs("reference", seq, att, resp_mask).logprobs,
+            module.values(seq, att, r) * resp_mask,
             module.score(seq, att, p),
         )
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
@@ -106,12 +106,12 @@ def test_left_padded_prompts_and_right_padded_responses_change_nothing(arch, req
             ones, m = torch.ones_like(alone), torch.ones(1, len(response), dtype=torch.bool)
             n = len(response)
             torch.testing.assert_close(
-                batch[0][i, :n], module._logprobs("policy", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
+                batch[0][i, :n], module.logprobs("policy", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
             )
             torch.testing.assert_close(
-                batch[1][i, :n], module._logprobs("reference", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
+                batch[1][i, :n], module.logprobs("reference", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
             )
-            torch.testing.assert_close(batch[2][i, :n], module._values(alone, ones, n)[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(batch[2][i, :n], module.values(alone, ones, n)[0], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(batch[3][i], module.score(alone, ones, len(prompt))[0], atol=1e-5, rtol=1e-4)
             assert torch.all(batch[0][i, n:] == 0) and torch.all(batch[2][i, n:] == 0)  # nothing after the end
 
@@ -246,7 +246,7 @@ def test_saved_policy_adapter_reloads_with_the_same_log_probs(folders, tiny_llam
     reloaded = PeftModel.from_pretrained(load_causal_lm(ModelConfig(name_or_path=tiny_llama), None), folder).eval()
     seq = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
-        expected = module._logprobs("policy", seq, torch.ones_like(seq), torch.ones(1, 3, dtype=torch.bool))
+        expected = module.logprobs("policy", seq, torch.ones_like(seq), torch.ones(1, 3, dtype=torch.bool))
         logits = reloaded(input_ids=seq).logits[:, 2:-1] / module.rollout_config.temperature
         got = torch.log_softmax(logits.float(), -1).gather(-1, seq[:, 3:, None]).squeeze(-1)
     torch.testing.assert_close(got, expected.logprobs, atol=1e-5, rtol=1e-5)
@@ -261,7 +261,7 @@ def test_separate_reward_and_value_models_match_the_shared_adapters(folders, tin
     att = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
     with torch.no_grad():
         torch.testing.assert_close(separate.score(seq, att, 3), shared.score(seq, att, 3))
-        torch.testing.assert_close(separate._values(seq, att, 3), shared._values(seq, att, 3))
+        torch.testing.assert_close(separate.values(seq, att, 3), shared.values(seq, att, 3))
     assert any(n.startswith("value_backbone.") for n in trainable(separate))
 
 
@@ -275,37 +275,6 @@ def test_gradient_checkpointing_gives_the_same_updates(tiny_llama, prompts_file,
         a, b = scalars(tmp_path / "plain", tag), scalars(tmp_path / "ckpt", tag)
         assert sorted(a) == sorted(b) == [0, 1]
         assert b[1] == pytest.approx(a[1], rel=1e-4, abs=1e-6), (tag, a, b)
-
-
-def test_health_warnings_name_the_problem(folders, tiny_llama):
-    sft, reward = folders
-    module = shared_module(tiny_llama, sft, reward)
-    healthy = {
-        "objective/kl": 0.5, "policy/first_ratio": 1.0, "val/ratio": 1.01, "rollout/ended_fraction": 0.9,
-        "objective/raw_scores": 0.2, "rollout/response_length": 20.0, "rollout/distinct_2": 0.8,
-        "rollout/empty_fraction": 0.0,
-    }  # fmt: skip
-    module._health_warnings(healthy)  # the first iteration: what later ones are compared with
-    rising = healthy | {"objective/raw_scores": 1.5}
-    with pytest.warns(UserWarning) as caught:
-        module._health_warnings(healthy | {"objective/kl": -0.5})
-        module._health_warnings(healthy | {"policy/first_ratio": 1.05})
-        module._health_warnings(healthy | {"val/ratio": 1.5})
-        module._health_warnings(healthy | {"rollout/ended_fraction": 0.2})
-        module._health_warnings(rising | {"rollout/response_length": 6.0, "rollout/empty_fraction": 0.3})
-    messages = " ".join(str(w.message) for w in caught)
-    hacking = "score rose (0.20 -> 1.50) while the answers collapsed (length 20.00 -> 6.00, 30% empty"
-    for expected in ("objective/kl is negative", "first minibatch is 1.0500", "drifted to 1.500", "only 20%", hacking):
-        assert expected in messages
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        module._last_warning.clear()
-        module._health_warnings(rising | {"rollout/distinct_2": 0.5})  # the score rose, the answers held up
-        module._health_warnings(healthy | {"rollout/response_length": 6.0})  # shorter, but not for a higher score
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        module._last_warning.clear()
-        module._health_warnings(healthy)  # nothing to say about a healthy iteration
 
 
 def reward_with_a_nan(prompts: list[str], responses: list[str]) -> list[float]:
@@ -326,7 +295,7 @@ def test_a_reward_function_returning_nan_stops_ppo_before_any_update(tiny_llama,
 
 
 def test_a_non_finite_ppo_loss_skips_that_optimizer_step(tiny_llama, prompts_file, tmp_path, monkeypatch):
-    import rlhf_lightning.modules.ppo as ppo_module
+    import rlhf_lightning.modules.ppo.update as ppo_update_module
 
     calls = []
 
@@ -335,7 +304,7 @@ def test_a_non_finite_ppo_loss_skips_that_optimizer_step(tiny_llama, prompts_fil
         calls.append(1)
         return (loss * math.nan if len(calls) == 1 else loss), clipfrac
 
-    monkeypatch.setattr(ppo_module, "ppo_value_loss", value_loss_nan_once)
+    monkeypatch.setattr(ppo_update_module, "ppo_value_loss", value_loss_nan_once)
     run = tmp_path / "run"
     run_cli(ppo_args(tiny_llama, prompts_file, run, "--trainer.max_steps=16", "--model.evaluation.at_end=false"))
     assert scalars(run, "train/nonfinite_steps") == {0: 1.0, 1: 1.0}  # the first of 8 steps, then none
@@ -343,25 +312,24 @@ def test_a_non_finite_ppo_loss_skips_that_optimizer_step(tiny_llama, prompts_fil
 
 
 def test_text_prompts_formatted_unlike_the_reward_models_rows_are_warned_about(folders, tiny_llama, tmp_path):
-    from types import SimpleNamespace
-
     from rlhf_lightning.data import PromptsDataModule
-    from rlhf_lightning.models.loading import read_run_info, write_run_info
+    from rlhf_lightning.models.run_folder import RunFolder
 
     sft, reward = folders
     raw_reward = tmp_path / "reward"
     raw_reward.mkdir()
-    write_run_info(raw_reward, {**read_run_info(reward), "chat_template": "never"})  # trained on raw text rows
+    info = RunFolder(reward).info
+    info.chat_template = "never"  # trained on raw text rows
+    RunFolder.write_info(raw_reward, info)
     module = PPOModule(model=ModelConfig(name_or_path=tiny_llama, adapter=str(sft)), reward_model=str(raw_reward))
 
     def check(rows, chat_template):
         data = PromptsDataModule(write_jsonl(tmp_path / "p.jsonl", rows), val_fraction=0.0, chat_template=chat_template)
         data.tokenizer = module.tokenizer
         data.setup("fit")
-        module._trainer = SimpleNamespace(datamodule=data)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            module._check_chat_template()
+            module.check_chat_template(data)
         return [str(w.message) for w in caught if "chat_template" in str(w.message)]
 
     # the SFT folder predates the option (no chat_template recorded: raw text), so it is named too

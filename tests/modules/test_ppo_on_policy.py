@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_lightning.models import GenerationConfig, left_pad
+from rlhf_lightning.models import GenerationConfig
 from rlhf_lightning.modules.ppo import PPOConfig
+from rlhf_lightning.ops import left_pad
 from tests.helpers import make_run_folder, run_cli, scalars, write_jsonl
 from tests.modules.test_ppo import ppo_args, shared_module
 
@@ -50,12 +51,12 @@ def test_adapters_saved_with_dropout_give_a_first_ratio_of_exactly_one(tiny_llam
 def test_settings_that_would_break_on_policy_sampling_are_refused_or_overridden(tiny_llama):
     from rlhf_lightning.models import ModelConfig
     from rlhf_lightning.modules import PPOModule
-    from rlhf_lightning.modules.ppo import EvalConfig
+    from rlhf_lightning.modules.ppo import PPOEvalConfig
 
     rule = "tests.modules.test_ppo:vowel_reward"
     with pytest.raises(ValueError, match="evaluation.temperature must be >= 0"):
         PPOModule(
-            model=ModelConfig(name_or_path=tiny_llama), reward_function=rule, evaluation=EvalConfig(temperature=-1)
+            model=ModelConfig(name_or_path=tiny_llama), reward_function=rule, evaluation=PPOEvalConfig(temperature=-1)
         )
     with pytest.warns(UserWarning, match="PPO turns every dropout off"):
         module = PPOModule(model=ModelConfig(name_or_path=tiny_llama, disable_dropout=False), reward_function=rule)
@@ -65,18 +66,18 @@ def test_settings_that_would_break_on_policy_sampling_are_refused_or_overridden(
 def test_policy_and_value_gradients_are_clipped_separately(tiny_llama, adapters):
     sft, reward = adapters
     module = shared_module(tiny_llama, sft, reward, ppo=PPOConfig(max_grad_norm=1.0))
-    groups = module._gradient_groups()
-    assert groups["policy"] and groups["val"]
-    for name, norm in (("policy", 0.5), ("val", 1000.0)):  # value gradients are in reward units
+    groups = module.gradient_groups()
+    assert groups["policy"] and groups["value"]
+    for name, norm in (("policy", 0.5), ("value", 1000.0)):  # value gradients are in reward units
         count = sum(p.numel() for p in groups[name])
         for p in groups[name]:
             p.grad = torch.full_like(p, norm / count**0.5)
     policy_before = [p.grad.clone() for p in groups["policy"]]
     norms = module.clip_policy_and_value_gradients()
-    assert norms["policy/grad_norm"].item() == pytest.approx(0.5, rel=1e-5)
-    assert norms["val/grad_norm"].item() == pytest.approx(1000.0, rel=1e-5)
+    assert norms["policy"].item() == pytest.approx(0.5, rel=1e-5)
+    assert norms["value"].item() == pytest.approx(1000.0, rel=1e-5)
     assert all(torch.equal(p.grad, before) for p, before in zip(groups["policy"], policy_before))  # not throttled
-    value_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in groups["val"]]))
+    value_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in groups["value"]]))
     assert value_norm.item() == pytest.approx(1.0, rel=1e-5)
 
 

@@ -10,10 +10,11 @@ import torch
 
 from rlhf_lightning.data import ComparisonsDataModule, DataFormatError
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
-from rlhf_lightning.models import LoraConfig, ModelConfig, left_pad
+from rlhf_lightning.models import LoraConfig, ModelConfig
 from rlhf_lightning.models.reward import RewardModel, ScalarHead
 from rlhf_lightning.modules import RewardModule
 from rlhf_lightning.modules import reward as reward_module
+from rlhf_lightning.ops import left_pad
 from tests.helpers import run_cli, scalars, write_jsonl
 
 

@@ -26,8 +26,10 @@ from typing import Any
 
 import yaml
 
-from rlhf_lightning.callbacks import markdown_table
-from rlhf_lightning.runs import DEGENERATE_FILE, HELDOUT_FILE, read_scalars
+from rlhf_lightning.commands.evaluate import evaluate_policies
+from rlhf_lightning.commands.export import export_model
+from rlhf_lightning.evaluation.report import markdown_table, read_scalars
+from rlhf_lightning.models.run_folder import DEGENERATE_FILE, HELDOUT_FILE
 
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
@@ -201,8 +203,6 @@ class Pipeline:
         }
 
     def run_evaluation(self) -> None:
-        from rlhf_lightning.evaluation import evaluate_policies
-
         print("\n=== evaluation: PPO policy vs SFT model on held-out prompts ===", flush=True)
         start = time.perf_counter()
         prompts = self.evaluation_arguments()
@@ -216,8 +216,6 @@ class Pipeline:
         self._mark("evaluation", time.perf_counter() - start)
 
     def run_export(self) -> None:
-        from rlhf_lightning.export import export_model
-
         print("\n=== export: merged Hugging Face folders ===", flush=True)
         start = time.perf_counter()
         for name, stage in (("policy", "ppo"), ("reward", "reward")):

@@ -19,9 +19,10 @@ from rlhf_lightning.data.errors import RowLocation
 from rlhf_lightning.data.formats import scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
-from rlhf_lightning.models.loading import load_tokenizer, read_run_info, recorded_chat_template
+from rlhf_lightning.models.loading import load_tokenizer, resolve_device
 from rlhf_lightning.models.reward import RewardModel, score_sequences
-from rlhf_lightning.scores import require_finite
+from rlhf_lightning.models.run_folder import RunFolder
+from rlhf_lightning.models.score_function import require_finite
 
 
 def score_file(
@@ -47,12 +48,11 @@ def score_file(
         chat_template: How text rows are formatted (``auto``, ``always``, ``never``, as the DataModules'
             option); default: as the reward model's training data was (recorded in its folder).
     """
-    if read_run_info(model).get("stage") != "reward":
-        raise ValueError(f"{model} is not a reward model folder (the final folder of a reward run)")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    folder = RunFolder(model)
+    folder.require_stage("reward", what="a reward model folder (the final folder of a reward run)")
+    device = resolve_device(device)
     tokenizer = load_tokenizer(model)
-    mode = chat_template or recorded_chat_template(model)
+    mode = chat_template or folder.chat_template
     chat = text_rows_as_chat(tokenizer, mode, "--chat_template")
     print(f"score: chat_template {mode}: {describe_text_rows(chat)}")
     name = describe(input)

@@ -1,0 +1,119 @@
+"""Reports of an evaluation: markdown tables (TensorBoard's text tab renders them), the side-by-side samples,
+the over-optimisation curve, and the scalars a run logged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", "<br>") or " "
+
+
+def markdown_table(headers: list[str], rows: list[tuple], numbered: bool = True) -> str:
+    """A markdown table (TensorBoard's text tab renders it), its rows numbered unless ``numbered=False``;
+    floats are shown with 3 decimals."""
+
+    def cell(value) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else _cell(str(value))
+
+    if numbered:
+        headers, rows = ["#", *headers], [(i, *row) for i, row in enumerate(rows)]
+    lines = ["| " + " | ".join(headers) + " |", "|---" * len(headers) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def short_prompt(text: str, keep: int = 200) -> str:
+    """A prompt for a table cell: whitespace runs as one space, and only its end when it is long (the
+    request comes last)."""
+    plain = " ".join(text.split())
+    return plain if len(plain) <= keep else "…" + plain[-keep:]
+
+
+def samples_table(records: list[dict], a: str, b: str, limit: int | None = None) -> str:
+    """Markdown table: the prompt (the user's last message), then each side's response and raw score (and KL
+    when measured)."""
+    header = ["prompt", a, f"{a} score"]
+    has_kl = bool(records) and f"{a}_kl" in records[0]
+    if has_kl:
+        header.append(f"{a} KL")
+    header += [b, f"{b} score"]
+    rows = []
+    for r in records[:limit]:
+        kl = [r[f"{a}_kl"]] if has_kl else []
+        rows.append([short_prompt(r["prompt"]), r[a], r[f"{a}_score"], *kl, r[b], r[f"{b}_score"]])
+    return markdown_table(header, rows)
+
+
+def overoptimization_point(summary: dict[str, float], a: str, b: str, at: int | str) -> dict | None:
+    """One point of the over-optimisation curve from a :func:`summarize` summary: ``at`` (an iteration, or a
+    label), side ``a``'s mean KL to the reference (nats), its mean reward-model ``score`` and side ``b``'s
+    (``baseline_score``; in PPO the baseline is the reference), and with a gold function both gold scores
+    (``gold``, ``baseline_gold``); ``None`` when ``a``'s KL was not measured.
+
+    Plotted against KL, the reward-model score keeps rising while the gold score rises, peaks and falls: the
+    gap is how far the policy exploits the reward model's errors (Gao et al. 2022, "Scaling Laws for Reward
+    Model Overoptimization", who plot against ``sqrt(KL)``)."""
+    if f"{a}_kl" not in summary:
+        return None
+    point = {"at": at, "kl": summary[f"{a}_kl"], "score": summary[f"{a}_score"]}
+    point["baseline_score"] = summary[f"{b}_score"]
+    if f"gold_{a}" in summary:
+        point |= {"gold": summary[f"gold_{a}"], "baseline_gold": summary[f"gold_{b}"]}
+    return point
+
+
+def overoptimization_table(points: list[dict]) -> str:
+    """Markdown: one row per point of :func:`overoptimization_point`, in KL order (gold cells ``n/a`` for a
+    point measured without a gold function)."""
+    gold = any("gold" in p for p in points)
+    headers = ["at", "KL (nats)", "sqrt KL", "reward model: policy", "reward model: baseline"]
+    headers += ["gold: policy", "gold: baseline"] if gold else []
+    rows = []
+    for p in sorted(points, key=lambda p: p["kl"]):
+        row = [str(p["at"]), p["kl"], max(p["kl"], 0.0) ** 0.5, p["score"], p["baseline_score"]]
+        rows.append(tuple(row + ([p.get("gold", "n/a"), p.get("baseline_gold", "n/a")] if gold else [])))
+    return markdown_table(headers, rows, numbered=False)
+
+
+def report_markdown(
+    summary: dict[str, float],
+    records: list[dict],
+    a: str,
+    b: str,
+    sources: dict,
+    limit: int,
+    overoptimization: list[dict] | None = None,
+) -> str:
+    lines = [f"# {a} vs {b}", ""]
+    lines += [f"- {name}: `{value}`" for name, value in sources.items()]
+    metrics = markdown_table(["metric", "value"], [(k, f"{v:.4f}") for k, v in summary.items()], numbered=False)
+    lines += ["", metrics, ""]
+    if overoptimization:
+        lines += [
+            "## Reward-model score and gold score against KL",
+            "",
+            "Each evaluation of the policy: where the reward-model score keeps rising while the gold score stops, "
+            "the policy is exploiting the reward model (over-optimisation).",
+            "",
+            overoptimization_table(overoptimization),
+            "",
+        ]
+    table = samples_table(records, a, b, limit)
+    lines += [f"## Samples ({min(limit, len(records))} of {len(records)})", "", table, ""]
+    return "\n".join(lines)
+
+
+def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
+    """``{step: value}`` of one scalar over every event file in ``run_dir`` (a resumed run adds files; for a
+    step logged twice the later file wins). Empty when the tag was never logged."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values: dict[int, float] = {}
+    for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):  # names start with creation time
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return dict(sorted(values.items()))

@@ -1,0 +1,113 @@
+"""The PPO stage's option groups: ``ppo`` (the update), ``rewards`` (how scores and the KL penalty become
+per-token rewards) and ``evaluation``. Each group checks its own values; the messages name the option."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from rlhf_lightning.evaluation.config import EvalConfig
+
+
+@dataclass
+class PPOConfig:
+    """The PPO update."""
+
+    ppo_epochs: int = 4
+    """Passes over each rollout batch."""
+    num_minibatches: int = 1
+    """Optimizer steps per pass: the rollout batch is reshuffled and split into this many minibatches."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward pass (gradients accumulate within a minibatch); bounds memory. Also
+    used for the scoring forward passes. ``null``: a whole minibatch at once."""
+    clip_eps: float = 0.2
+    """Policy ratio clipping ``[1 - eps, 1 + eps]``."""
+    value_clip: float = 0.2
+    """Values are clipped to within this distance of the rollout's values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (0 = off)."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    whiten_advantages: bool = True
+    """Normalise advantages over the valid tokens of the batch (all ranks)."""
+    max_grad_norm: float | None = 1.0
+    """Clip the gradient norm before each optimizer step, the policy's and the value function's separately
+    (``null``: off). Use this, not ``trainer.gradient_clip_val``, which Lightning refuses under manual
+    optimization."""
+
+    def __post_init__(self) -> None:
+        for name in ("ppo_epochs", "num_minibatches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ppo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise ValueError(f"ppo.micro_batch_size must be >= 1 (or null), got {self.micro_batch_size}")
+        for name in ("clip_eps", "value_clip"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ppo.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ppo.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.vf_coef < 0 or self.entropy_coef < 0:
+            raise ValueError(f"ppo.vf_coef and ppo.entropy_coef must be >= 0, got {self.vf_coef}, {self.entropy_coef}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"ppo.max_grad_norm must be > 0 (or null), got {self.max_grad_norm}")
+
+
+@dataclass
+class RewardShaping:
+    """How the reward model's score and the KL penalty become per-token rewards."""
+
+    kl_coef: float = 0.05
+    """``beta``: weight of the per-token KL penalty ``-beta * kl_t`` (initial value if adaptive)."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """``k1 = log p - log q`` or ``k3 = (q/p - 1) - log(q/p)`` (always >= 0, lower variance)."""
+    adaptive_kl: bool = False
+    """Adapt ``beta`` so that the KL tracks ``kl_target`` (Ziegler et al. 2019)."""
+    kl_target: float = 6.0
+    """Target sequence KL (nats) for the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon (responses) of the adaptive controller."""
+    missing_eos_penalty: float | None = 1.0
+    """Penalty for a response that did not end (no EOS within ``max_new_tokens``); ``null`` disables it."""
+    missing_eos_mode: Literal["subtract", "replace"] = "subtract"
+    """``subtract`` the penalty from the score, or ``replace`` the score with ``-missing_eos_penalty``."""
+    penalize_empty: bool = True
+    """An empty response (a stop token first) gets the missing-EOS penalty too: a reward model rarely saw an
+    empty answer, and may score it above real ones. Sampling is left alone (no forced minimum length, which
+    would bias the KL); ``false`` scores empty answers as the reward model does."""
+    score_clip: float | None = None
+    """Clip scores to ``[-score_clip, score_clip]`` (``null``: off)."""
+    whiten_scores: bool = False
+    """Divide the scores of each batch by their standard deviation (mean kept)."""
+
+    def __post_init__(self) -> None:
+        if self.kl_coef < 0:
+            raise ValueError(f"rewards.kl_coef must be >= 0, got {self.kl_coef}")
+        if self.adaptive_kl and (self.kl_target <= 0 or self.kl_horizon < 1):
+            raise ValueError(
+                f"rewards.kl_target must be > 0 and rewards.kl_horizon >= 1, got {self.kl_target}, {self.kl_horizon}"
+            )
+        if self.score_clip is not None and self.score_clip <= 0:
+            raise ValueError(f"rewards.score_clip must be > 0 (or null), got {self.score_clip}")
+
+
+@dataclass
+class PPOEvalConfig(EvalConfig):
+    """Evaluation on the held-out prompts: the policy against the reference, both judged by the reward."""
+
+    at_end: bool = True
+    """Evaluate at the end of training; results go to TensorBoard (``eval/*``) and ``evaluation.json``.
+    ``rlhf-lightning validate`` (and ``trainer.val_check_interval``) run the same evaluation on demand."""
+    samples_every_n_iterations: int = 10
+    """Every N iterations log a table of eval prompts with the policy's response, score and KL (0 = off)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.samples_every_n_iterations < 0:
+            raise ValueError(
+                f"evaluation.samples_every_n_iterations must be >= 0 (0: off), got {self.samples_every_n_iterations}"
+            )

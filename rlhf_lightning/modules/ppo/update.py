@@ -1,0 +1,121 @@
+"""The second half of a PPO iteration: ``ppo_epochs`` passes over the rollout batch, each reshuffled into
+``num_minibatches`` minibatches, with the clipped policy loss and the clipped value loss (Schulman et al.
+2017), one optimizer step per minibatch.
+
+Backward passes and optimizer steps are the caller's (Lightning's manual optimization): :func:`ppo_update`
+gets them as ``backward(loss)`` and ``step() -> [gradient norms]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+from rlhf_lightning.models.adapters import Role, response_logprobs, response_values, role_hidden_states, use_adapter
+from rlhf_lightning.modules.ppo.config import PPOConfig
+from rlhf_lightning.modules.ppo.rollout import Experience, micro_slices
+from rlhf_lightning.ops import masked_mean, ppo_policy_loss, ppo_value_loss
+
+
+class UpdateStats(NamedTuple):
+    """Means over every micro-batch of the update (0-d tensors), logged under TRL's names (:data:`UPDATE_TAGS`)."""
+
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    policy_clipfrac: torch.Tensor
+    """Fraction of tokens where the clipped policy objective was the binding one."""
+    approxkl: torch.Tensor
+    """``0.5 * mean((log ratio)^2)``: how far the update moved the policy from the rollout's."""
+    ratio: torch.Tensor
+    ratio_var: torch.Tensor
+    value_clipfrac: torch.Tensor
+    entropy: torch.Tensor
+    first_ratio: torch.Tensor
+    """Mean ratio on the first micro-batch of the first epoch: exactly 1 when training and rollout forward
+    passes agree."""
+    first_approxkl: torch.Tensor
+    policy_grad_norm: torch.Tensor | None
+    """Mean norm before clipping over the applied steps (``None`` when every step was skipped as non-finite)."""
+    value_grad_norm: torch.Tensor | None
+
+    def tags(self) -> dict[str, torch.Tensor]:
+        return {UPDATE_TAGS[name]: value for name, value in self._asdict().items() if value is not None}
+
+
+UPDATE_TAGS = {
+    "policy_loss": "loss/policy_avg",
+    "value_loss": "loss/value_avg",
+    "policy_clipfrac": "policy/clipfrac_avg",
+    "approxkl": "policy/approxkl_avg",
+    "ratio": "val/ratio",
+    "ratio_var": "val/ratio_var",
+    "value_clipfrac": "val/clipfrac_avg",
+    "entropy": "policy/entropy_avg",
+    "first_ratio": "policy/first_ratio",
+    "first_approxkl": "policy/first_approxkl",
+    "policy_grad_norm": "policy/grad_norm",
+    "value_grad_norm": "val/grad_norm",
+}
+"""TensorBoard tag of each :class:`UpdateStats` field (TRL's names; ``val/`` is the value function)."""
+
+
+def ppo_update(
+    experience: Experience,
+    policy: Role,
+    value: Role,
+    cfg: PPOConfig,
+    temperature: float,
+    backward: Callable[[torch.Tensor], None],
+    step: Callable[[], list[dict[str, torch.Tensor]]],
+    chunk_size: int = 1024,
+) -> UpdateStats:
+    """Train on one :class:`Experience`. Each micro-batch's losses are scaled by its share of the minibatch's
+    response tokens, so the gradients add up to the minibatch's token mean. The policy's loss is
+    back-propagated while its adapter is active, then the value's (gradient checkpointing re-runs a layer with
+    the adapter active at backward time). ``step()`` applies the accumulated gradients and returns the
+    gradient norms it measured (none for a step it skipped)."""
+    exp = experience
+    b, r = exp.mask.shape
+    totals: dict[str, list[torch.Tensor]] = {}
+
+    def record(key: str, v: torch.Tensor) -> None:
+        totals.setdefault(key, []).append(v.detach())
+
+    minibatches = max(1, min(cfg.num_minibatches, b))
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(b, device=exp.mask.device)
+        for minibatch in range(minibatches):
+            index = order[minibatch * b // minibatches : (minibatch + 1) * b // minibatches]
+            tokens = exp.mask[index].sum().clamp(min=1)
+            for sl in micro_slices(len(index), cfg.micro_batch_size):
+                rows = index[sl]
+                seq, att, m = exp.sequences[rows], exp.attention_mask[rows], exp.mask[rows]
+                weight = m.sum() / tokens
+                with use_adapter(policy.model, policy.adapter):
+                    hidden = role_hidden_states(policy, seq, att)
+                    out = response_logprobs(policy.model, hidden, seq, m, temperature, chunk_size, with_entropy=True)
+                    pg = ppo_policy_loss(out.logprobs, exp.logprobs[rows], exp.advantages[rows], m, cfg.clip_eps)
+                    entropy = masked_mean(out.entropy, m)
+                    backward(weight * (pg.loss - cfg.entropy_coef * entropy))
+                with use_adapter(value.model, value.adapter):
+                    values = response_values(value.head, role_hidden_states(value, seq, att), r)
+                    vf, vf_clipfrac = ppo_value_loss(values, exp.values[rows], exp.returns[rows], m, cfg.value_clip)
+                    backward(weight * cfg.vf_coef * vf)
+                if epoch == 0 and minibatch == 0 and sl.start == 0:
+                    record("first_ratio", pg.ratio)
+                    record("first_approxkl", pg.approxkl)
+                for key, v in (
+                    ("policy_loss", pg.loss), ("value_loss", vf), ("policy_clipfrac", pg.clipfrac),
+                    ("approxkl", pg.approxkl), ("ratio", pg.ratio), ("value_clipfrac", vf_clipfrac),
+                    ("entropy", entropy),
+                ):  # fmt: skip
+                    record(key, v)
+            for norms in step():
+                record("policy_grad_norm", norms["policy"])
+                record("value_grad_norm", norms["value"])
+    means = {k: torch.stack(v).mean() for k, v in totals.items()}
+    ratios = totals["ratio"]
+    means["ratio_var"] = torch.stack(ratios).var() if len(ratios) > 1 else torch.zeros(())
+    return UpdateStats(**{name: means.get(name) for name in UpdateStats._fields})
