@@ -124,27 +124,28 @@ class CausalLMModule(L.LightningModule):
         return Path(self.trainer.log_dir or self.trainer.default_root_dir) / FINAL_FOLDER
 
     def save_final(self, folder: Path | None = None) -> Path:
-        """Write the trained adapter (peft ``save_pretrained`` format) or full model, the tokenizer, and a
-        small ``rlhf_lightning.json`` that tells later stages what this folder holds."""
+        """Write the trained weights (:meth:`save_weights`), the tokenizer, and a small ``rlhf_lightning.json``
+        that tells later stages what this folder holds (:meth:`run_info`)."""
         folder = Path(folder) if folder is not None else self.final_folder()
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder)
+        self.save_weights(folder)
         self.tokenizer.save_pretrained(folder)
-        RunFolder.write_info(
-            folder, self.run_info(adapter=self.lora_config.enabled or self.model_config.adapter is not None)
-        )
+        RunFolder.write_info(folder, self.run_info())
         return folder
 
-    def run_info(self, adapter: bool, **extra) -> RunInfo:
-        """What this run's ``final`` folder holds, for ``rlhf_lightning.json``."""
+    def save_weights(self, folder: Path) -> None:
+        """The adapter (peft ``save_pretrained`` format) or the full model."""
+        self.model.save_pretrained(folder)
+
+    def run_info(self) -> RunInfo:
+        """What this run's ``final`` folder holds, for ``rlhf_lightning.json``; stages add their own fields."""
         return RunInfo(
             stage=self.stage,
             base_model=self.model_config.name_or_path,
-            adapter=adapter,
+            adapter=self.lora_config.enabled or self.model_config.adapter is not None,
             base_model_path=resolve_model_path(self.model_config.name_or_path),
             global_step=self.trainer.global_step if self._trainer is not None else 0,
             chat_template=self.data_chat_template(),
-            extra=extra,
         )
 
     def data_chat_template(self) -> str:

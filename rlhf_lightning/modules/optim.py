@@ -76,3 +76,18 @@ def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig) -> LambdaLR:
     return LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg))
+
+
+def planned_optimizer_steps(trainer, steps_per_batch: int) -> int:
+    """Optimizer steps a manually optimized run takes (``steps_per_batch`` per training batch): the fewer of
+    ``trainer.max_steps`` and the epochs' batches times ``steps_per_batch``; the length of its schedule.
+    Raises ``ValueError`` when neither limit is set."""
+    limits = [trainer.max_steps] if trainer.max_steps != -1 else []
+    if trainer.max_epochs not in (None, -1):
+        if trainer.train_dataloader is None:
+            trainer.fit_loop.setup_data()
+        if math.isfinite(trainer.num_training_batches):
+            limits.append(int(trainer.num_training_batches) * trainer.max_epochs * steps_per_batch)
+    if not limits:
+        raise ValueError("PPO needs trainer.max_steps or trainer.max_epochs to plan its learning-rate schedule")
+    return min(limits)

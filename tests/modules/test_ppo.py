@@ -2,7 +2,6 @@
 
 import json
 import math
-import warnings
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm
+from rlhf_lightning.models.adapters import role_logprobs, role_values
 from rlhf_lightning.models.score_function import ScoreError
 from rlhf_lightning.modules import PPOModule
-from rlhf_lightning.modules.ppo import RewardShaping
 from rlhf_lightning.ops import left_pad, ppo_value_loss
 from tests.helpers import make_run_folder, run_cli, scalars, write_jsonl
 
@@ -33,6 +32,15 @@ def shared_module(base: str, sft: Path, reward: Path, **kwargs) -> PPOModule:
     return module
 
 
+def logprobs(module: PPOModule, role: str, sequences, attention_mask, mask):
+    """``role``'s response log-probs at the rollout temperature, as the PPO stage computes them."""
+    return role_logprobs(module.roles[role], sequences, attention_mask, mask, module.rollout_config.temperature)
+
+
+def values(module: PPOModule, sequences, attention_mask, response_length: int):
+    return role_values(module.roles["value"], sequences, attention_mask, response_length)
+
+
 def trainable(module: PPOModule) -> set[str]:
     return {n for n, p in module.named_parameters() if p.requires_grad}
 
@@ -51,8 +59,8 @@ def test_roles_share_one_base_and_trainable_flags_survive_switches(folders, tiny
     mask = torch.ones_like(ids)
     with torch.no_grad():
         module.score(ids, mask, 2)
-        module.logprobs("reference", ids, mask, mask[:, 2:].bool())
-        module.values(ids, mask, 3)
+        logprobs(module, "reference", ids, mask, mask[:, 2:].bool())
+        values(module, ids, mask, 3)
     assert trainable(module) == names
     assert module.model.active_adapter == "default"
 
@@ -64,13 +72,13 @@ def test_policy_starts_as_reference_and_value_as_reward(folders, tiny_llama):
     att = torch.ones_like(seq)
     resp = torch.ones(1, 4, dtype=torch.bool)
     with torch.no_grad():
-        lp = module.logprobs("policy", seq, att, resp).logprobs
-        ref = module.logprobs("reference", seq, att, resp).logprobs
+        lp = logprobs(module, "policy", seq, att, resp).logprobs
+        ref = logprobs(module, "reference", seq, att, resp).logprobs
         assert torch.equal(lp, ref)  # exactly: the KL at step 0 is 0, not merely small
-        values = module.values(seq, att, 4)
+        value = values(module, seq, att, 4)
         # value of the state before response token i = reward model's score of the prefix ending there
         prefixes = [module.score(seq[:, : 2 + i], att[:, : 2 + i], 2) for i in range(4)]
-        torch.testing.assert_close(values[0], torch.cat(prefixes), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(value[0], torch.cat(prefixes), atol=1e-5, rtol=1e-5)
         # and the reward adapter really changes the scores (the head alone would not explain them)
         base_only = load_causal_lm(ModelConfig(name_or_path=tiny_llama), None, trainable=False)
         hidden = base_only.model(input_ids=seq).last_hidden_state
@@ -96,9 +104,9 @@ def test_left_padded_prompts_and_right_padded_responses_change_nothing(arch, req
     p = ids.shape[1]
     with torch.no_grad():
         batch = (
-            module.logprobs("policy", seq, att, resp_mask).logprobs,
-            module.logprobs("reference", seq, att, resp_mask).logprobs,
-            module.values(seq, att, r) * resp_mask,
+            logprobs(module, "policy", seq, att, resp_mask).logprobs,
+            logprobs(module, "reference", seq, att, resp_mask).logprobs,
+            values(module, seq, att, r) * resp_mask,
             module.score(seq, att, p),
         )
         for i, (prompt, response) in enumerate(zip(prompts, responses)):
@@ -106,28 +114,14 @@ def test_left_padded_prompts_and_right_padded_responses_change_nothing(arch, req
             ones, m = torch.ones_like(alone), torch.ones(1, len(response), dtype=torch.bool)
             n = len(response)
             torch.testing.assert_close(
-                batch[0][i, :n], module.logprobs("policy", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
+                batch[0][i, :n], logprobs(module, "policy", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
             )
             torch.testing.assert_close(
-                batch[1][i, :n], module.logprobs("reference", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
+                batch[1][i, :n], logprobs(module, "reference", alone, ones, m).logprobs[0], atol=1e-5, rtol=1e-4
             )
-            torch.testing.assert_close(batch[2][i, :n], module.values(alone, ones, n)[0], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(batch[2][i, :n], values(module, alone, ones, n)[0], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(batch[3][i], module.score(alone, ones, len(prompt))[0], atol=1e-5, rtol=1e-4)
             assert torch.all(batch[0][i, n:] == 0) and torch.all(batch[2][i, n:] == 0)  # nothing after the end
-
-
-def test_score_shaping_penalises_unfinished_and_empty_responses():
-    module = PPOModule.__new__(PPOModule)
-    raw, ended = torch.tensor([2.0, 2.0, -5.0, 3.0]), torch.tensor([True, False, False, True])
-    empty = torch.tensor([False, False, False, True])  # the last one is a stop token alone
-    module.shaping = RewardShaping(missing_eos_penalty=1.0, missing_eos_mode="subtract")
-    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, 1.0, -6.0, 2.0]
-    module.shaping = RewardShaping(missing_eos_penalty=1.0, missing_eos_mode="replace")
-    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, -1.0, -1.0, -1.0]
-    module.shaping = RewardShaping(missing_eos_penalty=1.0, penalize_empty=False)
-    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, 1.0, -6.0, 3.0]
-    module.shaping = RewardShaping(missing_eos_penalty=None, score_clip=3.0)
-    assert module.shape_scores(raw, ended, empty).tolist() == [2.0, 2.0, -3.0, 3.0]
 
 
 def vowel_reward(prompts: list[str], responses: list[str]) -> list[float]:
@@ -246,7 +240,7 @@ def test_saved_policy_adapter_reloads_with_the_same_log_probs(folders, tiny_llam
     reloaded = PeftModel.from_pretrained(load_causal_lm(ModelConfig(name_or_path=tiny_llama), None), folder).eval()
     seq = torch.tensor([[5, 6, 7, 8, 9, 10]])
     with torch.no_grad():
-        expected = module.logprobs("policy", seq, torch.ones_like(seq), torch.ones(1, 3, dtype=torch.bool))
+        expected = logprobs(module, "policy", seq, torch.ones_like(seq), torch.ones(1, 3, dtype=torch.bool))
         logits = reloaded(input_ids=seq).logits[:, 2:-1] / module.rollout_config.temperature
         got = torch.log_softmax(logits.float(), -1).gather(-1, seq[:, 3:, None]).squeeze(-1)
     torch.testing.assert_close(got, expected.logprobs, atol=1e-5, rtol=1e-5)
@@ -261,7 +255,7 @@ def test_separate_reward_and_value_models_match_the_shared_adapters(folders, tin
     att = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
     with torch.no_grad():
         torch.testing.assert_close(separate.score(seq, att, 3), shared.score(seq, att, 3))
-        torch.testing.assert_close(separate.values(seq, att, 3), shared.values(seq, att, 3))
+        torch.testing.assert_close(values(separate, seq, att, 3), values(shared, seq, att, 3))
     assert any(n.startswith("value_backbone.") for n in trainable(separate))
 
 
@@ -313,7 +307,9 @@ def test_a_non_finite_ppo_loss_skips_that_optimizer_step(tiny_llama, prompts_fil
 
 def test_text_prompts_formatted_unlike_the_reward_models_rows_are_warned_about(folders, tiny_llama, tmp_path):
     from rlhf_lightning.data import PromptsDataModule
+    from rlhf_lightning.models import load_tokenizer
     from rlhf_lightning.models.run_folder import RunFolder
+    from rlhf_lightning.modules.ppo.roles import chat_template_mismatches
 
     sft, reward = folders
     raw_reward = tmp_path / "reward"
@@ -321,16 +317,13 @@ def test_text_prompts_formatted_unlike_the_reward_models_rows_are_warned_about(f
     info = RunFolder(reward).info
     info.chat_template = "never"  # trained on raw text rows
     RunFolder.write_info(raw_reward, info)
-    module = PPOModule(model=ModelConfig(name_or_path=tiny_llama, adapter=str(sft)), reward_model=str(raw_reward))
+    tokenizer = load_tokenizer(tiny_llama)
 
     def check(rows, chat_template):
         data = PromptsDataModule(write_jsonl(tmp_path / "p.jsonl", rows), val_fraction=0.0, chat_template=chat_template)
-        data.tokenizer = module.tokenizer
+        data.tokenizer = tokenizer
         data.setup("fit")
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            module.check_chat_template(data)
-        return [str(w.message) for w in caught if "chat_template" in str(w.message)]
+        return chat_template_mismatches(data, {"reward model": str(raw_reward), "SFT adapter": str(sft)})
 
     # the SFT folder predates the option (no chat_template recorded: raw text), so it is named too
     reward_message, sft_message = check([{"prompt": "q1"}], "auto")

@@ -11,6 +11,8 @@ import torch
 
 from rlhf_lightning.models import GenerationConfig
 from rlhf_lightning.modules.ppo import PPOConfig
+from rlhf_lightning.modules.ppo.roles import ADAPTERS
+from rlhf_lightning.modules.ppo.update import clip_gradients, gradient_groups
 from rlhf_lightning.ops import left_pad
 from tests.helpers import make_run_folder, run_cli, scalars, write_jsonl
 from tests.modules.test_ppo import ppo_args, shared_module
@@ -66,14 +68,19 @@ def test_settings_that_would_break_on_policy_sampling_are_refused_or_overridden(
 def test_policy_and_value_gradients_are_clipped_separately(tiny_llama, adapters):
     sft, reward = adapters
     module = shared_module(tiny_llama, sft, reward, ppo=PPOConfig(max_grad_norm=1.0))
-    groups = module.gradient_groups()
-    assert groups["policy"] and groups["value"]
+    groups = gradient_groups(module.named_parameters(), ADAPTERS["policy"])
+    assert (
+        groups["policy"]
+        and groups["value"]
+        and "value_head.linear.weight"
+        in {n for n, p in module.named_parameters() if any(p is q for q in groups["value"])}
+    )
     for name, norm in (("policy", 0.5), ("value", 1000.0)):  # value gradients are in reward units
         count = sum(p.numel() for p in groups[name])
         for p in groups[name]:
             p.grad = torch.full_like(p, norm / count**0.5)
     policy_before = [p.grad.clone() for p in groups["policy"]]
-    norms = module.clip_policy_and_value_gradients()
+    norms = clip_gradients(groups, module.ppo.max_grad_norm, module.device)
     assert norms["policy"].item() == pytest.approx(0.5, rel=1e-5)
     assert norms["value"].item() == pytest.approx(1000.0, rel=1e-5)
     assert all(torch.equal(p.grad, before) for p, before in zip(groups["policy"], policy_before))  # not throttled

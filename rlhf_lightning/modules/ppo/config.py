@@ -3,10 +3,17 @@ per-token rewards) and ``evaluation``. Each group checks its own values; the mes
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from lightning.pytorch.strategies import DDPStrategy, Strategy
+from lightning.pytorch.utilities import rank_zero_warn
+
 from rlhf_lightning.evaluation.config import EvalConfig
+from rlhf_lightning.models.config import LoraConfig, ModelConfig
+from rlhf_lightning.models.generation import GenerationConfig
+from rlhf_lightning.ops import AdaptiveKLController, FixedKLController
 
 
 @dataclass
@@ -94,6 +101,12 @@ class RewardShaping:
         if self.score_clip is not None and self.score_clip <= 0:
             raise ValueError(f"rewards.score_clip must be > 0 (or null), got {self.score_clip}")
 
+    def kl_controller(self) -> FixedKLController:
+        """The controller of ``beta``: fixed, or adaptive towards ``kl_target``."""
+        if self.adaptive_kl:
+            return AdaptiveKLController(self.kl_coef, self.kl_target, self.kl_horizon)
+        return FixedKLController(self.kl_coef)
+
 
 @dataclass
 class PPOEvalConfig(EvalConfig):
@@ -111,3 +124,37 @@ class PPOEvalConfig(EvalConfig):
             raise ValueError(
                 f"evaluation.samples_every_n_iterations must be >= 0 (0: off), got {self.samples_every_n_iterations}"
             )
+
+
+def check_options(
+    model: ModelConfig,
+    lora: LoraConfig,
+    rollout: GenerationConfig,
+    reward_model: str | None,
+    reward_function: str | None,
+    separate_value: bool,
+) -> ModelConfig:
+    """Refuse what PPO cannot train with (``ValueError`` naming the option); warn about what biases it. Returns
+    ``model`` with dropout off, whatever it said."""
+    if (reward_model is None) == (reward_function is None):
+        raise ValueError("give exactly one of reward_model (a reward run's final folder) and reward_function")
+    if separate_value and reward_model is None:
+        raise ValueError("separate_value needs a reward_model to start the value function from")
+    if not lora.enabled:
+        raise ValueError("PPO trains LoRA adapters on a shared base model: lora.enabled must be true")
+    if rollout.temperature <= 0:
+        raise ValueError("rollout.temperature must be > 0: PPO needs sampled responses")
+    if rollout.top_k != 0 or rollout.top_p < 1.0:
+        rank_zero_warn("rollout top_k/top_p truncate the sampling distribution: the measured KL becomes biased")
+    if not model.disable_dropout:
+        rank_zero_warn("PPO turns every dropout off (model.disable_dropout: false is ignored)")
+    return dataclasses.replace(model, disable_dropout=True)
+
+
+def check_strategy(strategy: Strategy) -> None:
+    """PPO under DDP needs unused parameters allowed: each backward pass reaches one role's adapter only."""
+    if isinstance(strategy, DDPStrategy) and not strategy._ddp_kwargs.get("find_unused_parameters", False):
+        raise ValueError(
+            "PPO under DDP needs --trainer.strategy=ddp_find_unused_parameters_true: each backward pass "
+            "reaches only the policy's or only the value's adapter, and DDP must be told the rest is unused"
+        )

@@ -27,6 +27,7 @@ from rlhf_lightning.evaluation.report import (
 from rlhf_lightning.models.adapters import sequence_kl
 from rlhf_lightning.models.generation import seeded
 from rlhf_lightning.models.run_folder import HELDOUT_FILE
+from rlhf_lightning.modules.ppo.rollout import penalty
 
 SIDES = ("policy", "reference")  # the evaluation compares the policy with the reference
 
@@ -62,7 +63,7 @@ class PPOEvaluation:
             kl=lambda side, seq, att, mask: self.sequence_kl(seq, att, mask, kl_temperature(temperature)),
             kl_sides=["policy"],
             gold_fn=self.gold_fn,
-            penalty=self.penalty,
+            penalty=lambda scores, ended, empty: penalty(scores, ended, empty, self.shaping),
             prompt_texts=batch.get("prompt_text"),
             seed=self.eval_config.seed + index,
         )

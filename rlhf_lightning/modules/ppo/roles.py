@@ -9,6 +9,7 @@ folder holds it at its top, loadable like an SFT adapter.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
@@ -18,8 +19,8 @@ from rlhf_lightning.models.adapters import Role
 from rlhf_lightning.models.config import LoraConfig, ModelConfig
 from rlhf_lightning.models.embedded import resolve_model_path
 from rlhf_lightning.models.loading import disable_dropout, load_causal_lm
-from rlhf_lightning.models.reward import RewardModel, ScalarHead, hidden_size_of, load_head
-from rlhf_lightning.models.run_folder import RunFolder, RunInfo
+from rlhf_lightning.models.reward import RewardModel, ScalarHead, hidden_size_of, load_head, save_head
+from rlhf_lightning.models.run_folder import VALUE_FOLDER, RunFolder, RunInfo
 
 ADAPTERS = {"policy": "default", "reference": "reference", "reward": "reward", "value": "value"}
 """The peft adapter of each role on the shared base model (a separate model's own adapter is its ``default``)."""
@@ -39,6 +40,14 @@ class PPOModels(NamedTuple):
     """The reward model loaded as its own model (``separate_reward``)."""
     value_backbone: nn.Module | None
     """The value function's own copy of the reward model (``separate_value``)."""
+
+    def describe(self, sft_adapter: str | None, reward: str) -> str:
+        """One line for the log: where each role comes from."""
+        return (
+            f"policy from {sft_adapter or 'fresh LoRA'}, reference {'SFT adapter' if sft_adapter else 'base model'}, "
+            f"reward {reward}{' (own model)' if self.reward_backbone is not None else ''}, "
+            f"value {'own model' if self.value_backbone is not None else 'adapter'}"
+        )
 
 
 def reward_info(reward_model: str) -> RunInfo:
@@ -124,3 +133,37 @@ def build_roles(
             disable_dropout(module)
     roles = {"policy": Role(model, ADAPTERS["policy"]), "reference": reference, "reward": reward, "value": value}
     return PPOModels(model, roles, reward_head, value_head, reward_backbone, value_backbone)
+
+
+def chat_template_mismatches(datamodule, folders: dict[str, str | None]) -> list[str]:
+    """Warnings for the run ``folders`` (``{"reward model": path, ...}``) whose text rows were formatted otherwise
+    than the prompts ``datamodule`` formats text prompts (its ``chat_template`` against the mode each folder
+    records): the policy would answer, and be scored on, sequences shaped unlike those the reward model learned
+    from. Nothing when the prompts hold no text prompt (the option is moot for conversations)."""
+    examples = getattr(datamodule, "train_examples", None) or []
+    if not any(isinstance((e.row or {}).get("prompt"), str) for e in examples):
+        return []
+    mode, messages = datamodule.chat_template, []
+    for name, folder in folders.items():
+        recorded = RunFolder(folder).chat_template if folder and Path(folder).is_dir() else None
+        if recorded is not None and recorded != mode and "never" in (recorded, mode):
+            messages.append(
+                f"ppo: text prompts are formatted with data.chat_template: {mode}, but the {name} {folder} "
+                f"was trained with chat_template: {recorded}: set data.chat_template: {recorded} so the policy "
+                "answers in the format the reward model scores "
+                "(docs/data-formats.md#text-rows-on-chat-models-chat_template)"
+            )
+    return messages
+
+
+def save_trained_roles(
+    folder: Path, model: nn.Module, value_backbone: nn.Module | None, value_head: ScalarHead
+) -> None:
+    """The policy adapter at the top of ``folder`` (peft format, loadable like an SFT adapter); the value adapter
+    (or the value's own model) and head in ``folder/value``."""
+    model.save_pretrained(folder, selected_adapters=[ADAPTERS["policy"]])
+    if value_backbone is not None:
+        value_backbone.save_pretrained(folder / VALUE_FOLDER)
+    elif ADAPTERS["value"] in model.peft_config:  # peft writes a named adapter to folder/<name>
+        model.save_pretrained(folder, selected_adapters=[ADAPTERS["value"]])
+    save_head(value_head, folder / VALUE_FOLDER)

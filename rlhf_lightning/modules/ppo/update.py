@@ -8,7 +8,7 @@ gets them as ``backward(loss)`` and ``step() -> [gradient norms]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import torch
@@ -119,3 +119,35 @@ def ppo_update(
     ratios = totals["ratio"]
     means["ratio_var"] = torch.stack(ratios).var() if len(ratios) > 1 else torch.zeros(())
     return UpdateStats(**{name: means.get(name) for name in UpdateStats._fields})
+
+
+def gradient_groups(
+    named_parameters: Iterable[tuple[str, torch.nn.Parameter]], policy_adapter: str
+) -> dict[str, list[torch.nn.Parameter]]:
+    """The trainable parameters of the policy (its adapter, ``policy_adapter``) and of the value function (its
+    adapter or own model ``value_backbone``, and its head)."""
+    groups: dict[str, list[torch.nn.Parameter]] = {"policy": [], "value": []}
+    for name, p in named_parameters:
+        if p.requires_grad:
+            is_policy = f".{policy_adapter}." in name and not name.startswith("value_backbone.")
+            groups["policy" if is_policy else "value"].append(p)
+    return groups
+
+
+def clip_gradients(
+    groups: dict[str, list[torch.nn.Parameter]], max_norm: float | None, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Clip each group's gradients to ``max_norm`` (``None``: measure only), the policy's and the value
+    function's separately: value gradients are in reward units, and under one shared norm a large reward scale
+    would shrink every policy step. Returns each group's norm before clipping."""
+    norms = {}
+    for group, params in groups.items():
+        grads = [p for p in params if p.grad is not None]
+        if not grads:
+            norm = torch.zeros((), device=device)
+        elif max_norm is None:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in grads])
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(grads, max_norm)
+        norms[group] = norm.detach()
+    return norms

@@ -1,0 +1,55 @@
+"""The optimizer side of the PPO update under Lightning's manual optimization: the optimizer steps of
+:func:`~rlhf_lightning.modules.ppo.update.ppo_update`, each guarded against non-finite values and with the
+policy's and the value function's gradients clipped separately, and the schedule planned over every step."""
+
+from __future__ import annotations
+
+import torch
+
+from rlhf_lightning.modules.optim import build_optimizer, build_scheduler, planned_optimizer_steps
+from rlhf_lightning.modules.ppo.roles import ADAPTERS
+from rlhf_lightning.modules.ppo.rollout import Experience
+from rlhf_lightning.modules.ppo.update import UpdateStats, clip_gradients, gradient_groups, ppo_update
+
+
+class PPOOptimization:
+    """Optimization hooks of the PPO module (:class:`~rlhf_lightning.modules.ppo.module.PPOModule` inherits
+    them)."""
+
+    _groups: dict[str, list[torch.nn.Parameter]] | None = None
+    _grad_norms: list[dict[str, torch.Tensor]]
+
+    def update(self, experience: Experience) -> UpdateStats:
+        """Step 3: the PPO epochs; gradients are checked and clipped inside ``optimizer.step()``
+        (:meth:`on_before_optimizer_step`)."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+
+        def step() -> list[dict[str, torch.Tensor]]:
+            self._grad_norms = []
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            return self._grad_norms
+
+        temperature = self.rollout_config.temperature
+        return ppo_update(experience, self.roles["policy"], self.roles["value"], self.ppo, temperature,
+                          self.manual_backward, step, self.logprob_chunk_size)  # fmt: skip
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Runs inside ``optimizer.step()``, after ``16-mixed`` unscaled the gradients. A NaN/inf loss or
+        gradient is never applied: the guard drops those gradients and the step (still counted, like the
+        schedule) leaves every weight and its state alone; under ``16-mixed`` the gradient scaler does that.
+        Finite gradients are clipped, the policy's and the value's separately."""
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            self._step_losses = []
+        elif not self.step_is_finite(optimizer):
+            return
+        if self._groups is None:  # the trainable set is fixed after configure_model
+            self._groups = gradient_groups(self.named_parameters(), ADAPTERS["policy"])
+        self._grad_norms.append(clip_gradients(self._groups, self.ppo.max_grad_norm, self.device))
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.parameters(), self.optim_config)
+        total = planned_optimizer_steps(self.trainer, self.ppo.ppo_epochs * self.ppo.num_minibatches)
+        scheduler = build_scheduler(optimizer, total, self.optim_config)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
