@@ -10,11 +10,13 @@ Each run writes one folder, ``trainer.default_root_dir``:
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import sys
 from pathlib import Path
 
-from jsonargparse import set_parsing_settings
+from jsonargparse import CLI, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -30,6 +32,11 @@ DEFAULT_RUN_DIR = "runs/default"
 
 class RLHFLightningCLI(LightningCLI):
     """LightningCLI with this project's run-folder layout, checkpointing and progress bar."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        """``fit`` and ``validate`` only: the stages have no test or predict step."""
+        return {name: skip for name, skip in LightningCLI.subcommands().items() if name in TRAINER_COMMANDS}
 
     def __init__(self, **kwargs) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})  # resumed runs rewrite config.yaml
@@ -82,12 +89,19 @@ class RLHFLightningCLI(LightningCLI):
             )
 
 
-COMMANDS = {  # name: (module, function, required arguments are positional)
-    "score": ("rlhf_lightning.commands.score", "score_file", True),
-    "export": ("rlhf_lightning.commands.export", "export_model", True),
-    "evaluate": ("rlhf_lightning.commands.evaluate", "evaluate_policies", False),
-    "pipeline": ("rlhf_lightning.commands.pipeline", "run_pipeline", False),
+TRAINER_COMMANDS = {
+    "fit": "train a stage (SFT, reward model or PPO) from its YAML config: fit --config configs/sft.yaml",
+    "validate": "run a stage's validation (PPO: its held-out evaluation), e.g. from a checkpoint (--ckpt_path)",
 }
+COMMANDS = {  # name: (module, function, required arguments are positional, one line for --help)
+    "pipeline": ("rlhf_lightning.commands.pipeline", "run_pipeline", False,
+                 "SFT -> reward model -> PPO -> evaluation -> export in one root folder"),
+    "evaluate": ("rlhf_lightning.commands.evaluate", "evaluate_policies", False,
+                 "compare two policies on the same prompts: reward-model score, win rate, KL, gold score"),
+    "score": ("rlhf_lightning.commands.score", "score_file", True, "score (prompt, response) rows with a reward model"),
+    "export": ("rlhf_lightning.commands.export", "export_model", True,
+               "merge a run's adapter into its base model: a plain Hugging Face folder"),
+}  # fmt: skip
 
 
 USER_ERRORS = (DataFormatError, OptionError, ScoreError, NonFiniteStepsError)
@@ -95,31 +109,81 @@ USER_ERRORS = (DataFormatError, OptionError, ScoreError, NonFiniteStepsError)
 printed without a traceback."""
 
 
+def usage() -> str:
+    lines = ["usage: rlhf-lightning COMMAND [OPTIONS]", "", "commands:"]
+    every = {**TRAINER_COMMANDS, **{name: spec[3] for name, spec in COMMANDS.items()}}
+    lines += [f"  {name:<10} {text}" for name, text in every.items()]
+    lines += ["", "rlhf-lightning COMMAND --help shows a command's options. The README starts with a full run."]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """``rlhf-lightning fit|validate|... --config ...`` (LightningCLI) or one of the :data:`COMMANDS`."""
+    """``rlhf-lightning fit|validate --config ...`` (LightningCLI) or one of the :data:`COMMANDS`."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if args[0] not in TRAINER_COMMANDS and args[0] not in COMMANDS:
+        sys.exit(f"error: unknown command {args[0]!r}\n\n{usage()}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_transformers()
     try:
-        _run(sys.argv[1:] if argv is None else argv, argv)
+        _run(args, from_command_line=argv is None)
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
 
 
-def _run(args: list[str], argv: list[str] | None) -> None:
-    if args and args[0] in COMMANDS:
-        import importlib
-
-        from jsonargparse import CLI
-
-        module, function, positional = COMMANDS[args[0]]
-        CLI(
-            getattr(importlib.import_module(module), function),
-            args=args[1:],
-            prog=f"rlhf-lightning {args[0]}",
-            as_positional=positional,
-        )
+def _run(args: list[str], from_command_line: bool) -> None:
+    if args[0] in COMMANDS:
+        module_name, function, positional, _ = COMMANDS[args[0]]
+        module = importlib.import_module(module_name)
+        rest = args[1:]
+        if hasattr(module, "legacy_arguments"):
+            rest = module.legacy_arguments(rest)
+        CLI(getattr(module, function), args=rest, prog=f"rlhf-lightning {args[0]}", as_positional=positional)
         return
-    RLHFLightningCLI(args=argv)
+    if from_command_line:  # LightningCLI reads sys.argv itself (and warns when given both)
+        sys.argv[1:] = nested_nulls(args)
+        RLHFLightningCLI()
+    else:
+        RLHFLightningCLI(args=nested_nulls(args))
+
+
+def nested_nulls(args: list[str]) -> list[str]:
+    """``--model.init_args.model.adapter=null`` as ``--model.init_args.model={adapter: null}``.
+
+    jsonargparse (4.53) turns a null given for a field of a dataclass inside a subclass's arguments into the
+    string ``"None"`` (the nested value is passed on as text); given as a mapping it stays null. The
+    ``model`` and ``data`` groups (``init_args.`` may be left out) are rewritten, in the ``--key=value`` and
+    the ``--key value`` forms.
+    """
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        key, eq, value = arg.partition("=")
+        if not eq and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value, step = args[i + 1], 2
+        else:
+            step = 1
+        parts = key.removeprefix("--").split(".")
+        group, rest = parts[0], parts[1:]
+        if rest[:1] == ["init_args"]:
+            rest = rest[1:]
+        if key.startswith("--") and group in ("model", "data") and len(rest) >= 2 and _is_null(value):
+            nested: object = None
+            for part in reversed(rest[1:]):
+                nested = {part: nested}
+            out.append(f"--{group}.init_args.{rest[0]}={json.dumps(nested)}")
+            i += step
+            continue
+        out.append(arg)
+        i += 1
+    return out
+
+
+def _is_null(text: str) -> bool:
+    return text.strip() in ("null", "Null", "NULL", "~")
 
 
 # The config dataclasses document each field in an attribute docstring; show them in --help and

@@ -12,6 +12,9 @@ from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm, load_
 from rlhf_lightning.models.reward import ScalarHead, save_head
 from rlhf_lightning.models.run_folder import RunFolder, RunInfo
 
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository root."""
+
 
 class StopAfterStep(L.Callback):
     """Simulates a crash: raises once ``stop_at`` optimizer steps have been taken (and checkpointed)."""

@@ -83,11 +83,17 @@ def _defaults(class_path: str) -> dict:
     module, _, name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module), name)
     defaults = {}
-    for key, param in inspect.signature(cls.__init__).parameters.items():
-        if param.default is inspect.Parameter.empty:
+    for klass in cls.__mro__:  # a class passing **kwargs on takes the rest of its options from its base
+        if "__init__" not in vars(klass):
             continue
-        value = param.default
-        defaults[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        parameters = inspect.signature(klass.__init__).parameters
+        for key, param in parameters.items():
+            if param.default is inspect.Parameter.empty or key in defaults:
+                continue
+            value = param.default
+            defaults[key] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            break
     return defaults
 
 

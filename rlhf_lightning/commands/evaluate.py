@@ -21,6 +21,7 @@ from rlhf_lightning.data.chat import ChatTemplateMode, stop_token_ids, text_rows
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.prompts import PromptsDataModule
 from rlhf_lightning.evaluation.compare import Sampler, compare_batch, eos_penalty, kl_temperature, summarize
+from rlhf_lightning.evaluation.config import EvalConfig
 from rlhf_lightning.evaluation.report import markdown_table, overoptimization_point, report_markdown
 from rlhf_lightning.models.adapters import Role, RoleLoader, role_scores, sample_from_role, sequence_kl
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
@@ -32,6 +33,20 @@ from rlhf_lightning.models.score_function import ScoreFunction, require_finite
 log = logging.getLogger(__name__)
 
 JSON_FILE, MARKDOWN_FILE = EVALUATION_FILE, "evaluation.md"
+DEFAULT_TEMPERATURE = GenerationConfig.temperature
+LEGACY_OPTIONS = ("temperature", "seed", "gold_function", "num_samples")
+"""Options of the ``evaluation`` group this command also takes at the top level, as it did before the group."""
+
+
+def legacy_arguments(args: list[str]) -> list[str]:
+    """``--temperature 0.5`` / ``--seed=3`` as ``--evaluation.temperature ...``."""
+    out = []
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if name.removeprefix("--") in LEGACY_OPTIONS and name.startswith("--"):
+            arg = f"--evaluation.{name[2:]}{eq}{value}"
+        out.append(arg)
+    return out
 
 
 def _tokenizer_of(path: str):
@@ -87,15 +102,12 @@ def evaluate_policies(
     overlong: Literal["truncate", "drop"] = "drop",
     chat_template: ChatTemplateMode | None = None,
     max_new_tokens: int = 64,
-    temperature: float = 0.7,
     stop_tokens: list[str] | None = None,
     missing_eos_penalty: float | None = 1.0,
     missing_eos_mode: Literal["subtract", "replace"] = "subtract",
     penalize_empty: bool = True,
     batch_size: int = 16,
-    gold_function: str | None = None,
-    num_samples: int = 8,
-    seed: int = 0,
+    evaluation: EvalConfig = EvalConfig(num_samples=8),  # noqa: B008 - a dataclass default shows its fields in --help
     device: str = "auto",
     dtype: DType = "float32",
     quantization: Quantization = "none",
@@ -123,15 +135,14 @@ def evaluate_policies(
         chat_template: How text prompts are formatted, as the prompts DataModule's option (``auto``,
             ``always``, ``never``); default: as the policy's run formatted them (``auto`` for a model folder).
         max_new_tokens: Longest response.
-        temperature: Sampling temperature of both policies (0 = greedy); KL is measured at the same one.
         stop_tokens: More tokens that end a response, as PPO's ``rollout.stop_tokens``.
         missing_eos_penalty: PPO's ``rewards.missing_eos_penalty``, reported per side as ``*_eos_penalty``.
         missing_eos_mode: PPO's ``rewards.missing_eos_mode``.
         penalize_empty: PPO's ``rewards.penalize_empty``: an empty response gets the missing-EOS penalty too.
         batch_size: Prompts per generation batch.
-        gold_function: ``module:function`` giving the true preference, ``f(prompts, responses) -> scores``.
-        num_samples: Rows of the sample table in evaluation.md.
-        seed: Seed of the sampling: batch ``i`` draws from ``seed + i``.
+        evaluation: The comparison's sampling temperature (default 0.7), seed, gold function and sample rows,
+            as the PPO stage's ``evaluation`` group; ``--temperature``, ``--seed``, ``--gold_function`` and
+            ``--num_samples`` are accepted for ``--evaluation.*``.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         dtype: Weight dtype of the base models.
         quantization: Load the base models 4-bit / 8-bit to save memory.
@@ -145,7 +156,9 @@ def evaluate_policies(
     if batch_size < 1:
         raise OptionError(f"--batch_size must be >= 1, got {batch_size}")
     stop_token_ids(tokenizer, (), stop_tokens or [], "--stop_tokens")  # refused before any weight is loaded
-    gold_fn = ScoreFunction(gold_function, "gold_function") if gold_function else None
+    gold_fn = ScoreFunction(evaluation.gold_function, "gold_function") if evaluation.gold_function else None
+    temperature = DEFAULT_TEMPERATURE if evaluation.temperature is None else evaluation.temperature
+    seed = evaluation.seed
     chat_template = chat_template or RunFolder(policy).chat_template
     text_rows_as_chat(tokenizer, chat_template, "--chat_template")  # refused here, naming this command's option
     examples = load_prompts(
@@ -209,7 +222,7 @@ def evaluate_policies(
     }
     point = overoptimization_point(summary, "policy", "baseline", "evaluate")
     curve = _recorded_overoptimization(policy, sources) + ([point] if point is not None else [])
-    return _write(output, summary, records, sources, num_samples, curve)
+    return _write(output, summary, records, sources, evaluation.num_samples, curve)
 
 
 def _recorded_overoptimization(policy: str, sources: dict) -> list[dict]:

@@ -28,6 +28,7 @@ import yaml
 
 from rlhf_lightning.commands.evaluate import evaluate_policies
 from rlhf_lightning.commands.export import export_model
+from rlhf_lightning.evaluation.config import EvalConfig
 from rlhf_lightning.evaluation.report import markdown_table, read_scalars
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, HELDOUT_FILE
 
@@ -47,12 +48,20 @@ class StageSpec:
 
 
 @dataclass
-class EvaluationSpec:
-    """The comparison of the PPO policy with the SFT model after training (``rlhf-lightning evaluate``).
-    Fields left empty are taken from the PPO run: the prompts it held out (recorded in its
-    ``heldout_prompts.jsonl``) and its evaluation settings, so the numbers are those of PPO's own evaluation
-    at the end of training."""
+class EvaluationSpec(EvalConfig):
+    """The comparison of the PPO policy with the SFT model after training (``rlhf-lightning evaluate``): the
+    :class:`~rlhf_lightning.evaluation.config.EvalConfig` fields, and the prompts. Fields left empty are taken
+    from the PPO run: the prompts it held out (recorded in its ``heldout_prompts.jsonl``) and its evaluation
+    settings, so the numbers are those of PPO's own evaluation at the end of training."""
 
+    temperature: float | None = None
+    """Sampling temperature of both policies; default: the PPO stage's evaluation temperature."""
+    seed: int | None = None
+    """Seed of the comparison's sampling; default: the PPO stage's ``evaluation.seed``."""
+    num_samples: int = 8
+    """Rows of the side-by-side sample table."""
+    gold_function: str | None = None
+    """``module:function`` of the true preference; default: the PPO stage's ``evaluation.gold_function``."""
     prompts: str | None = None
     """Prompts file; default: the PPO run's recorded held-out prompts."""
     val_fraction: float | None = None
@@ -63,12 +72,6 @@ class EvaluationSpec:
     """Evaluate at most this many prompts."""
     max_new_tokens: int | None = None
     """Longest response; default: the PPO stage's ``rollout.max_new_tokens``."""
-    temperature: float | None = None
-    """Sampling temperature of both policies; default: the PPO stage's evaluation temperature."""
-    gold_function: str | None = None
-    """``module:function`` of the true preference; default: the PPO stage's ``evaluation.gold_function``."""
-    num_samples: int = 8
-    """Rows of the side-by-side sample table."""
     batch_size: int | None = None
     """Prompts per generation batch; default: the PPO stage's validation batch size."""
 
@@ -182,6 +185,12 @@ class Pipeline:
             prompts, val_fraction = ev.prompts, ev.val_fraction or 0.0
         rollout = ppo("model.init_args.rollout") or {}
         temperature = ppo("model.init_args.evaluation.temperature", ev.temperature)
+        evaluation = EvalConfig(
+            temperature=rollout.get("temperature") if temperature is None else temperature,
+            seed=ppo("model.init_args.evaluation.seed", ev.seed) or 0,
+            num_samples=ev.num_samples,
+            gold_function=ppo("model.init_args.evaluation.gold_function", ev.gold_function),
+        )
         return {
             "prompts": prompts,
             "val_fraction": val_fraction,
@@ -194,12 +203,9 @@ class Pipeline:
             "missing_eos_penalty": ppo("model.init_args.rewards.missing_eos_penalty"),
             "missing_eos_mode": ppo("model.init_args.rewards.missing_eos_mode"),
             "penalize_empty": ppo("model.init_args.rewards.penalize_empty") is not False,
-            "gold_function": ppo("model.init_args.evaluation.gold_function", ev.gold_function),
             "max_prompts": ev.max_prompts,
-            "temperature": rollout.get("temperature") if temperature is None else temperature,
-            "num_samples": ev.num_samples,
             "batch_size": ev.batch_size or ppo("data.init_args.val_batch_size") or ppo("data.init_args.batch_size"),
-            "seed": ppo("model.init_args.evaluation.seed") or 0,
+            "evaluation": evaluation,
         }
 
     def run_evaluation(self) -> None:

@@ -43,26 +43,51 @@ class Dropped(Exception):
 
 
 class RowsDataModule(L.LightningDataModule):
-    """Base of the DataModules. Subclasses implement ``tokenize_row``, ``example_length``, ``truncate``
-    and ``collate``; every bad row raises :class:`~rlhf_lightning.data.errors.DataFormatError` in
-    ``setup``, before any model weight is loaded."""
+    """Base of the DataModules: where the rows come from and how they are split, cut and batched. Subclasses
+    implement ``tokenize_row``, ``example_length``, ``truncate`` and ``collate_fn``, and declare the options whose
+    meaning or default is their own; every bad row raises :class:`~rlhf_lightning.data.errors.DataFormatError`
+    in ``setup``, before any model weight is loaded.
+
+    Args:
+        train_files: Training rows: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
+            ``hf:OWNER/NAME[:SPLIT]``.
+        val_files: Validation rows in the same forms. When empty, ``val_fraction`` of the training rows is held
+            out.
+        val_fraction: Fraction of training rows held out for validation when ``val_files`` is empty (at least
+            one row); 0 disables validation.
+        split_seed: Seed of the held-out split.
+        max_length: Longest sequence in tokens.
+        overlong: What happens to a longer row: ``truncate`` or ``drop``; either way the rows affected are
+            counted and logged.
+        batch_size: Rows per training batch (per device).
+        val_batch_size: Rows per validation batch (defaults to ``batch_size``).
+        shuffle: Shuffle the training rows every epoch (seeded); ``false`` keeps file order.
+        shuffle_seed: Seed of the per-epoch shuffling of training rows.
+        num_workers: Data loader worker processes.
+        tokenizer: Tokenizer to use; by default the model's (``tokenizer`` of the LightningModule).
+        chat_template: How text rows (a string ``prompt``, with a string response) are formatted: ``auto``
+            (default) renders them through the tokenizer's chat template when it has one (prompt = user turn,
+            response = assistant turn; a PPO prompt ends with the generation prompt), as the model was tuned;
+            ``always`` requires a template; ``never`` joins them as raw text (TRL's behaviour). Message-list
+            rows always use the template.
+    """
 
     kind = "rows"
 
     def __init__(
         self,
         train_files: str | list[str],
-        val_files: str | list[str] | None,
-        val_fraction: float,
-        split_seed: int,
-        max_length: int,
-        overlong: Literal["truncate", "drop"],
-        batch_size: int,
-        val_batch_size: int | None,
-        shuffle: bool,
-        shuffle_seed: int,
-        num_workers: int,
-        tokenizer: str | None,
+        val_files: str | list[str] | None = None,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        max_length: int = 1024,
+        overlong: Literal["truncate", "drop"] = "drop",
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        shuffle: bool = True,
+        shuffle_seed: int = 0,
+        num_workers: int = 0,
+        tokenizer: str | None = None,
         chat_template: ChatTemplateMode = "auto",
     ) -> None:
         super().__init__()

@@ -28,7 +28,6 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from rlhf_lightning.data.base import Dropped, RowsDataModule
 from rlhf_lightning.data.chat import (
-    ChatTemplateMode,
     Conversation,
     encode_conversation,
     encode_text,
@@ -135,24 +134,12 @@ class ComparisonsDataModule(RowsDataModule):
     ``group``, ``margin`` over all pairs).
 
     Args:
-        train_files: Training data: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
+        train_files: Training comparisons: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
             ``hf:OWNER/NAME[:SPLIT]``.
-        val_files: Validation data; when empty, ``val_fraction`` of the training rows is held out.
-        val_fraction: Held-out fraction when ``val_files`` is empty; 0 disables validation.
-        split_seed: Seed of the held-out split.
         max_length: Longest sequence (prompt + response) in tokens.
         overlong: ``drop`` (default) leaves out a row with any longer sequence: a truncated response no longer
             ends where it is scored. ``truncate`` cuts sequences to ``max_length``.
         batch_size: Prompts per batch (a ranking of K responses puts K sequences in the batch).
-        val_batch_size: Prompts per validation batch (defaults to ``batch_size``).
-        shuffle: Shuffle training rows every epoch (seeded).
-        shuffle_seed: Seed of the shuffling.
-        num_workers: Data loader worker processes.
-        tokenizer: Tokenizer to use; by default the model's.
-        chat_template: How text rows (a string ``prompt`` with a string response) are formatted: ``auto``
-            (default) renders them through the tokenizer's chat template when it has one (prompt = user turn,
-            response = assistant turn), as the model was tuned; ``always`` requires a template; ``never`` joins
-            them as raw text (TRL's behaviour). Message-list rows always use the template.
         rejected_variants: Degenerate answers added to every training prompt as worse than its best response:
             ``empty``, ``cut_mid_sentence``, ``prompt_repeated`` (the request itself as the answer),
             ``phrase_repeated`` (:func:`rlhf_lightning.data.degenerate.degenerate_answers`). People rarely
@@ -161,6 +148,7 @@ class ComparisonsDataModule(RowsDataModule):
             adds one sequence and one pair per prompt (the cost of a batch grows about in proportion); a
             variant identical to a real response or longer than ``max_length`` is left out. Validation rows
             are left as given, so ``val/accuracy`` stays on the real comparisons. Default: none.
+        **kwargs: The options every DataModule shares (:class:`~rlhf_lightning.data.base.RowsDataModule`).
     """
 
     kind = "comparisons"
@@ -168,24 +156,13 @@ class ComparisonsDataModule(RowsDataModule):
     def __init__(
         self,
         train_files: str | list[str] = "builtin:comparisons.jsonl",
-        val_files: str | list[str] | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
         max_length: int = 1024,
         overlong: Literal["truncate", "drop"] = "drop",
         batch_size: int = 8,
-        val_batch_size: int | None = None,
-        shuffle: bool = True,
-        shuffle_seed: int = 0,
-        num_workers: int = 0,
-        tokenizer: str | None = None,
-        chat_template: ChatTemplateMode = "auto",
         rejected_variants: list[DegenerateKind] | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            train_files, val_files, val_fraction, split_seed, max_length, overlong,
-            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer, chat_template,
-        )  # fmt: skip
+        super().__init__(train_files, max_length=max_length, overlong=overlong, batch_size=batch_size, **kwargs)
         self.rejected_variants = list(dict.fromkeys(rejected_variants or []))
         unknown = [k for k in self.rejected_variants if k not in DEGENERATE_KINDS]
         if unknown:

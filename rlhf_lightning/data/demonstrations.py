@@ -6,7 +6,6 @@ import functools
 from typing import Literal
 
 from rlhf_lightning.data.base import Dropped, RowsDataModule
-from rlhf_lightning.data.chat import ChatTemplateMode
 from rlhf_lightning.data.errors import RowLocation
 from rlhf_lightning.data.formats import TokenizedExample, tokenize_demonstration, truncate
 from rlhf_lightning.data.loading import collate_right_padded
@@ -19,27 +18,16 @@ class DemonstrationsDataModule(RowsDataModule):
     its file, row and field.
 
     Args:
-        train_files: Training data: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
+        train_files: Training demonstrations: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
             ``hf:OWNER/NAME[:SPLIT]``.
-        val_files: Validation data in the same forms. When empty, ``val_fraction`` of the training rows
-            is held out.
         val_fraction: Fraction of training rows held out for validation when ``val_files`` is empty (at
             least one row); 0 disables validation.
-        split_seed: Seed of the held-out split.
         max_length: Longest sequence in tokens (prompt + completion).
         overlong: ``truncate`` keeps the first ``max_length`` tokens; ``drop`` removes the row. Either way
             the rows affected are counted and logged. A row left with no trained token is dropped.
-        completion_only_loss: Train on completion (assistant) tokens only; ``false`` trains on every token.
         batch_size: Sequences per training batch (per device).
-        val_batch_size: Sequences per validation batch (defaults to ``batch_size``).
-        shuffle: Shuffle the training rows every epoch (seeded); ``false`` keeps file order.
-        shuffle_seed: Seed of the per-epoch shuffling of training rows.
-        num_workers: Data loader worker processes.
-        tokenizer: Tokenizer to use; by default the model's (``tokenizer`` of the LightningModule).
-        chat_template: How text rows (a string ``prompt`` with a string response) are formatted: ``auto``
-            (default) renders them through the tokenizer's chat template when it has one (prompt = user turn,
-            response = assistant turn), as the model was tuned; ``always`` requires a template; ``never`` joins
-            them as raw text (TRL's behaviour). Message-list rows always use the template.
+        completion_only_loss: Train on completion (assistant) tokens only; ``false`` trains on every token.
+        **kwargs: The options every DataModule shares (:class:`~rlhf_lightning.data.base.RowsDataModule`).
     """
 
     kind = "demonstrations"
@@ -47,24 +35,15 @@ class DemonstrationsDataModule(RowsDataModule):
     def __init__(
         self,
         train_files: str | list[str] = "builtin:demonstrations.jsonl",
-        val_files: str | list[str] | None = None,
         val_fraction: float = 0.05,
-        split_seed: int = 0,
         max_length: int = 1024,
         overlong: Literal["truncate", "drop"] = "truncate",
-        completion_only_loss: bool = True,
         batch_size: int = 8,
-        val_batch_size: int | None = None,
-        shuffle: bool = True,
-        shuffle_seed: int = 0,
-        num_workers: int = 0,
-        tokenizer: str | None = None,
-        chat_template: ChatTemplateMode = "auto",
+        completion_only_loss: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__(
-            train_files, val_files, val_fraction, split_seed, max_length, overlong,
-            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer, chat_template,
-        )  # fmt: skip
+        super().__init__(train_files, val_fraction=val_fraction, max_length=max_length, overlong=overlong,
+                         batch_size=batch_size, **kwargs)  # fmt: skip
         self.completion_only_loss = completion_only_loss
 
     def tokenize_row(self, row: object, where: RowLocation) -> TokenizedExample:

@@ -24,7 +24,6 @@ from typing import Literal, NamedTuple
 
 from rlhf_lightning.data.base import RowsDataModule
 from rlhf_lightning.data.chat import (
-    ChatTemplateMode,
     Conversation,
     encode_conversation,
     encode_text,
@@ -77,25 +76,12 @@ class PromptsDataModule(RowsDataModule):
         train_files: Prompts: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
             ``hf:OWNER/NAME[:SPLIT]``. Rows hold ``prompt`` (a string or a list of messages) or
             ``messages`` (trailing assistant messages are dropped); other fields are ignored.
-        val_files: Validation prompts in the same forms. When empty, ``val_fraction`` of the training rows
-            is held out.
-        val_fraction: Fraction of training rows held out for validation when ``val_files`` is empty (at
-            least one row); 0 disables validation.
-        split_seed: Seed of the held-out split.
         max_length: Longest prompt in tokens (the response comes on top of it).
         overlong: ``drop`` (default) removes a longer prompt; ``truncate`` keeps its last ``max_length``
             tokens (the end of a chat prompt holds the generation prompt). Either way the rows affected are
             counted and logged.
         batch_size: Prompts per PPO iteration (per device): one batch is one iteration's rollouts.
-        val_batch_size: Prompts per validation batch (defaults to ``batch_size``).
-        shuffle: Shuffle the training prompts every epoch (seeded); ``false`` keeps file order.
-        shuffle_seed: Seed of the per-epoch shuffling of training prompts.
-        num_workers: Data loader worker processes.
-        tokenizer: Tokenizer to use; by default the model's (``tokenizer`` of the LightningModule).
-        chat_template: How a string ``prompt`` is formatted: ``auto`` (default) renders it as the user's turn
-            of the tokenizer's chat template, with the generation prompt, when the tokenizer has one (as the
-            reward and SFT stages format text rows); ``always`` requires a template; ``never`` uses the raw
-            text (TRL's behaviour). Message-list rows always use the template.
+        **kwargs: The options every DataModule shares (:class:`~rlhf_lightning.data.base.RowsDataModule`).
     """
 
     kind = "prompts"
@@ -103,23 +89,12 @@ class PromptsDataModule(RowsDataModule):
     def __init__(
         self,
         train_files: str | list[str] = "builtin:prompts.jsonl",
-        val_files: str | list[str] | None = None,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
         max_length: int = 256,
         overlong: Literal["truncate", "drop"] = "drop",
         batch_size: int = 16,
-        val_batch_size: int | None = None,
-        shuffle: bool = True,
-        shuffle_seed: int = 0,
-        num_workers: int = 0,
-        tokenizer: str | None = None,
-        chat_template: ChatTemplateMode = "auto",
+        **kwargs,
     ) -> None:
-        super().__init__(
-            train_files, val_files, val_fraction, split_seed, max_length, overlong,
-            batch_size, val_batch_size, shuffle, shuffle_seed, num_workers, tokenizer, chat_template,
-        )  # fmt: skip
+        super().__init__(train_files, max_length=max_length, overlong=overlong, batch_size=batch_size, **kwargs)
 
     def tokenize_row(self, row: object, where: RowLocation) -> PromptExample:
         if not isinstance(row, dict):

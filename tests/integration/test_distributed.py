@@ -15,11 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from rlhf_lightning.modules.ppo import Rollout
-from tests.helpers import make_run_folder
+from tests.helpers import ROOT, make_run_folder
 from tests.integration.test_pipeline import stage_configs
 from tests.modules.test_ppo import shared_module
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _free_port() -> int:

@@ -14,10 +14,8 @@ from rlhf_lightning.modules.ppo import PPOConfig
 from rlhf_lightning.modules.ppo.roles import ADAPTERS
 from rlhf_lightning.modules.ppo.update import clip_gradients, gradient_groups
 from rlhf_lightning.ops import left_pad
-from tests.helpers import make_run_folder, run_cli, scalars, write_jsonl
+from tests.helpers import ROOT, make_run_folder, run_cli, scalars, write_jsonl
 from tests.modules.test_ppo import ppo_args, shared_module
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
