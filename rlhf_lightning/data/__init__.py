@@ -3,8 +3,8 @@
 from rlhf_lightning.data.comparisons import ComparisonsDataModule
 from rlhf_lightning.data.demonstrations import DemonstrationsDataModule
 from rlhf_lightning.data.errors import DataFormatError
-from rlhf_lightning.data.formats import TokenizedExample, tokenize_demonstration
-from rlhf_lightning.data.prompts import PromptExample, PromptsDataModule
+from rlhf_lightning.data.formats import PromptExample, TokenizedExample, tokenize_demonstration
+from rlhf_lightning.data.prompts import PromptsDataModule
 from rlhf_lightning.data.readers import read_rows
 
 __all__ = [

@@ -24,6 +24,7 @@ from rlhf_lightning.data.chat import (
 from rlhf_lightning.data.errors import OptionError, RowLocation
 from rlhf_lightning.data.loading import ListDataset, ResumableDataLoader, ResumableSampler
 from rlhf_lightning.data.readers import describe, read_rows
+from rlhf_lightning.models import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,6 @@ class RowsDataModule(L.LightningDataModule):
         if self.tokenizer is not None:
             return self.tokenizer
         if self.tokenizer_name is not None:
-            from rlhf_lightning.models import load_tokenizer
-
             self.tokenizer = load_tokenizer(self.tokenizer_name)
         elif self.trainer is not None and getattr(self.trainer.lightning_module, "tokenizer", None) is not None:
             self.tokenizer = self.trainer.lightning_module.tokenizer

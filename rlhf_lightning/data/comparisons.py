@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -133,13 +133,13 @@ class ComparisonsDataModule(RowsDataModule):
     sequences and pairs (``input_ids``, ``attention_mask`` over all sequences, and ``better``, ``worse``,
     ``group``, ``margin`` over all pairs).
 
+    ``batch_size`` counts prompts (a ranking of K responses puts K sequences in the batch) and ``max_length``
+    bounds each sequence (prompt + response); ``overlong: drop`` (the default) leaves out a row with any longer
+    sequence, because a truncated response no longer ends where it is scored.
+
     Args:
         train_files: Training comparisons: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
             ``hf:OWNER/NAME[:SPLIT]``.
-        max_length: Longest sequence (prompt + response) in tokens.
-        overlong: ``drop`` (default) leaves out a row with any longer sequence: a truncated response no longer
-            ends where it is scored. ``truncate`` cuts sequences to ``max_length``.
-        batch_size: Prompts per batch (a ranking of K responses puts K sequences in the batch).
         rejected_variants: Degenerate answers added to every training prompt as worse than its best response:
             ``empty``, ``cut_mid_sentence``, ``prompt_repeated`` (the request itself as the answer),
             ``phrase_repeated`` (:func:`rlhf_lightning.data.degenerate.degenerate_answers`). People rarely
@@ -156,13 +156,10 @@ class ComparisonsDataModule(RowsDataModule):
     def __init__(
         self,
         train_files: str | list[str] = "builtin:comparisons.jsonl",
-        max_length: int = 1024,
-        overlong: Literal["truncate", "drop"] = "drop",
-        batch_size: int = 8,
         rejected_variants: list[DegenerateKind] | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(train_files, max_length=max_length, overlong=overlong, batch_size=batch_size, **kwargs)
+        super().__init__(train_files, **kwargs)
         self.rejected_variants = list(dict.fromkeys(rejected_variants or []))
         unknown = [k for k in self.rejected_variants if k not in DEGENERATE_KINDS]
         if unknown:

@@ -36,6 +36,12 @@ import re
 import time
 from pathlib import Path
 
+import torch
+
+from rlhf_lightning.data.chat import stop_token_ids, text_turns
+from rlhf_lightning.models import ModelConfig, load_causal_lm, load_tokenizer
+from rlhf_lightning.models.generation import GenerationConfig, generate, generation_eos_ids, seeded
+
 ASSETS = Path(__file__).parent / "assets"
 REQUESTS_FILE = ASSETS / "everyday_requests.txt"
 HELDOUT_REQUESTS = 60
@@ -130,12 +136,6 @@ def sample_answers(
 ) -> list[list[dict]]:
     """``samples`` answers per request from the embedded model: ``[{"text", "finished"}]`` per request.
     Batch ``i`` draws from ``seed + i``, so the output does not depend on anything else."""
-    import torch
-
-    from rlhf_lightning.data.chat import stop_token_ids, text_turns
-    from rlhf_lightning.models import ModelConfig, load_causal_lm, load_tokenizer
-    from rlhf_lightning.models.generation import GenerationConfig, generate, generation_eos_ids, seeded
-
     tokenizer = load_tokenizer("embedded")
     model = load_causal_lm(ModelConfig(name_or_path="embedded"), lora=None, trainable=False).eval()
     stops = stop_token_ids(tokenizer, generation_eos_ids(model))

@@ -166,3 +166,74 @@ def scored_sequence(row: object, tokenizer, where: RowLocation, chat: bool = Fal
         raise
     last = max(i for i, m in enumerate(example.loss_mask) if m)
     return example.input_ids[: last + 1]
+
+
+class PromptExample(NamedTuple):
+    """One tokenized prompt, its text as the model sees it (chat template applied), the text tables show (the
+    user's last message; a text prompt's own text), and the row it came from (its prompt fields and
+    ``origin``: file and row number), to write it out again."""
+
+    input_ids: list[int]
+    text: str
+    display: str = ""
+    row: dict | None = None
+
+
+def _origin(row: dict, fields: tuple[str, ...], where: RowLocation) -> dict:
+    kept = {k: row[k] for k in fields if k in row and row[k] is not None}
+    return {**kept, "origin": {"file": where.source, "row": where.row}}
+
+
+def _last_request(messages: list[dict]) -> str:
+    """The content of the last user message (the last message of any role when there is none)."""
+    users = [m for m in messages if m["role"] == "user"]
+    return (users or messages)[-1]["content"]
+
+
+def tokenize_prompt(row: object, tokenizer, where: RowLocation, chat: bool) -> PromptExample:
+    """A prompts row (``prompt``: a string or messages; or ``messages``, whose trailing assistant turns are
+    dropped) as a :class:`PromptExample`. With ``chat``, a text prompt is the user's turn of the chat template;
+    a prompt always ends with the template's generation prompt. Raises ``DataFormatError`` naming the field."""
+    if not isinstance(row, dict):
+        raise where.error(None, f"expected an object with named fields, got {type_name(row)}")
+    if "prompt" in row:
+        prompt = row["prompt"]
+        if isinstance(prompt, str):
+            validate_tools(row, where, conversational=False)
+            text = require_text(row, "prompt", where)
+            origin = _origin(row, ("prompt",), where)
+            if chat:
+                return _encode_prompt(tokenizer, text_turns(text), origin, where, text)
+            ids = encode_text(tokenizer, text, add_special_tokens=True)
+            return PromptExample(ids, text, text, origin)
+        if not isinstance(prompt, list):
+            raise where.error("prompt", f"expected a string or a list of messages, got {type_name(prompt)}")
+        messages = validate_messages(prompt, "prompt", where)
+        if messages[-1]["role"] == "assistant":
+            raise where.error("prompt", "ends with an assistant message; the policy writes that turn")
+        return _chat_prompt(tokenizer, messages, row, where, "prompt")
+    if "messages" in row:
+        messages = validate_messages(row["messages"], "messages", where)
+        while messages and messages[-1]["role"] == "assistant":
+            messages.pop()  # a demonstration's answer: the policy writes its own
+        if not messages:
+            raise where.error("messages", "has no message before the assistant's to use as a prompt")
+        return _chat_prompt(tokenizer, messages, row, where, "messages")
+    raise where.error(
+        "prompt",
+        f"missing (the row has fields {sorted(row)}); expected 'prompt' (a string or a list of messages) or 'messages'",
+    )
+
+
+def _chat_prompt(tokenizer, messages: list[dict], row: dict, where: RowLocation, field: str) -> PromptExample:
+    conversation = Conversation.of([(field, messages)], validate_tools(row, where))
+    origin = _origin({field: messages, "tools": row.get("tools")}, (field, "tools"), where)
+    return _encode_prompt(tokenizer, conversation, origin, where, _last_request(messages))
+
+
+def _encode_prompt(
+    tokenizer, conversation: Conversation, origin: dict, where: RowLocation, display: str
+) -> PromptExample:
+    field = conversation.names[0].split("[")[0]
+    encoding, _ = encode_conversation(tokenizer, conversation, where, field, add_generation_prompt=True)
+    return PromptExample(encoding.input_ids, encoding.text, display, origin)

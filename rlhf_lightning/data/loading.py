@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rlhf_lightning.data.formats import TokenizedExample
@@ -39,8 +40,6 @@ class ResumableSampler(DistributedSampler):
     under DDP) that can start an epoch part-way through, to continue an interrupted run exactly."""
 
     def __init__(self, dataset: Dataset, shuffle: bool = True, seed: int = 0, **kwargs) -> None:
-        import torch.distributed as dist
-
         if not (dist.is_available() and dist.is_initialized()):
             kwargs.setdefault("num_replicas", 1)
             kwargs.setdefault("rank", 0)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>") or " "
@@ -108,8 +110,6 @@ def report_markdown(
 def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
     """``{step: value}`` of one scalar over every event file in ``run_dir`` (a resumed run adds files; for a
     step logged twice the later file wins). Empty when the tag was never logged."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     values: dict[int, float] = {}
     for events in sorted(Path(run_dir).glob("events.out.tfevents.*")):  # names start with creation time
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})

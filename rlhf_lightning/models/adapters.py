@@ -84,6 +84,11 @@ def use_adapter(model: nn.Module, adapter: str | None) -> Iterator[nn.Module]:
         _restore(flags)
 
 
+def active(role: Role):
+    """``with active(role):`` runs the enclosed passes with ``role``'s adapter (:func:`use_adapter`)."""
+    return use_adapter(role.model, role.adapter)
+
+
 def role_hidden_states(role: Role, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """``(b, t, d)`` final hidden states of ``role`` (call inside :func:`use_adapter` when gradients flow)."""
     decoder, _ = decoder_and_head(role.model)
@@ -91,20 +96,22 @@ def role_hidden_states(role: Role, input_ids: torch.Tensor, attention_mask: torc
 
 
 def response_logprobs(
-    model: nn.Module,
-    hidden: torch.Tensor,
+    role: Role,
     sequences: torch.Tensor,
+    attention_mask: torch.Tensor,
     response_mask: torch.Tensor,
     temperature: float,
     chunk_size: int = 1024,
     with_entropy: bool = False,
 ):
-    """Log-probs ``(b, r)`` (and entropies) of the response tokens, from the hidden states of
-    ``sequences = [prompt (p) | response (r)]``, at ``logits / temperature``, chunk by chunk.
+    """Log-probs ``(b, r)`` (and entropies) of the response tokens of ``sequences = [prompt (p) | response (r)]``
+    under ``role``'s model, at ``logits / temperature``, chunk by chunk (a ``TokenLogProbs``). Call it inside
+    ``with active(role):``; gradients flow when enabled.
 
     The hidden state at position ``p - 1 + i`` predicts response token ``i``.
     """
-    _, head = decoder_and_head(model)
+    hidden = role_hidden_states(role, sequences, attention_mask)
+    _, head = decoder_and_head(role.model)
     weight, bias = lm_head_parameters(head)
     r = response_mask.shape[1]
     p = sequences.shape[1] - r
@@ -147,26 +154,11 @@ def sample_from_role(
     return sequences, attention_mask, mask, ended
 
 
-def role_logprobs(
-    role: Role,
-    sequences: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_mask: torch.Tensor,
-    temperature: float,
-    chunk_size: int = 1024,
-    with_entropy: bool = False,
-):
-    """:func:`response_logprobs` of ``role``'s model with its adapter active."""
-    with use_adapter(role.model, role.adapter):
-        hidden = role_hidden_states(role, sequences, attention_mask)
-        return response_logprobs(role.model, hidden, sequences, response_mask, temperature, chunk_size, with_entropy)
-
-
 def role_values(
     role: Role, sequences: torch.Tensor, attention_mask: torch.Tensor, response_length: int
 ) -> torch.Tensor:
     """Values ``(b, r)`` of a value role (:func:`response_values`) with its adapter active."""
-    with use_adapter(role.model, role.adapter):
+    with active(role):
         return response_values(role.head, role_hidden_states(role, sequences, attention_mask), response_length)
 
 
@@ -175,7 +167,7 @@ def role_scores(role: Role, sequences: torch.Tensor, attention_mask: torch.Tenso
     """Scores ``(b,)`` of a reward role, read at each sequence's last real token, in float32."""
     if role.head is None:
         raise ValueError("scoring needs a role with a scalar head (a reward model)")
-    with use_adapter(role.model, role.adapter):
+    with active(role):
         hidden = role_hidden_states(role, sequences, attention_mask)
         return last_token_scores(role.head, hidden, attention_mask).float()
 
@@ -192,9 +184,11 @@ def sequence_kl(
 ) -> torch.Tensor:
     """KL ``(b,)`` of each response of ``role`` to ``reference``: the k1 estimate ``log p - log q`` summed over
     the response tokens, at ``logits / temperature``."""
-    lp = role_logprobs(role, sequences, attention_mask, response_mask, temperature, chunk_size).logprobs
-    ref = role_logprobs(reference, sequences, attention_mask, response_mask, temperature, chunk_size).logprobs
-    return ((lp - ref) * response_mask).sum(-1)
+    logprobs = []
+    for side in (role, reference):
+        with active(side):
+            logprobs.append(response_logprobs(side, sequences, attention_mask, response_mask, temperature, chunk_size))
+    return ((logprobs[0].logprobs - logprobs[1].logprobs) * response_mask).sum(-1)
 
 
 class RoleLoader:

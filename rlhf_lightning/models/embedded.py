@@ -14,6 +14,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
 EMBEDDED_NAME = "embedded"
 _FOLDER = "smollm2-135m-instruct"
 # SmolLM2 uses <|im_end|> as EOS, as the end of every chat turn, and as its default pad. A pad equal to
@@ -46,9 +49,6 @@ def embedded_model_dir() -> Path:
     target = cache_dir() / _FOLDER
     if (target / "config.json").exists():
         return target
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     gguf = _gguf_file()
     log.info("Converting the embedded model %s into %s (once)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

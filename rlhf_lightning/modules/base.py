@@ -20,15 +20,27 @@ log = logging.getLogger(__name__)
 
 
 class CausalLMModule(L.LightningModule):
-    """Base of the stage modules. Subclasses set ``stage`` and implement the steps.
+    """Base of the stage modules: the options every stage has. Subclasses set ``stage``, implement the steps,
+    and declare the options whose meaning or default is their own.
 
     Checkpoints hold only the trainable weights (LoRA adapters, heads), not the frozen base model, plus the
     optimizer, scheduler, loop state and all RNG states, so that ``--ckpt_path last`` continues exactly.
+
+    Args:
+        model: Which model to load and how (dtype, quantization, checkpointing); ``adapter`` starts from an
+            earlier stage's adapter (the SFT run's ``final`` folder for the reward model and PPO).
+        lora: LoRA adapters, or ``enabled: false`` for full fine-tuning (heads are always trained in full).
+        optim: Optimizer and learning-rate schedule.
     """
 
     stage = "base"
 
-    def __init__(self, model: ModelConfig, lora: LoraConfig, optim: OptimConfig) -> None:
+    def __init__(
+        self,
+        model: ModelConfig = ModelConfig(),  # noqa: B008 - dataclass defaults show every field in --help
+        lora: LoraConfig = LoraConfig(),  # noqa: B008
+        optim: OptimConfig = OptimConfig(),  # noqa: B008
+    ) -> None:
         super().__init__()
         self.model_config = model
         self.lora_config = lora

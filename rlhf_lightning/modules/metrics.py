@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from rlhf_lightning.ops import pair_weights
+
 
 class TokenNLL(Metric):
     """Mean negative log-likelihood per target token over everything seen; ``perplexity`` is its exp.
@@ -44,8 +46,6 @@ class PreferenceMetrics(Metric):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, scores: torch.Tensor, better: torch.Tensor, worse: torch.Tensor, group: torch.Tensor) -> None:
-        from rlhf_lightning.ops import pair_weights
-
         w = pair_weights(group).double() * (torch.bincount(group) > 0).sum()  # each prompt sums to 1
         sb, sw = scores[better].detach().double(), scores[worse].detach().double()
         diff = sb - sw

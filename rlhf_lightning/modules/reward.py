@@ -14,7 +14,6 @@ from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, best_response, dege
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.evaluation.report import markdown_table
-from rlhf_lightning.models import LoraConfig, ModelConfig
 from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, save_head, score_sequences, sequence_scores
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, RunFolder
 from rlhf_lightning.models.score_function import require_finite
@@ -28,13 +27,12 @@ class RewardModule(CausalLMModule):
     """A causal LM backbone (LoRA, optionally 4-bit) plus a scalar score head, trained with the
     Bradley-Terry loss ``-log sigmoid(r_better - r_worse - margin)`` averaged within each prompt.
 
-    Start the backbone from the SFT stage's adapter with ``model.adapter: runs/sft/final``. Logged on
+    Start the backbone from the SFT stage's adapter with ``model.adapter: runs/sft/final``; LoRA trains the
+    backbone, the head is always trained in full. Logged on
     train and validation: ``accuracy``, ``margin``, ``chosen_mean/std``, ``rejected_mean/std`` and the loss;
     ``val/accuracy`` is the natural checkpoint monitor.
 
     Args:
-        model: Which model to load and how; ``adapter`` is the SFT adapter to start from.
-        lora: LoRA adapters for the backbone (the head is always trained in full).
         optim: Optimizer and learning-rate schedule; by default a constant 3e-4 without warmup, which with
             ``head_init_std`` 0.02 matched a minimal transformers + peft recipe on held-out pairs after one
             epoch (docs/reward.md#what-costs-accuracy).
@@ -52,22 +50,22 @@ class RewardModule(CausalLMModule):
             al. 2020). It sets the spread of the initial, random scores: SmolLM2-135M's final
             hidden states have a norm of about 45, so ``1/sqrt(d+1)`` starts scores with a spread of about 2,
             0.02 of about 0.9, 0 at exactly 0.
+        **kwargs: ``model`` and ``lora`` (:class:`~rlhf_lightning.modules.base.CausalLMModule`).
     """
 
     stage = "reward"
 
     def __init__(
         self,
-        model: ModelConfig = ModelConfig(),  # noqa: B008 - dataclass defaults show every field in --help
-        lora: LoraConfig = LoraConfig(),  # noqa: B008
         optim: OptimConfig = OptimConfig(lr=3e-4, warmup_ratio=0.0, schedule="constant"),  # noqa: B008
         center_coef: float = 0.0,
         calibration_files: list[str] | None = None,
         calibration_batch_size: int = 16,
         degenerate_check_prompts: int = 64,
         head_init_std: float | None = 0.02,
+        **kwargs,
     ) -> None:
-        super().__init__(model, lora, optim)
+        super().__init__(optim=optim, **kwargs)
         if head_init_std is not None and head_init_std < 0:
             raise ValueError(f"head_init_std must be >= 0 (or null for 1/sqrt(d+1)), got {head_init_std}")
         self.center_coef = center_coef

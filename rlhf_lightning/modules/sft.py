@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 
 from rlhf_lightning.callbacks import GenerationSamples, SampleConfig, ThroughputMonitor
-from rlhf_lightning.models import LoraConfig, ModelConfig, decoder_and_head, final_hidden_states
+from rlhf_lightning.models import decoder_and_head, final_hidden_states
 from rlhf_lightning.models.loading import lm_head_parameters
 from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.metrics import TokenNLL
-from rlhf_lightning.modules.optim import OptimConfig
 from rlhf_lightning.ops import masked_mean, token_logprobs_from_hidden
 
 
@@ -21,25 +20,21 @@ class SFTModule(CausalLMModule):
     and a table of sample responses.
 
     Args:
-        model: Which model to load and how (dtype, quantization, checkpointing).
-        lora: LoRA adapters, or ``enabled: false`` for full fine-tuning.
-        optim: Optimizer and learning-rate schedule.
         samples: The table of sample responses in TensorBoard.
         logprob_chunk_size: Positions per chunk when applying the LM head; bounds the logits memory to
             ``chunk x vocab`` floats.
+        **kwargs: ``model``, ``lora`` and ``optim`` (:class:`~rlhf_lightning.modules.base.CausalLMModule`).
     """
 
     stage = "sft"
 
     def __init__(
         self,
-        model: ModelConfig = ModelConfig(),  # noqa: B008 - dataclass defaults show every field in --help
-        lora: LoraConfig = LoraConfig(),  # noqa: B008
-        optim: OptimConfig = OptimConfig(),  # noqa: B008
-        samples: SampleConfig = SampleConfig(),  # noqa: B008
+        samples: SampleConfig = SampleConfig(),  # noqa: B008 - dataclass defaults show every field in --help
         logprob_chunk_size: int = 1024,
+        **kwargs,
     ) -> None:
-        super().__init__(model, lora, optim)
+        super().__init__(**kwargs)
         self.samples = samples
         self.logprob_chunk_size = logprob_chunk_size
         self.val_nll = TokenNLL()

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm
-from rlhf_lightning.models.adapters import role_logprobs, role_values
+from rlhf_lightning.models.adapters import active, response_logprobs, role_values
 from rlhf_lightning.models.score_function import ScoreError
 from rlhf_lightning.modules import PPOModule
 from rlhf_lightning.ops import left_pad, ppo_value_loss
@@ -34,7 +34,8 @@ def shared_module(base: str, sft: Path, reward: Path, **kwargs) -> PPOModule:
 
 def logprobs(module: PPOModule, role: str, sequences, attention_mask, mask):
     """``role``'s response log-probs at the rollout temperature, as the PPO stage computes them."""
-    return role_logprobs(module.roles[role], sequences, attention_mask, mask, module.rollout_config.temperature)
+    with active(module.roles[role]):
+        return response_logprobs(module.roles[role], sequences, attention_mask, mask, module.rollout_config.temperature)
 
 
 def values(module: PPOModule, sequences, attention_mask, response_length: int):

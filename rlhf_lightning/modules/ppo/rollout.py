@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 
 from rlhf_lightning.evaluation.compare import eos_penalty
-from rlhf_lightning.models.adapters import Role, role_logprobs, role_scores, role_values, sample_from_role
+from rlhf_lightning.models.adapters import Role, active, response_logprobs, role_scores, role_values, sample_from_role
 from rlhf_lightning.models.generation import GenerationConfig
 from rlhf_lightning.models.score_function import ScoreFunction, require_finite
 from rlhf_lightning.modules.ppo.config import PPOConfig, RewardShaping
@@ -208,10 +208,12 @@ def make_experience(
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("lp", "ent", "ref", "values", "raw")}
     for sl in micro_slices(seq_all.shape[0], ppo.micro_batch_size):
         seq, att, m = seq_all[sl], rollout.attention_mask[sl], mask_all[sl]
-        out = role_logprobs(policy, seq, att, m, temperature, chunk_size, with_entropy=True)
+        with active(policy):
+            out = response_logprobs(policy, seq, att, m, temperature, chunk_size, with_entropy=True)
+        with active(reference):
+            parts["ref"].append(response_logprobs(reference, seq, att, m, temperature, chunk_size).logprobs)
         parts["lp"].append(out.logprobs)
         parts["ent"].append(out.entropy)
-        parts["ref"].append(role_logprobs(reference, seq, att, m, temperature, chunk_size).logprobs)
         parts["values"].append(role_values(value, seq, att, m.shape[1]))
         texts = rollout.prompt_texts[sl] if rollout.prompt_texts is not None else None
         parts["raw"].append(score(seq, att, rollout.prompt_length, texts))

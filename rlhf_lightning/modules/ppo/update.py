@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import torch
 
-from rlhf_lightning.models.adapters import Role, response_logprobs, response_values, role_hidden_states, use_adapter
+from rlhf_lightning.models.adapters import Role, active, response_logprobs, response_values, role_hidden_states
 from rlhf_lightning.modules.ppo.config import PPOConfig
 from rlhf_lightning.modules.ppo.rollout import Experience, micro_slices
 from rlhf_lightning.ops import masked_mean, ppo_policy_loss, ppo_value_loss
@@ -93,13 +93,12 @@ def ppo_update(
                 rows = index[sl]
                 seq, att, m = exp.sequences[rows], exp.attention_mask[rows], exp.mask[rows]
                 weight = m.sum() / tokens
-                with use_adapter(policy.model, policy.adapter):
-                    hidden = role_hidden_states(policy, seq, att)
-                    out = response_logprobs(policy.model, hidden, seq, m, temperature, chunk_size, with_entropy=True)
+                with active(policy):
+                    out = response_logprobs(policy, seq, att, m, temperature, chunk_size, with_entropy=True)
                     pg = ppo_policy_loss(out.logprobs, exp.logprobs[rows], exp.advantages[rows], m, cfg.clip_eps)
                     entropy = masked_mean(out.entropy, m)
                     backward(weight * (pg.loss - cfg.entropy_coef * entropy))
-                with use_adapter(value.model, value.adapter):
+                with active(value):
                     values = response_values(value.head, role_hidden_states(value, seq, att), r)
                     vf, vf_clipfrac = ppo_value_loss(values, exp.values[rows], exp.returns[rows], m, cfg.value_clip)
                     backward(weight * cfg.vf_coef * vf)

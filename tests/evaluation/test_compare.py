@@ -1,6 +1,6 @@
-"""Evaluation reporting: win rates and the over-optimisation curve, by hand."""
+"""The comparison of two policies: win rates and means by hand, and common random numbers."""
 
-from rlhf_lightning.evaluation import overoptimization_point, overoptimization_table, summarize, win
+from rlhf_lightning.evaluation.compare import summarize, win
 
 
 def test_win_counts_ties_as_half_and_summarize_means_by_hand():
@@ -19,30 +19,12 @@ def test_win_counts_ties_as_half_and_summarize_means_by_hand():
     assert summary["gold_policy"] == -1.0 and summary["gold_baseline"] == 0.5
 
 
-def test_overoptimization_points_and_table_by_hand():
-    summary = {"policy_score": 2.0, "baseline_score": 0.5, "policy_kl": 4.0, "gold_policy": 0.3, "gold_baseline": 0.1}
-    point = overoptimization_point(summary, "policy", "baseline", 12)
-    assert point == {"at": 12, "kl": 4.0, "score": 2.0, "baseline_score": 0.5, "gold": 0.3, "baseline_gold": 0.1}
-    assert overoptimization_point({"policy_score": 1.0, "baseline_score": 0.0}, "policy", "baseline", 1) is None
-    later = dict(point, at=20, kl=9.0, score=3.0, gold=-0.2)
-    table = overoptimization_table([later, point]).splitlines()
-    assert table[0] == (
-        "| at | KL (nats) | sqrt KL | reward model: policy | reward model: baseline | gold: policy | gold: baseline |"
-    )
-    assert table[2] == "| 12 | 4.000 | 2.000 | 2.000 | 0.500 | 0.300 | 0.100 |"  # in KL order
-    assert table[3] == "| 20 | 9.000 | 3.000 | 3.000 | 0.500 | -0.200 | 0.100 |"
-    no_gold = {k: v for k, v in point.items() if "gold" not in k}
-    assert "gold" not in overoptimization_table([no_gold]).splitlines()[0]
-    mixed = overoptimization_table([no_gold, later]).splitlines()  # a point without gold keeps its row
-    assert mixed[2] == "| 12 | 4.000 | 2.000 | 2.000 | 0.500 | n/a | n/a |"
-
-
 def test_compare_batch_gives_every_side_the_same_random_numbers(char_tokenizer):
     """Each side samples under the same seed: the baseline's answers do not depend on how much randomness the
     policy's sampling drew, and are the same at every evaluation."""
     import torch
 
-    from rlhf_lightning.evaluation import compare_batch
+    from rlhf_lightning.evaluation.compare import compare_batch
 
     prompts, prompt_mask = torch.tensor([[5, 6], [7, 8]]), torch.ones(2, 2, dtype=torch.long)
 
