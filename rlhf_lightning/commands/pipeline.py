@@ -30,7 +30,7 @@ from rlhf_lightning.commands.evaluate import evaluate_policies
 from rlhf_lightning.commands.export import export_model
 from rlhf_lightning.evaluation.config import EvalConfig
 from rlhf_lightning.evaluation.report import markdown_table, read_scalars
-from rlhf_lightning.models.run_folder import DEGENERATE_FILE, HELDOUT_FILE
+from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELDOUT_FILE
 
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
@@ -88,9 +88,9 @@ def stage_arguments(stage: str, spec: StageSpec, root: Path, common: dict[str, A
         args.append(f"--{key}={_cli_value(value)}")
     args.append(f"--trainer.default_root_dir={root / stage}")
     if stage in ("reward", "ppo"):
-        args.append(f"--model.init_args.model.adapter={root / 'sft' / 'final'}")
+        args.append(f"--model.init_args.model.adapter={root / 'sft' / FINAL_FOLDER}")
     if stage == "ppo":
-        args.append(f"--model.init_args.reward_model={root / 'reward' / 'final'}")
+        args.append(f"--model.init_args.reward_model={root / 'reward' / FINAL_FOLDER}")
     if resume:
         args.append("--ckpt_path=last")
     return args
@@ -163,8 +163,8 @@ class Pipeline:
                 f"error: the {stage} stage stopped (exit code {code}). Fix the cause and run the same pipeline "
                 f"command again: finished stages are skipped and {stage} resumes from its last checkpoint."
             )
-        if not (folder / "final").exists():
-            raise SystemExit(f"error: the {stage} stage ended without writing {folder / 'final'}")
+        if not (folder / FINAL_FOLDER).exists():
+            raise SystemExit(f"error: the {stage} stage ended without writing {folder / FINAL_FOLDER}")
         self._mark(stage, time.perf_counter() - start)
 
     def evaluation_arguments(self) -> dict[str, Any]:
@@ -213,9 +213,9 @@ class Pipeline:
         start = time.perf_counter()
         prompts = self.evaluation_arguments()
         evaluate_policies(
-            policy=str(self.root / "ppo" / "final"),
-            baseline=str(self.root / "sft" / "final"),
-            reward_model=str(self.root / "reward" / "final"),
+            policy=str(self.root / "ppo" / FINAL_FOLDER),
+            baseline=str(self.root / "sft" / FINAL_FOLDER),
+            reward_model=str(self.root / "reward" / FINAL_FOLDER),
             output=str(self.root / "evaluation"),
             **prompts,
         )
@@ -225,7 +225,7 @@ class Pipeline:
         print("\n=== export: merged Hugging Face folders ===", flush=True)
         start = time.perf_counter()
         for name, stage in (("policy", "ppo"), ("reward", "reward")):
-            export_model(str(self.root / stage / "final"), str(self.root / "export" / name), overwrite=True)
+            export_model(str(self.root / stage / FINAL_FOLDER), str(self.root / "export" / name), overwrite=True)
         self._mark("export", time.perf_counter() - start)
 
     def run(self) -> dict:
@@ -255,7 +255,7 @@ class Pipeline:
         score_first, score_last = first_last("ppo", "objective/scores")
         kl_first, kl_last = first_last("ppo", "objective/kl")
         evaluation = json.loads((root / "evaluation" / "evaluation.json").read_text())["summary"]
-        check = root / "reward" / "final" / DEGENERATE_FILE
+        check = root / "reward" / FINAL_FOLDER / DEGENERATE_FILE
         empty = json.loads(check.read_text())["kinds"]["empty"]["above_median_real"] if check.exists() else None
         summary = {
             "sft/train_loss_first": sft_first,
@@ -327,7 +327,7 @@ class Pipeline:
         table = self.summary_table(summary)
         (self.root / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
         lines = [f"# Pipeline summary: {self.root}", "", table, ""]
-        lines += [f"- {name}: `{self.root / name}`" for name in ("sft/final", "reward/final", "ppo/final")]
+        lines += [f"- {name}: `{self.root / name}`" for name in (f"{s}/{FINAL_FOLDER}" for s in STAGES)]
         lines += [f"- evaluation: `{self.root / 'evaluation' / 'evaluation.md'}`"]
         if self.export:
             lines += [f"- exported models: `{self.root / 'export' / 'policy'}`, `{self.root / 'export' / 'reward'}`"]

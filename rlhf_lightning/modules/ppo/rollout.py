@@ -205,36 +205,37 @@ def make_experience(
     (Ziegler et al. 2019; InstructGPT), GAE (Schulman et al. 2016) and optionally whitened advantages. Forward
     passes go ``ppo.micro_batch_size`` sequences at a time."""
     seq_all, mask_all = rollout.sequences, rollout.mask
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("lp", "ent", "ref", "values", "raw")}
-    for sl in micro_slices(seq_all.shape[0], ppo.micro_batch_size):
-        seq, att, m = seq_all[sl], rollout.attention_mask[sl], mask_all[sl]
+    names = ("logprobs", "entropy", "ref_logprobs", "values", "raw_scores")
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for micro in micro_slices(seq_all.shape[0], ppo.micro_batch_size):
+        seq, att, m = seq_all[micro], rollout.attention_mask[micro], mask_all[micro]
         with active(policy):
             out = response_logprobs(policy, seq, att, m, temperature, chunk_size, with_entropy=True)
         with active(reference):
-            parts["ref"].append(response_logprobs(reference, seq, att, m, temperature, chunk_size).logprobs)
-        parts["lp"].append(out.logprobs)
-        parts["ent"].append(out.entropy)
+            parts["ref_logprobs"].append(response_logprobs(reference, seq, att, m, temperature, chunk_size).logprobs)
+        parts["logprobs"].append(out.logprobs)
+        parts["entropy"].append(out.entropy)
         parts["values"].append(role_values(value, seq, att, m.shape[1]))
-        texts = rollout.prompt_texts[sl] if rollout.prompt_texts is not None else None
-        parts["raw"].append(score(seq, att, rollout.prompt_length, texts))
-    lp, ent, ref, values, raw = (torch.cat(parts[k]) for k in ("lp", "ent", "ref", "values", "raw"))
+        texts = rollout.prompt_texts[micro] if rollout.prompt_texts is not None else None
+        parts["raw_scores"].append(score(seq, att, rollout.prompt_length, texts))
+    logprobs, entropy, ref_logprobs, values, raw = (torch.cat(parts[name]) for name in names)
     mask, ended = mask_all, rollout.ended
     values = values * mask
     scores = shape_scores(raw, ended, empty_responses(mask, ended), shaping)
-    kl = kl_per_token(lp, ref, shaping.kl_estimator) * mask
+    kl = kl_per_token(logprobs, ref_logprobs, shaping.kl_estimator) * mask
     shaped = token_rewards(scores, kl, mask, beta)
     advantages, returns = gae(shaped.rewards, values, mask, ppo.gamma, ppo.lam)
     if ppo.whiten_advantages:
         advantages = whiten(advantages, mask, shift_mean=True, all_reduce=True)
-    experience = Experience(seq_all, rollout.attention_mask, mask, lp, values, advantages, returns)
-    seq_kl = ((lp - ref) * mask).sum(-1)  # k1 per sequence, the logged KL whatever the estimator
+    experience = Experience(seq_all, rollout.attention_mask, mask, logprobs, values, advantages, returns)
+    seq_kl = ((logprobs - ref_logprobs) * mask).sum(-1)  # k1 per sequence, the logged KL whatever the estimator
     non_score = shaped.non_score.sum(-1)
     responses = seq_all[:, rollout.prompt_length :]
     content = content_mask(mask, ended)
     stats = RolloutStats(
         # all ranks: the adaptive KL controller must see the same KL everywhere
         kl=masked_mean(seq_kl, torch.ones_like(seq_kl, dtype=torch.bool), all_reduce=True),
-        entropy=(ent * mask).sum(-1).mean(),
+        entropy=(entropy * mask).sum(-1).mean(),
         non_score_reward=non_score.mean(),
         rlhf_reward=(scores + non_score).mean(),
         scores=scores.mean(),

@@ -89,8 +89,8 @@ def ppo_update(
         for minibatch in range(minibatches):
             index = order[minibatch * b // minibatches : (minibatch + 1) * b // minibatches]
             tokens = exp.mask[index].sum().clamp(min=1)
-            for sl in micro_slices(len(index), cfg.micro_batch_size):
-                rows = index[sl]
+            for micro in micro_slices(len(index), cfg.micro_batch_size):
+                rows = index[micro]
                 seq, att, m = exp.sequences[rows], exp.attention_mask[rows], exp.mask[rows]
                 weight = m.sum() / tokens
                 with active(policy):
@@ -102,7 +102,7 @@ def ppo_update(
                     values = response_values(value.head, role_hidden_states(value, seq, att), r)
                     vf, vf_clipfrac = ppo_value_loss(values, exp.values[rows], exp.returns[rows], m, cfg.value_clip)
                     backward(weight * cfg.vf_coef * vf)
-                if epoch == 0 and minibatch == 0 and sl.start == 0:
+                if epoch == 0 and minibatch == 0 and micro.start == 0:
                     record("first_ratio", pg.ratio)
                     record("first_approxkl", pg.approxkl)
                 for key, v in (
