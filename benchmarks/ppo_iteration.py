@@ -138,12 +138,8 @@ def main() -> None:
 
     records: list[dict] = []
 
-    class Record(L.Callback):  # an iteration's statistics are complete once every callback has added to them
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if pl_module.last_stats:
-                records.append(dict(pl_module.last_stats))
-
-        def on_train_end(self, trainer, pl_module):
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             records.append(dict(pl_module.last_stats))
 
     device = "gpu" if torch.cuda.is_available() else "cpu"

@@ -1,4 +1,5 @@
-"""The ``rlhf-lightning`` command: LightningCLI for the stages (``fit``, ``validate``, ...).
+"""The ``rlhf-lightning`` command: LightningCLI for the stages (``fit``, ``validate``) and the commands
+(``pipeline``, ``evaluate``, ``score``, ``export``); ``rlhf-lightning --help`` lists them.
 
 Each run writes one folder, ``trainer.default_root_dir``:
 
@@ -10,7 +11,6 @@ Each run writes one folder, ``trainer.default_root_dir``:
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import sys
@@ -22,6 +22,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from rlhf_lightning.commands.evaluate import evaluate_policies
+from rlhf_lightning.commands.export import export_model
+from rlhf_lightning.commands.pipeline import run_pipeline
+from rlhf_lightning.commands.score import score_file
 from rlhf_lightning.data.errors import DataFormatError, OptionError
 from rlhf_lightning.models.loading import quiet_transformers
 from rlhf_lightning.models.score_function import ScoreError
@@ -93,14 +97,12 @@ TRAINER_COMMANDS = {
     "fit": "train a stage (SFT, reward model or PPO) from its YAML config: fit --config configs/sft.yaml",
     "validate": "run a stage's validation (PPO: its held-out evaluation), e.g. from a checkpoint (--ckpt_path)",
 }
-COMMANDS = {  # name: (module, function, required arguments are positional, one line for --help)
-    "pipeline": ("rlhf_lightning.commands.pipeline", "run_pipeline", False,
-                 "SFT -> reward model -> PPO -> evaluation -> export in one root folder"),
-    "evaluate": ("rlhf_lightning.commands.evaluate", "evaluate_policies", False,
+COMMANDS = {  # name: (function, required arguments are positional, one line for --help)
+    "pipeline": (run_pipeline, False, "SFT -> reward model -> PPO -> evaluation -> export in one root folder"),
+    "evaluate": (evaluate_policies, False,
                  "compare two policies on the same prompts: reward-model score, win rate, KL, gold score"),
-    "score": ("rlhf_lightning.commands.score", "score_file", True, "score (prompt, response) rows with a reward model"),
-    "export": ("rlhf_lightning.commands.export", "export_model", True,
-               "merge a run's adapter into its base model: a plain Hugging Face folder"),
+    "score": (score_file, True, "score (prompt, response) rows with a reward model"),
+    "export": (export_model, True, "merge a run's adapter into its base model: a plain Hugging Face folder"),
 }  # fmt: skip
 
 
@@ -111,7 +113,7 @@ printed without a traceback."""
 
 def usage() -> str:
     lines = ["usage: rlhf-lightning COMMAND [OPTIONS]", "", "commands:"]
-    every = {**TRAINER_COMMANDS, **{name: spec[3] for name, spec in COMMANDS.items()}}
+    every = {**TRAINER_COMMANDS, **{name: spec[2] for name, spec in COMMANDS.items()}}
     lines += [f"  {name:<10} {text}" for name, text in every.items()]
     lines += ["", "rlhf-lightning COMMAND --help shows a command's options. The README starts with a full run."]
     return "\n".join(lines)
@@ -135,12 +137,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def _run(args: list[str], from_command_line: bool) -> None:
     if args[0] in COMMANDS:
-        module_name, function, positional, _ = COMMANDS[args[0]]
-        module = importlib.import_module(module_name)
-        rest = args[1:]
-        if hasattr(module, "legacy_arguments"):
-            rest = module.legacy_arguments(rest)
-        CLI(getattr(module, function), args=rest, prog=f"rlhf-lightning {args[0]}", as_positional=positional)
+        function, positional, _ = COMMANDS[args[0]]
+        CLI(function, args=args[1:], prog=f"rlhf-lightning {args[0]}", as_positional=positional)
         return
     if from_command_line:  # LightningCLI reads sys.argv itself (and warns when given both)
         sys.argv[1:] = nested_nulls(args)

@@ -7,7 +7,6 @@ import pytest
 import yaml
 
 from rlhf_lightning.cli import COMMANDS, TRAINER_COMMANDS, main, nested_nulls
-from rlhf_lightning.commands.evaluate import legacy_arguments
 from tests.helpers import ROOT
 
 
@@ -48,11 +47,3 @@ def test_a_nested_null_reaches_the_model_as_none(capsys):
               "--print_config"])  # fmt: skip
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["init_args"]["model"]["adapter"] is None
-
-
-def test_evaluate_keeps_its_earlier_top_level_options():
-    args = ["--temperature=0", "--seed", "3", "--max_new_tokens=6", "--num_samples=2", "--gold_function=m:f"]
-    assert legacy_arguments(args) == [
-        "--evaluation.temperature=0", "--evaluation.seed", "3", "--max_new_tokens=6", "--evaluation.num_samples=2",
-        "--evaluation.gold_function=m:f",
-    ]  # fmt: skip

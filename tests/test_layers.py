@@ -36,6 +36,9 @@ def imports(path: Path) -> list[tuple[str, bool, int]]:
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [f"{node.module}.{alias.name}" for alias in node.names]  # a module, or a name in one
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]  # a computed name is a user's module:function, not the package
         for name in names:
             found.append((name, id(node) in top, node.lineno))
     return found

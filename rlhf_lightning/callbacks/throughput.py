@@ -51,9 +51,10 @@ class ThroughputMonitor(L.Callback):
 
 class PhaseTimer(L.Callback):
     """Wall time, peak memory and throughput of the named phases of each training step (PPO: rollout, scoring,
-    training), logged as ``perf/{phase}_sec``, ``perf/peak_memory_gb_{phase}`` and, for a phase whose tokens
-    were counted, ``perf/{phase}_tokens_per_sec``. The module times a phase with ``with timer.phase(name):``
-    and counts its tokens with :meth:`count`.
+    training), as ``perf/{phase}_sec``, ``perf/peak_memory_gb_{phase}`` and, for a phase whose tokens were
+    counted, ``perf/{phase}_tokens_per_sec`` (:meth:`metrics`, which the module logs with its step's other
+    statistics). The module times a phase with ``with timer.phase(name, device):`` and counts its tokens with
+    :meth:`count`; the callback starts every training step empty.
 
     On a GPU the allocator's peak is reset at the start of each phase, so each phase reports its own peak.
     On CPU the figure is the process's peak resident set size so far (it cannot be reset).
@@ -93,10 +94,3 @@ class PhaseTimer(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.seconds, self.peak_gb, self.tokens = {}, {}, {}
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        metrics = self.metrics()
-        if metrics:
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
-            if isinstance(getattr(pl_module, "last_stats", None), dict):
-                pl_module.last_stats.update(metrics)

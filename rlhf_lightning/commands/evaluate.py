@@ -12,6 +12,7 @@ It writes ``evaluation.json`` (summary and every record) and ``evaluation.md`` (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -34,19 +35,6 @@ log = logging.getLogger(__name__)
 
 JSON_FILE, MARKDOWN_FILE = EVALUATION_FILE, "evaluation.md"
 DEFAULT_TEMPERATURE = GenerationConfig.temperature
-LEGACY_OPTIONS = ("temperature", "seed", "gold_function", "num_samples")
-"""Options of the ``evaluation`` group this command also takes at the top level, as it did before the group."""
-
-
-def legacy_arguments(args: list[str]) -> list[str]:
-    """``--temperature 0.5`` / ``--seed=3`` as ``--evaluation.temperature ...``."""
-    out = []
-    for arg in args:
-        name, eq, value = arg.partition("=")
-        if name.removeprefix("--") in LEGACY_OPTIONS and name.startswith("--"):
-            arg = f"--evaluation.{name[2:]}{eq}{value}"
-        out.append(arg)
-    return out
 
 
 def _tokenizer_of(path: str):
@@ -108,6 +96,10 @@ def evaluate_policies(
     penalize_empty: bool = True,
     batch_size: int = 16,
     evaluation: EvalConfig = EvalConfig(num_samples=8),  # noqa: B008 - a dataclass default shows its fields in --help
+    temperature: float | None = None,
+    seed: int | None = None,
+    gold_function: str | None = None,
+    num_samples: int | None = None,
     device: str = "auto",
     dtype: DType = "float32",
     quantization: Quantization = "none",
@@ -141,8 +133,11 @@ def evaluate_policies(
         penalize_empty: PPO's ``rewards.penalize_empty``: an empty response gets the missing-EOS penalty too.
         batch_size: Prompts per generation batch.
         evaluation: The comparison's sampling temperature (default 0.7), seed, gold function and sample rows,
-            as the PPO stage's ``evaluation`` group; ``--temperature``, ``--seed``, ``--gold_function`` and
-            ``--num_samples`` are accepted for ``--evaluation.*``.
+            as the PPO stage's ``evaluation`` group.
+        temperature: The earlier spelling of ``evaluation.temperature``, still accepted (it wins when given).
+        seed: The earlier spelling of ``evaluation.seed``, still accepted.
+        gold_function: The earlier spelling of ``evaluation.gold_function``, still accepted.
+        num_samples: The earlier spelling of ``evaluation.num_samples``, still accepted.
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         dtype: Weight dtype of the base models.
         quantization: Load the base models 4-bit / 8-bit to save memory.
@@ -156,9 +151,10 @@ def evaluate_policies(
     if batch_size < 1:
         raise OptionError(f"--batch_size must be >= 1, got {batch_size}")
     stop_token_ids(tokenizer, (), stop_tokens or [], "--stop_tokens")  # refused before any weight is loaded
+    earlier = {"temperature": temperature, "seed": seed, "gold_function": gold_function, "num_samples": num_samples}
+    evaluation = dataclasses.replace(evaluation, **{k: v for k, v in earlier.items() if v is not None})
     gold_fn = ScoreFunction(evaluation.gold_function, "gold_function") if evaluation.gold_function else None
     temperature = DEFAULT_TEMPERATURE if evaluation.temperature is None else evaluation.temperature
-    seed = evaluation.seed
     chat_template = chat_template or RunFolder(policy).chat_template
     text_rows_as_chat(tokenizer, chat_template, "--chat_template")  # refused here, naming this command's option
     examples = load_prompts(
@@ -198,7 +194,9 @@ def evaluate_policies(
         ids, mask = left_pad([e.input_ids for e in batch], pad, device)
         texts = [e.display for e in batch]
         records.extend(
-            compare_batch(ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn, penalty, texts, seed + i)
+            compare_batch(
+                ids, mask, samplers, score, tokenizer, kl, kl_sides, gold_fn, penalty, texts, evaluation.seed + i
+            )
         )
         log.info(f"evaluate: {len(records)}/{len(examples)} prompts")
     summary = summarize(records, "policy", "baseline")
@@ -212,7 +210,7 @@ def evaluate_policies(
         "overlong": overlong,
         "chat_template": chat_template,
         "batch_size": batch_size,
-        "seed": seed,
+        "seed": evaluation.seed,
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
         "stop_tokens": stop_tokens or [],

@@ -156,6 +156,7 @@ class ComparisonsDataModule(RowsDataModule):
     def __init__(
         self,
         train_files: str | list[str] = "builtin:comparisons.jsonl",
+        *,
         rejected_variants: list[DegenerateKind] | None = None,
         **kwargs,
     ) -> None:

@@ -35,6 +35,7 @@ class DemonstrationsDataModule(RowsDataModule):
     def __init__(
         self,
         train_files: str | list[str] = "builtin:demonstrations.jsonl",
+        *,
         val_fraction: float = 0.05,
         max_length: int = 1024,
         overlong: Literal["truncate", "drop"] = "truncate",

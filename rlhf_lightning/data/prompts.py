@@ -61,6 +61,7 @@ class PromptsDataModule(RowsDataModule):
     def __init__(
         self,
         train_files: str | list[str] = "builtin:prompts.jsonl",
+        *,
         max_length: int = 256,
         overlong: Literal["truncate", "drop"] = "drop",
         batch_size: int = 16,

@@ -21,13 +21,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
-from peft import PeftModel
 from torch import nn
 
 from rlhf_lightning.models.config import ModelConfig
 from rlhf_lightning.models.embedded import resolve_model_path
 from rlhf_lightning.models.generation import sample_responses
-from rlhf_lightning.models.loading import decoder_and_head, final_hidden_states, lm_head_parameters, load_causal_lm
+from rlhf_lightning.models.loading import (
+    decoder_and_head,
+    final_hidden_states,
+    is_peft,
+    lm_head_parameters,
+    load_causal_lm,
+)
 from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, last_token_scores, load_head
 from rlhf_lightning.models.run_folder import RunFolder
 from rlhf_lightning.ops import token_logprobs_from_hidden, truncate_after_stop
@@ -45,10 +50,6 @@ class Role:
     """The scalar head of a value or reward role."""
 
 
-def _is_peft(model: nn.Module) -> bool:
-    return isinstance(model, PeftModel)
-
-
 def _restore(flags: list[tuple[nn.Parameter, bool]]) -> None:
     for p, flag in flags:
         if p.requires_grad != flag:
@@ -59,7 +60,7 @@ def _restore(flags: list[tuple[nn.Parameter, bool]]) -> None:
 def use_adapter(model: nn.Module, adapter: str | None) -> Iterator[nn.Module]:
     """Run the enclosed code with ``adapter`` active (``None``: adapters disabled), keeping every
     parameter's ``requires_grad`` as it was; the previously active adapter is restored on exit."""
-    if not _is_peft(model):
+    if not is_peft(model):
         if adapter is not None:
             raise ValueError(f"adapter {adapter!r} requested from a model without adapters")
         yield model
@@ -217,9 +218,11 @@ class RoleLoader:
         else:
             base = self._base(folder.base_model, shared=True)
             key = resolve_model_path(folder.base_model)
-            if isinstance(base, PeftModel):
+            if is_peft(base):
                 base.load_adapter(folder.adapter, adapter_name=name, is_trainable=False)
             else:
+                from peft import PeftModel  # on first use, as in models.loading
+
                 base = PeftModel.from_pretrained(base, folder.adapter, adapter_name=name, is_trainable=False)
                 self._bases[key] = base
             base.eval()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import peft
+if TYPE_CHECKING:
+    import peft
 
 DType = Literal["float32", "bfloat16", "float16"]
 Quantization = Literal["none", "nf4", "fp4", "int8"]
@@ -73,6 +74,8 @@ class LoraConfig:
     def to_peft(self, modules_to_save: bool = True) -> peft.LoraConfig:
         """peft's ``LoraConfig`` for a causal LM; ``modules_to_save=False`` leaves out the fully trained modules
         (PPO's value adapter: a second trained copy of ``embed_tokens`` would only cost memory)."""
+        import peft
+
         return peft.LoraConfig(
             r=self.r,
             lora_alpha=self.alpha,
@@ -81,4 +84,4 @@ class LoraConfig:
             use_rslora=self.use_rslora,
             modules_to_save=(self.modules_to_save or None) if modules_to_save else None,
             task_type="CAUSAL_LM",
-        )
+        )  # peft is imported on first use (it imports bitsandbytes): commands that load no model start without it

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import PeftModel
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -22,6 +21,8 @@ def merged_causal_lm(folder: Path, info: RunInfo) -> nn.Module:
     """The run's model in float32 with its adapter merged (or the full model a run without LoRA saved)."""
     if not info.adapter:
         return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    from peft import PeftModel  # on first use, as in models.loading
+
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path(info.base_model), dtype=torch.float32)
     return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import torch
 import transformers
-from peft import PeftModel, get_peft_model
-from peft.tuners.lora import LoraLayer
-from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
 
@@ -147,6 +145,8 @@ def load_causal_lm(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False  # training; generation passes use_cache=True explicitly
 
+    if cfg.adapter is not None or (trainable and lora is not None and lora.enabled):
+        from peft import PeftModel, get_peft_model  # on first use: it imports bitsandbytes, slow to start
     if cfg.adapter is not None:
         model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=trainable)
         if cfg.disable_dropout:
@@ -158,9 +158,14 @@ def load_causal_lm(
     return model
 
 
+def is_peft(model: nn.Module) -> bool:
+    """Whether ``model`` is a peft wrapper (without importing peft when it was never loaded)."""
+    return "peft" in sys.modules and isinstance(model, sys.modules["peft"].PeftModel)
+
+
 def unwrap_causal_lm(model: nn.Module) -> nn.Module:
     """The transformers ``*ForCausalLM`` inside a peft wrapper (LoRA layers stay injected in it)."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
+    return model.get_base_model() if is_peft(model) else model
 
 
 def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -216,6 +221,11 @@ def lm_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | No
 
     LoRA on the LM head itself is refused: the chunked log-prob path applies the plain weight matrix.
     """
+    if "peft" not in sys.modules:  # no adapter was ever loaded: a plain head
+        return head.weight, getattr(head, "bias", None)
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
     if isinstance(head, LoraLayer):
         raise ValueError("LoRA on the LM head is not supported; train it in full with lora.modules_to_save instead")
     if isinstance(head, ModulesToSaveWrapper):

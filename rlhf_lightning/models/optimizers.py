@@ -1,17 +1,15 @@
-"""bitsandbytes' optimizers, named as ``optim.optimizer`` names them (the only importer of bitsandbytes)."""
+"""bitsandbytes' optimizers, named as ``optim.optimizer`` names them. bitsandbytes is imported when one is
+built, so that runs with torch's AdamW (and commands that train nothing) never load it."""
 
 from __future__ import annotations
 
-import bitsandbytes as bnb
 import torch
 
-BNB_OPTIMIZERS = {
-    "adamw_8bit": bnb.optim.AdamW8bit,
-    "paged_adamw": bnb.optim.PagedAdamW,
-    "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
-}
+BNB_OPTIMIZERS = {"adamw_8bit": "AdamW8bit", "paged_adamw": "PagedAdamW", "paged_adamw_8bit": "PagedAdamW8bit"}
 
 
 def bnb_optimizer(name: str, params: list[torch.nn.Parameter], **kwargs) -> torch.optim.Optimizer:
     """The bitsandbytes optimizer ``name`` (a key of :data:`BNB_OPTIMIZERS`) over ``params``."""
-    return BNB_OPTIMIZERS[name](params, **kwargs)
+    import bitsandbytes as bnb
+
+    return getattr(bnb.optim, BNB_OPTIMIZERS[name])(params, **kwargs)

@@ -114,11 +114,14 @@ class RunFolder:
         return self.info.chat_template if self.is_run else "auto"
 
     def require_stage(self, *stages: str, what: str = "") -> RunInfo:
-        """The run info, or ``ValueError`` when the folder holds another stage's output."""
+        """The run info, or ``ValueError`` naming the folder when it is not a run's or holds another stage's
+        output."""
+        wanted = what or f"a {' or '.join(stages)} run's final folder"
+        if not self.is_run:
+            raise ValueError(f"{self.name} is not {wanted}: it has no {RUN_INFO_FILE} (a run's 'final' folder has)")
         info = self.info
         if info.stage not in stages:
-            wanted = what or f"a {' or '.join(stages)} run's final folder"
-            raise ValueError(f"{self.name} holds a '{info.stage}' run, not {wanted}")
+            raise ValueError(f"{self.name} holds a '{info.stage}' model, not {wanted}")
         return info
 
     def file(self, name: str) -> Path:

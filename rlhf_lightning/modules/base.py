@@ -50,6 +50,7 @@ class CausalLMModule(L.LightningModule):
         self.strict_loading = False  # base weights are deliberately absent from checkpoints
         self.nonfinite = NonFiniteGuard(optim.max_nonfinite_steps)
         self._step_losses: list[torch.Tensor] = []
+        self.save_hyperparameters()  # every stage's own arguments too: Lightning reads the subclasses' frames
 
     # --- model -----------------------------------------------------------------------------------------
     def configure_model(self) -> None:

@@ -57,6 +57,7 @@ class RewardModule(CausalLMModule):
 
     def __init__(
         self,
+        *,
         optim: OptimConfig = OptimConfig(lr=3e-4, warmup_ratio=0.0, schedule="constant"),  # noqa: B008
         center_coef: float = 0.0,
         calibration_files: list[str] | None = None,
@@ -79,7 +80,6 @@ class RewardModule(CausalLMModule):
         self.calibration_sequences: list[list[int]] = []
         self.train_metrics = PreferenceMetrics()
         self.val_metrics = PreferenceMetrics()
-        self.save_hyperparameters()
 
     def configure_heads(self) -> None:
         self.score_head = ScalarHead(hidden_size_of(self.model), self.head_init_std).to(self._target_device())

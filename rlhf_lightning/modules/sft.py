@@ -30,6 +30,7 @@ class SFTModule(CausalLMModule):
 
     def __init__(
         self,
+        *,
         samples: SampleConfig = SampleConfig(),  # noqa: B008 - dataclass defaults show every field in --help
         logprob_chunk_size: int = 1024,
         **kwargs,
@@ -38,7 +39,6 @@ class SFTModule(CausalLMModule):
         self.samples = samples
         self.logprob_chunk_size = logprob_chunk_size
         self.val_nll = TokenNLL()
-        self.save_hyperparameters()
 
     def configure_callbacks(self) -> list:
         return [ThroughputMonitor(), GenerationSamples(self.samples)]

@@ -47,6 +47,8 @@ def test_a_folder_written_by_an_earlier_version_still_loads(tmp_path):
 
 def test_another_stages_folder_is_refused_by_name(tmp_path):
     RunFolder.write_info(tmp_path, RunInfo(stage="sft", base_model="b", adapter=True))
-    with pytest.raises(ValueError, match=f"{tmp_path} holds a 'sft' run, not a reward model"):
+    with pytest.raises(ValueError, match=f"{tmp_path} holds a 'sft' model, not a reward model"):
         RunFolder(tmp_path).require_stage("reward", what="a reward model")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'x'} is not a reward model: it has no {RUN_INFO_FILE}"):
+        RunFolder(tmp_path / "x").require_stage("reward", what="a reward model")
     assert RunFolder(tmp_path).require_stage("sft", "ppo").stage == "sft"

@@ -108,9 +108,19 @@ class RewardShaping:
         return FixedKLController(self.kl_coef)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PPOEvalConfig(EvalConfig):
-    """Evaluation on the held-out prompts: the policy against the reference, both judged by the reward."""
+    """Evaluation on the held-out prompts: the policy against the reference, both judged by the reward; and
+    the sample table."""
+
+    temperature: float | None = None
+    """Sampling temperature of evaluation responses and of the sample table (0: greedy); their KL is measured
+    at this temperature too. ``null`` uses the rollout's."""
+    seed: int = 0
+    """Seed of the evaluation's and the sample table's own random generator (batch ``i`` of the evaluation
+    draws from ``seed + i``, for each side); they never touch the training run's random state."""
+    num_samples: int = 4
+    """Rows of the sample table, and of the evaluation's side-by-side table."""
 
     at_end: bool = True
     """Evaluate at the end of training; results go to TensorBoard (``eval/*``) and ``evaluation.json``.

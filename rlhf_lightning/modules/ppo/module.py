@@ -109,7 +109,6 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         self.last_stats: dict[str, float] = {}
         self.final_evaluation: dict | None = None
         self.episodes = 0  # prompts rolled out so far, all ranks
-        self.save_hyperparameters()
 
     # --- models -----------------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -135,7 +134,9 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         )
 
     def configure_callbacks(self) -> list:
-        return [self.timer, self.health]
+        """Phase timing, and the health check unless the trainer was given one (with its own ``every``)."""
+        given = any(isinstance(c, PPOHealthCheck) for c in self.trainer.callbacks)
+        return [self.timer] if given else [self.timer, self.health]
 
     @property
     def iteration(self) -> int:
@@ -195,6 +196,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         stats = {k: float(v) for k, v in stats.items()}
         stats |= {"lr": self.optimizers().param_groups[0]["lr"], "train/nonfinite_steps": float(self.nonfinite.total)}
         stats["episode"] = float(self.episodes)
+        stats |= self.timer.metrics()  # every phase of the iteration has ended
         self.last_stats = stats
         self.log_dict(stats, batch_size=len(rollout.sequences), sync_dist=True)
         self.log("objective/scores_bar", stats["objective/scores"], prog_bar=True, logger=False)
