@@ -124,9 +124,6 @@ class RunFolder:
             raise ValueError(f"{self.name} holds a '{info.stage}' model, not {wanted}")
         return info
 
-    def file(self, name: str) -> Path:
-        return self.path / name
-
     @staticmethod
     def write_info(folder: str | Path, info: RunInfo) -> None:
         (Path(folder) / RUN_INFO_FILE).write_text(json.dumps(info.to_dict(), indent=2) + "\n")
