@@ -1,5 +1,5 @@
 """The ``rlhf-lightning`` command: LightningCLI for the stages (``fit``, ``validate``) and the commands
-(``pipeline``, ``evaluate``, ``score``, ``export``); ``rlhf-lightning --help`` lists them.
+(``pipeline``, ``evaluate``, ``score``, ``export``, ``generate``, ``label``); ``rlhf-lightning --help`` lists them.
 
 Each run writes one folder, ``trainer.default_root_dir``:
 
@@ -24,9 +24,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from rlhf_lightning.commands.evaluate import evaluate_policies
 from rlhf_lightning.commands.export import export_model
+from rlhf_lightning.commands.generate import generate_candidates
+from rlhf_lightning.commands.label import export_labels, judge_labels
+from rlhf_lightning.commands.label_app import serve
 from rlhf_lightning.commands.pipeline import run_pipeline
 from rlhf_lightning.commands.score import score_file
 from rlhf_lightning.data.errors import DataFormatError, OptionError
+from rlhf_lightning.data.labels import LabelError
 from rlhf_lightning.models.loading import quiet_transformers
 from rlhf_lightning.models.score_function import ScoreError
 from rlhf_lightning.modules.guard import NonFiniteStepsError
@@ -103,10 +107,14 @@ COMMANDS = {  # name: (function, required arguments are positional, one line for
                  "compare two policies on the same prompts: reward-model score, win rate, KL, gold score"),
     "score": (score_file, True, "score (prompt, response) rows with a reward model"),
     "export": (export_model, True, "merge a run's adapter into its base model: a plain Hugging Face folder"),
+    "generate": (generate_candidates, False, "sample K candidate responses per prompt into a labelling database"),
+    "label": (serve, True, "rank candidates in the browser (label DB); label export DB OUT.jsonl; label judge DB"),
 }  # fmt: skip
+LABEL_COMMANDS = {"export": export_labels, "judge": judge_labels}
+"""``rlhf-lightning label export|judge ...``; any other ``label`` argument is the database to serve."""
 
 
-USER_ERRORS = (DataFormatError, OptionError, ScoreError, NonFiniteStepsError)
+USER_ERRORS = (DataFormatError, OptionError, ScoreError, NonFiniteStepsError, LabelError)
 """Errors whose message says everything (file, row, field; option and value; function and value; the step):
 printed without a traceback."""
 
@@ -136,6 +144,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _run(args: list[str], from_command_line: bool) -> None:
+    if args[0] == "label" and len(args) > 1 and args[1] in LABEL_COMMANDS:
+        CLI(LABEL_COMMANDS[args[1]], args=args[2:], prog=f"rlhf-lightning label {args[1]}", as_positional=True)
+        return
     if args[0] in COMMANDS:
         function, positional, _ = COMMANDS[args[0]]
         CLI(function, args=args[1:], prog=f"rlhf-lightning {args[0]}", as_positional=positional)

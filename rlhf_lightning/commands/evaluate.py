@@ -58,10 +58,11 @@ def load_prompts(
     max_prompts: int | None,
     overlong: Literal["truncate", "drop"] = "drop",
     chat_template: str = "auto",
+    split: Literal["heldout", "train"] = "heldout",
 ) -> list:
     """Prompt examples (token ids and the text tables show) from a prompts file (PPO's format); with
     ``val_fraction`` only the held-out split that a PPO run with the same file, fraction and seed kept for
-    evaluation."""
+    evaluation (``split="train"``: the rest, the prompts it trained on)."""
     data = PromptsDataModule(
         train_files=prompts,
         val_fraction=val_fraction,
@@ -72,7 +73,7 @@ def load_prompts(
     )
     data.tokenizer = tokenizer
     data.setup("fit")
-    examples = data.val_examples if val_fraction > 0 else data.train_examples
+    examples = data.val_examples if val_fraction > 0 and split == "heldout" else data.train_examples
     return examples[:max_prompts]
 
 

@@ -11,6 +11,14 @@ written to ``ROOT/summary.md`` and ``ROOT/summary.json``.
 
 Started again, the pipeline skips the steps ``ROOT/pipeline.json`` records as done, and a stage that was
 interrupted resumes from its last checkpoint (``--ckpt_path last``).
+
+With a ``labelling`` section the reward model learns from rankings made during the run, in ``rounds``:
+round ``n`` samples candidates from the policy so far (the SFT model in round 1, round ``n-1``'s PPO policy
+after that) into a labelling database (``ROOT/labels.sqlite``), has them ranked (by a judge, unattended; or by
+people: the pipeline stops and names the ``rlhf-lightning label`` command, and goes on when run again once
+they are ranked), trains the reward model on every ranking so far, runs PPO from the policy so far against
+it, and compares the new policy with the SFT model. Each round's folders are ``ROOT/round-<n>/{reward, ppo,
+evaluation}``; the summary has one row per round.
 """
 
 from __future__ import annotations
@@ -28,6 +36,10 @@ import yaml
 
 from rlhf_lightning.commands.evaluate import evaluate_policies
 from rlhf_lightning.commands.export import export_model
+from rlhf_lightning.commands.generate import generate_candidates
+from rlhf_lightning.commands.label import judge_labels
+from rlhf_lightning.data.errors import OptionError
+from rlhf_lightning.data.labels import LabelStore
 from rlhf_lightning.evaluation.config import EvalConfig
 from rlhf_lightning.evaluation.report import markdown_table, read_scalars
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELDOUT_FILE
@@ -35,6 +47,7 @@ from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELD
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
 STATE_FILE, SUMMARY_MD, SUMMARY_JSON = "pipeline.json", "summary.md", "summary.json"
+DATABASE_FILE = "labels.sqlite"
 
 
 @dataclass
@@ -76,24 +89,92 @@ class EvaluationSpec(EvalConfig):
     """Prompts per generation batch; default: the PPO stage's validation batch size."""
 
 
+@dataclass
+class LabellingSpec:
+    """Rounds of human (or judge) feedback: candidates from the policy so far, ranked, then reward model and
+    PPO on every ranking so far. Fields left empty are taken from the PPO stage's config."""
+
+    rounds: int = 1
+    """How many rounds of generate -> label -> reward model -> PPO -> evaluation."""
+    prompts: str | None = None
+    """Prompts to sample candidates for; default: the PPO stage's ``train_files``. Its held-out split (the PPO
+    stage's ``val_fraction`` and ``split_seed``) is never labelled."""
+    prompts_per_round: int = 32
+    """New prompts labelled each round (round ``n`` takes the next ``prompts_per_round`` of the training split)."""
+    num_candidates: int = 4
+    """Candidates sampled per prompt."""
+    temperature: float = 1.0
+    """Sampling temperature of the candidates."""
+    max_new_tokens: int | None = None
+    """Longest candidate; default: the PPO stage's ``rollout.max_new_tokens``."""
+    seed: int = 0
+    """Round ``n`` samples with seed ``seed + n``."""
+    database: str | None = None
+    """The labelling database; default ``ROOT/labels.sqlite``."""
+    judge: str | None = None
+    """A rule judge, ``module:function`` (the reward-function signature), that ranks every round unattended."""
+    constitution: str | None = None
+    """Or an LLM judge: a file of principles that ``judge_model`` checks each candidate against."""
+    judge_model: str = "embedded"
+    """The LLM judge's model."""
+    annotators_per_item: int = 1
+    """Without a judge: people asked to rank each item."""
+    min_labelled: float = 1.0
+    """Without a judge: the fraction of a round's items that must be ranked (by ``annotators_per_item`` people)
+    before the pipeline goes on."""
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1 or self.prompts_per_round < 1 or self.num_candidates < 2:
+            raise OptionError("labelling: rounds and prompts_per_round must be >= 1, num_candidates >= 2")
+        if self.judge is not None and self.constitution is not None:
+            raise OptionError("labelling: give judge or constitution, not both")
+        if not 0.0 < self.min_labelled <= 1.0:
+            raise OptionError(f"labelling.min_labelled must be in (0, 1], got {self.min_labelled}")
+
+
 def _cli_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def stage_arguments(stage: str, spec: StageSpec, root: Path, common: dict[str, Any], resume: bool) -> list[str]:
+def stage_arguments(
+    stage: str,
+    spec: StageSpec,
+    root: Path,
+    common: dict[str, Any],
+    resume: bool,
+    folder: Path | None = None,
+    policy_start: Path | None = None,
+    reward_model: Path | None = None,
+    train_files: list[str] | None = None,
+) -> list[str]:
     """The ``fit`` command line of one stage: its config, the common and its own overrides, then the run
-    folder and the folders of the earlier stages."""
+    folder (default ``root/stage``) and the folders of the earlier stages: the reward model starts from the
+    SFT adapter, PPO from ``policy_start`` (default the SFT adapter) and scores with ``reward_model`` (default
+    ``root/reward/final``); ``train_files`` replaces the stage's data."""
     args = ["fit", "--config", spec.config]
     for key, value in {**common, **spec.overrides}.items():
         args.append(f"--{key}={_cli_value(value)}")
-    args.append(f"--trainer.default_root_dir={root / stage}")
-    if stage in ("reward", "ppo"):
-        args.append(f"--model.init_args.model.adapter={root / 'sft' / FINAL_FOLDER}")
+    args.append(f"--trainer.default_root_dir={folder or root / stage}")
+    sft = root / "sft" / FINAL_FOLDER
+    if stage == "reward":
+        args.append(f"--model.init_args.model.adapter={sft}")
     if stage == "ppo":
-        args.append(f"--model.init_args.reward_model={root / 'reward' / FINAL_FOLDER}")
+        args.append(f"--model.init_args.model.adapter={policy_start or sft}")
+        args.append(f"--model.init_args.reward_model={reward_model or root / 'reward' / FINAL_FOLDER}")
+    if train_files is not None:
+        args.append(f"--data.init_args.train_files={json.dumps(train_files)}")
     if resume:
         args.append("--ckpt_path=last")
     return args
+
+
+def _round_of(step: str) -> int | None:
+    """``round-2/ppo`` -> 2; ``ppo`` -> None."""
+    return int(step.split("/")[0].removeprefix("round-")) if step.startswith("round-") else None
+
+
+def _last(values: dict) -> tuple[Any, Any]:
+    return (max(values), values[max(values)]) if values else (None, None)
 
 
 def _lookup(config: dict, dotted: str, default: Any = None) -> Any:
@@ -115,12 +196,37 @@ class Pipeline:
         evaluation: EvaluationSpec,
         export: bool,
         common: dict[str, Any],
+        labelling: LabellingSpec | None = None,
     ) -> None:
         self.root = Path(root_dir)
         self.specs = {"sft": sft, "reward": reward, "ppo": ppo}
-        self.evaluation, self.export, self.common = evaluation, export, common
+        self.evaluation, self.export, self.common, self.labelling = evaluation, export, common, labelling
         self.state_path = self.root / STATE_FILE
         self.state: dict = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"steps": {}}
+        self.database = Path(labelling.database) if labelling and labelling.database else self.root / DATABASE_FILE
+
+    # --- steps and their folders ---------------------------------------------------------------------------
+    @property
+    def rounds(self) -> int:
+        return self.labelling.rounds if self.labelling else 0
+
+    def steps(self) -> list[str]:
+        """Every step in order: ``sft, reward, ppo, evaluation, export``; with labelling, ``sft``, then per round
+        ``round-<n>/generate``, ``/label``, ``/reward``, ``/ppo``, ``/evaluation``, then ``export``."""
+        if not self.labelling:
+            return list(STEPS)
+        per_round = ("generate", "label", "reward", "ppo", "evaluation")
+        return ["sft", *(f"round-{n}/{step}" for n in range(1, self.rounds + 1) for step in per_round), "export"]
+
+    def folder(self, step: str) -> Path | None:
+        """The folder a step writes (``None`` for generate and label, which write the labelling database)."""
+        return None if step.endswith(("/generate", "/label")) else self.root / step
+
+    def stage_folder(self, stage: str, round: int | None = None) -> Path:
+        """``ROOT/<stage>``, or in rounds ``ROOT/round-<n>/<stage>`` (the last round by default); SFT is shared."""
+        if not self.labelling or stage == "sft":
+            return self.root / stage
+        return self.root / f"round-{round or self.rounds}" / stage
 
     # --- state ---------------------------------------------------------------------------------------------
     def done(self, step: str) -> bool:
@@ -137,11 +243,12 @@ class Pipeline:
 
     def _check_not_stale(self) -> None:
         """Refuse to run a stage while a later step's results, built on the old output, are still there."""
-        todo = next((s for s in STEPS if not self.done(s)), None)
+        steps = self.steps()
+        todo = next((s for s in steps if not self.done(s)), None)
         if todo is None:
             return
-        later = STEPS[STEPS.index(todo) + 1 :]
-        stale = [self.root / s for s in later if (self.root / s).exists()]
+        later = [self.folder(s) for s in steps[steps.index(todo) + 1 :]]
+        stale = [f for f in later if f is not None and f.exists()]
         if stale:
             raise SystemExit(
                 f"error: the pipeline would rerun '{todo}', but {', '.join(map(str, stale))} hold results built on "
@@ -149,34 +256,113 @@ class Pipeline:
                 "another root_dir."
             )
 
-    # --- steps ---------------------------------------------------------------------------------------------
-    def run_stage(self, stage: str) -> None:
-        folder = self.root / stage
+    # --- training stages -----------------------------------------------------------------------------------
+    def run_stage(self, step: str) -> None:
+        stage, n = step.rsplit("/", 1)[-1], _round_of(step)
+        folder = self.stage_folder(stage, n)
         resume = (folder / "checkpoints" / "last.ckpt").exists()
-        args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume)
-        print(f"\n=== {stage}: {'resuming from its last checkpoint' if resume else 'starting'} ===", flush=True)
+        extra: dict[str, Any] = {}
+        if n is not None:
+            extra = {"folder": folder, "reward_model": self.stage_folder("reward", n) / FINAL_FOLDER}
+            extra["policy_start"] = self.policy_before(n)
+            if stage == "reward":
+                extra["train_files"] = [str(self.database)]
+        args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume, **extra)
+        print(f"\n=== {step}: {'resuming from its last checkpoint' if resume else 'starting'} ===", flush=True)
         print("rlhf-lightning " + " ".join(args), flush=True)
         start = time.perf_counter()
         code = subprocess.call([sys.executable, "-m", "rlhf_lightning.cli", *args])
         if code != 0:
             raise SystemExit(
-                f"error: the {stage} stage stopped (exit code {code}). Fix the cause and run the same pipeline "
-                f"command again: finished stages are skipped and {stage} resumes from its last checkpoint."
+                f"error: the {step} stage stopped (exit code {code}). Fix the cause and run the same pipeline "
+                f"command again: finished stages are skipped and {step} resumes from its last checkpoint."
             )
         if not (folder / FINAL_FOLDER).exists():
-            raise SystemExit(f"error: the {stage} stage ended without writing {folder / FINAL_FOLDER}")
-        self._mark(stage, time.perf_counter() - start)
+            raise SystemExit(f"error: the {step} stage ended without writing {folder / FINAL_FOLDER}")
+        self._mark(step, time.perf_counter() - start)
 
-    def evaluation_arguments(self) -> dict[str, Any]:
+    def policy_before(self, n: int) -> Path:
+        """The policy round ``n`` starts from: the SFT model, then the previous round's PPO policy."""
+        return self.root / "sft" / FINAL_FOLDER if n == 1 else self.stage_folder("ppo", n - 1) / FINAL_FOLDER
+
+    # --- labelling -----------------------------------------------------------------------------------------
+    def _ppo_config(self) -> dict:
+        """The PPO stage's config file with the common and the stage's overrides applied (dotted keys;
+        ``model.X`` and ``data.X`` mean ``model.init_args.X`` and ``data.init_args.X``, as on the command line)."""
+        config = yaml.safe_load(Path(self.specs["ppo"].config).read_text()) or {}
+        for key, value in {**self.common, **self.specs["ppo"].overrides}.items():
+            parts = key.split(".")
+            if parts[0] in ("model", "data") and len(parts) > 1 and parts[1] != "init_args":
+                parts.insert(1, "init_args")
+            node = config
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = value
+        return config
+
+    def run_generate(self, step: str) -> None:
+        n, spec = _round_of(step), self.labelling
+        print(f"\n=== {step}: candidates from {self.policy_before(n)} ===", flush=True)
+        start = time.perf_counter()
+        ppo = self._ppo_config()
+        data, rollout = _lookup(ppo, "data.init_args") or {}, _lookup(ppo, "model.init_args.rollout") or {}
+        generate_candidates(
+            policy=str(self.policy_before(n)),
+            prompts=spec.prompts or data.get("train_files", "builtin:prompts.jsonl"),
+            database=str(self.database),
+            num_candidates=spec.num_candidates,
+            temperature=spec.temperature,
+            max_new_tokens=spec.max_new_tokens or rollout.get("max_new_tokens", 64),
+            seed=spec.seed + n,
+            round=n,
+            first_prompt=(n - 1) * spec.prompts_per_round,
+            max_prompts=spec.prompts_per_round,
+            val_fraction=data.get("val_fraction", 0.0),
+            split_seed=data.get("split_seed", 0),
+            max_length=data.get("max_length", 256),
+            stop_tokens=rollout.get("stop_tokens"),
+            progress=self.common.get("trainer.enable_progress_bar", True) is not False,
+        )
+        self._mark(step, time.perf_counter() - start)
+
+    def run_label(self, step: str) -> bool:
+        """Rank round ``n``'s candidates with the judge, or check that people have; ``False`` while they have not."""
+        n, spec = _round_of(step), self.labelling
+        start = time.perf_counter()
+        if spec.judge or spec.constitution:
+            print(f"\n=== {step}: ranked by the judge {spec.judge or spec.constitution} ===", flush=True)
+            judge_labels(str(self.database), judge=spec.judge, constitution=spec.constitution,
+                         judge_model=spec.judge_model, progress=False)  # fmt: skip
+        else:
+            store = LabelStore(self.database)
+            if store.annotators_per_item != spec.annotators_per_item:
+                store.annotators_per_item = spec.annotators_per_item
+            items, complete = store.round_progress(n)
+            if complete < spec.min_labelled * items:
+                print(
+                    f"\n=== {step}: waiting for rankings: {complete} of {items} items of round {n} are ranked by "
+                    f"{spec.annotators_per_item} annotator(s) ({spec.min_labelled:.0%} needed). Rank them in the "
+                    f"browser:\n\n    rlhf-lightning label {self.database}\n\nthen run the same pipeline command "
+                    "again; it goes on from here. ===",
+                    flush=True,
+                )
+                return False
+            print(f"\n=== {step}: {complete} of {items} items ranked ===", flush=True)
+        self._mark(step, time.perf_counter() - start)
+        return True
+
+    # --- evaluation and export -----------------------------------------------------------------------------
+    def evaluation_arguments(self, ppo_folder: Path | None = None) -> dict[str, Any]:
         """The evaluation's settings: those given in ``evaluation``, the rest from the PPO run's resolved
         ``config.yaml`` (its prompts and held-out split, response length, gold function and seed)."""
         ev = self.evaluation
-        resolved = yaml.safe_load((self.root / "ppo" / "config.yaml").read_text())
+        ppo_folder = ppo_folder or self.root / "ppo"
+        resolved = yaml.safe_load((ppo_folder / "config.yaml").read_text())
 
         def ppo(dotted: str, given: Any = None) -> Any:
             return given if given is not None else _lookup(resolved, dotted)
 
-        heldout = self.root / "ppo" / HELDOUT_FILE
+        heldout = ppo_folder / HELDOUT_FILE
         if ev.prompts is None and heldout.exists():  # exactly the prompts PPO evaluated on
             prompts, val_fraction = str(heldout), 0.0
         elif ev.prompts is None:  # PPO held nothing out: it evaluated on its training prompts
@@ -208,35 +394,44 @@ class Pipeline:
             "evaluation": evaluation,
         }
 
-    def run_evaluation(self) -> None:
-        print("\n=== evaluation: PPO policy vs SFT model on held-out prompts ===", flush=True)
+    def run_evaluation(self, step: str = "evaluation") -> None:
+        n = _round_of(step)
+        print(f"\n=== {step}: PPO policy vs SFT model on held-out prompts ===", flush=True)
         start = time.perf_counter()
-        prompts = self.evaluation_arguments()
+        ppo_folder = self.stage_folder("ppo", n)
+        prompts = self.evaluation_arguments(ppo_folder)
         evaluate_policies(
-            policy=str(self.root / "ppo" / FINAL_FOLDER),
+            policy=str(ppo_folder / FINAL_FOLDER),
             baseline=str(self.root / "sft" / FINAL_FOLDER),
-            reward_model=str(self.root / "reward" / FINAL_FOLDER),
-            output=str(self.root / "evaluation"),
+            reward_model=str(self.stage_folder("reward", n) / FINAL_FOLDER),
+            output=str(self.stage_folder("evaluation", n)),
             **prompts,
         )
-        self._mark("evaluation", time.perf_counter() - start)
+        self._mark(step, time.perf_counter() - start)
 
     def run_export(self) -> None:
         print("\n=== export: merged Hugging Face folders ===", flush=True)
         start = time.perf_counter()
         for name, stage in (("policy", "ppo"), ("reward", "reward")):
-            export_model(str(self.root / stage / FINAL_FOLDER), str(self.root / "export" / name), overwrite=True)
+            export_model(str(self.stage_folder(stage) / FINAL_FOLDER), str(self.root / "export" / name), overwrite=True)
         self._mark("export", time.perf_counter() - start)
 
-    def run(self) -> dict:
+    def run(self) -> dict | None:
+        """Run every step not done yet; the summary, or ``None`` when the pipeline waits for people's rankings."""
         self._check_not_stale()
-        for step in STEPS:
+        for step in self.steps():
+            name = step.rsplit("/", 1)[-1]
             if self.done(step):
                 print(f"=== {step}: done earlier, skipped (see {self.state_path}) ===", flush=True)
-            elif step in STAGES:
+            elif name in STAGES:
                 self.run_stage(step)
-            elif step == "evaluation":
-                self.run_evaluation()
+            elif name == "generate":
+                self.run_generate(step)
+            elif name == "label":
+                if not self.run_label(step):
+                    return None
+            elif name == "evaluation":
+                self.run_evaluation(step)
             elif self.export:
                 self.run_export()
         return self.write_summary()
@@ -245,17 +440,18 @@ class Pipeline:
     def summary(self) -> dict[str, Any]:
         root = self.root
 
-        def first_last(stage: str, tag: str) -> tuple[float | None, float | None]:
-            values = read_scalars(root / stage, tag)
+        def first_last(folder: Path, tag: str) -> tuple[float | None, float | None]:
+            values = read_scalars(folder, tag)
             return (next(iter(values.values())), values[max(values)]) if values else (None, None)
 
-        sft_first, sft_last = first_last("sft", "train/loss")
-        _, sft_val = first_last("sft", "val/loss")
-        _, accuracy = first_last("reward", "val/accuracy")
-        score_first, score_last = first_last("ppo", "objective/scores")
-        kl_first, kl_last = first_last("ppo", "objective/kl")
-        evaluation = json.loads((root / "evaluation" / "evaluation.json").read_text())["summary"]
-        check = root / "reward" / FINAL_FOLDER / DEGENERATE_FILE
+        sft_first, sft_last = first_last(root / "sft", "train/loss")
+        _, sft_val = first_last(root / "sft", "val/loss")
+        reward, ppo = self.stage_folder("reward"), self.stage_folder("ppo")
+        _, accuracy = first_last(reward, "val/accuracy")
+        score_first, score_last = first_last(ppo, "objective/scores")
+        kl_first, kl_last = first_last(ppo, "objective/kl")
+        evaluation = json.loads((self.stage_folder("evaluation") / "evaluation.json").read_text())["summary"]
+        check = reward / FINAL_FOLDER / DEGENERATE_FILE
         empty = json.loads(check.read_text())["kinds"]["empty"]["above_median_real"] if check.exists() else None
         summary = {
             "sft/train_loss_first": sft_first,
@@ -270,7 +466,24 @@ class Pipeline:
             **{f"eval/{k}": v for k, v in evaluation.items()},
             "seconds": {step: info.get("seconds") for step, info in self.state["steps"].items()},
         }
+        if self.labelling:
+            summary["rounds"] = [self.round_summary(n) for n in range(1, self.rounds + 1)]
         return summary
+
+    def round_summary(self, n: int) -> dict[str, Any]:
+        """One round's figures: rankings it added and used, and its reward model's, PPO's and evaluation's."""
+        rankings = [j for j in LabelStore(self.database).judgements() if j["round"] <= n]
+        _, accuracy = _last(read_scalars(self.stage_folder("reward", n), "val/accuracy"))
+        _, kl = _last(read_scalars(self.stage_folder("ppo", n), "objective/kl"))
+        evaluation = json.loads((self.stage_folder("evaluation", n) / "evaluation.json").read_text())["summary"]
+        return {
+            "round": n,
+            "rankings_new": sum(j["round"] == n for j in rankings),
+            "rankings_total": len(rankings),
+            "reward/val_accuracy": accuracy,
+            "ppo/kl_last_iteration": kl,
+            **{f"eval/{k}": v for k, v in evaluation.items()},
+        }
 
     def summary_table(self, s: dict[str, Any]) -> str:
         def f(value, digits: int = 3) -> str:
@@ -312,6 +525,8 @@ class Pipeline:
                 ("Gold score: PPO policy vs SFT", f"{f(s['eval/gold_policy'])} vs {f(s['eval/gold_baseline'])}"),
                 ("Gold win rate of PPO over SFT", f(s["eval/gold_win_rate"])),
             ]
+        if s.get("rounds"):
+            rows.insert(2, ("Rounds of feedback", f"{len(s['rounds'])} (the rows below describe the last)"))
         seconds = s["seconds"]
         total = sum(v for v in seconds.values() if v)
         rows.append(
@@ -322,13 +537,40 @@ class Pipeline:
         )
         return markdown_table(["", "value"], rows, numbered=False)
 
+    @staticmethod
+    def rounds_table(rounds: list[dict[str, Any]]) -> str:
+        """One row per round: rankings, the reward model's accuracy, PPO's KL, and the held-out comparison with
+        the SFT model (reward-model win rate, and the gold score when the run has a gold function)."""
+
+        def f(value, digits: int = 3) -> str:
+            return "n/a" if value is None else f"{value:.{digits}f}"
+
+        header = ["round", "rankings (new / all)", "reward accuracy", "PPO KL", "win rate vs SFT (RM)",
+                  "gold: policy vs SFT", "gold win rate"]  # fmt: skip
+        rows = [
+            (
+                r["round"],
+                f"{r['rankings_new']} / {r['rankings_total']}",
+                f(r["reward/val_accuracy"]),
+                f(r["ppo/kl_last_iteration"]),
+                f(r.get("eval/win_rate")),
+                f"{f(r.get('eval/gold_policy'))} vs {f(r.get('eval/gold_baseline'))}",
+                f(r.get("eval/gold_win_rate")),
+            )
+            for r in rounds
+        ]
+        return markdown_table(header, rows, numbered=False)
+
     def write_summary(self) -> dict:
         summary = self.summary()
         table = self.summary_table(summary)
         (self.root / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
         lines = [f"# Pipeline summary: {self.root}", "", table, ""]
-        lines += [f"- {name}: `{self.root / name}`" for name in (f"{s}/{FINAL_FOLDER}" for s in STAGES)]
-        lines += [f"- evaluation: `{self.root / 'evaluation' / 'evaluation.md'}`"]
+        if summary.get("rounds"):
+            lines += ["## Rounds", "", self.rounds_table(summary["rounds"]), ""]
+            lines += [f"- labelling database: `{self.database}`"]
+        lines += [f"- {stage}/{FINAL_FOLDER}: `{self.stage_folder(stage) / FINAL_FOLDER}`" for stage in STAGES]
+        lines += [f"- evaluation: `{self.stage_folder('evaluation') / 'evaluation.md'}`"]
         if self.export:
             lines += [f"- exported models: `{self.root / 'export' / 'policy'}`, `{self.root / 'export' / 'reward'}`"]
         (self.root / SUMMARY_MD).write_text("\n".join(lines) + "\n")
@@ -344,7 +586,8 @@ def run_pipeline(
     evaluation: EvaluationSpec = EvaluationSpec(),  # noqa: B008 - shows every field in --help
     export: bool = True,
     common: dict[str, Any] | None = None,
-) -> dict:
+    labelling: LabellingSpec | None = None,
+) -> dict | None:
     """Run SFT, reward model and PPO, then evaluate the policy against the SFT model and export both models.
 
     Args:
@@ -356,8 +599,13 @@ def run_pipeline(
         evaluation: The final comparison of the PPO policy with the SFT model.
         export: Export the policy and the reward model as plain Hugging Face folders.
         common: Overrides for every stage, e.g. ``{"trainer.accelerator": "gpu", "trainer.precision": "bf16-mixed"}``.
+        labelling: Rounds of feedback on the policy's own candidates (see the module's documentation); without
+            it the reward model trains on its config's data once.
+
+    Returns:
+        The summary, or ``None`` when the pipeline stopped to wait for people's rankings.
     """
-    pipeline = Pipeline(root_dir, sft, reward, ppo, evaluation, export, dict(common or {}))
+    pipeline = Pipeline(root_dir, sft, reward, ppo, evaluation, export, dict(common or {}), labelling)
     pipeline.root.mkdir(parents=True, exist_ok=True)
     (pipeline.root / "pipeline_config.yaml").write_text(
         yaml.safe_dump(
@@ -367,6 +615,7 @@ def run_pipeline(
                 "evaluation": asdict(evaluation),
                 "export": export,
                 "common": pipeline.common,
+                "labelling": asdict(labelling) if labelling else None,
             },
             sort_keys=False,
         )

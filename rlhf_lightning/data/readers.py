@@ -5,7 +5,9 @@ Sources are strings:
 - a local path ending in ``.jsonl``, ``.json``, ``.parquet`` or ``.csv``, optionally compressed
   (``.gz``, ``.bz2``, ``.xz``: ``data.jsonl.gz``);
 - ``builtin:NAME`` for a file shipped in ``rlhf_lightning/data/assets`` (``builtin:demonstrations.jsonl``);
-- ``hf:OWNER/NAME`` or ``hf:OWNER/NAME:SPLIT`` for a dataset on the Hugging Face hub (split ``train`` by default).
+- ``hf:OWNER/NAME`` or ``hf:OWNER/NAME:SPLIT`` for a dataset on the Hugging Face hub (split ``train`` by default);
+- a labelling database (``.sqlite``, ``.sqlite3``, ``.db``, written by ``rlhf-lightning generate`` and ``label``):
+  its rankings as ranking rows (:func:`rlhf_lightning.data.labels.read_label_rows`), numbered by judgement id.
 
 The JSON layouts are the ones the ``datasets`` library's json loader reads, under either suffix: JSON lines
 (one object per line), one JSON list of row objects, one JSON object of equal-length column lists
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import IO
 
 from rlhf_lightning.data.errors import DataFormatError
+from rlhf_lightning.data.labels import SUFFIXES as DATABASE_SUFFIXES
+from rlhf_lightning.data.labels import read_label_rows
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -78,7 +82,9 @@ def read_rows(source: str) -> Iterator[tuple[int, object]]:
     if path.is_dir():
         raise DataFormatError(str(path), None, None, f"is a folder; name the data files in it ({', '.join(SUFFIXES)})")
     suffix, compression = _layout(path)
-    if suffix in (".jsonl", ".json"):
+    if suffix in DATABASE_SUFFIXES and compression is None:
+        yield from read_label_rows(str(path))
+    elif suffix in (".jsonl", ".json"):
         yield from _read_json(path, compression, suffix)
     elif suffix == ".csv":
         yield from _read_csv(path, compression)
@@ -88,7 +94,7 @@ def read_rows(source: str) -> Iterator[tuple[int, object]]:
         raise DataFormatError(
             str(path), None, None,
             f"unsupported file type {''.join(path.suffixes)!r}; use one of {SUFFIXES} (jsonl, json and csv may be "
-            f"compressed: {', '.join(COMPRESSIONS)})",
+            f"compressed: {', '.join(COMPRESSIONS)}) or a labelling database ({', '.join(DATABASE_SUFFIXES)})",
         )  # fmt: skip
 
 

@@ -128,6 +128,20 @@ def response_logprobs(
     )
 
 
+@torch.no_grad()
+def next_token_logprobs(
+    role: Role, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_ids: list[int]
+) -> torch.Tensor:
+    """Log-probs ``(b, len(token_ids))`` of ``token_ids`` as the next token after left-padded ``input_ids``
+    ``(b, t)`` under ``role``: the log-softmax is taken over the whole vocabulary at the last position only."""
+    with active(role):
+        hidden = role_hidden_states(role, input_ids, attention_mask)[:, -1]
+    _, head = decoder_and_head(role.model)
+    weight, bias = lm_head_parameters(head)
+    logits = hidden.float() @ weight.float().T + (0 if bias is None else bias.float())
+    return torch.log_softmax(logits, dim=-1)[:, token_ids]
+
+
 def response_values(head: ScalarHead, hidden: torch.Tensor, response_length: int) -> torch.Tensor:
     """Values ``(b, r)``: the value of the state before each response token (the prefix it is sampled from)."""
     return head(hidden[:, -response_length - 1 : -1])

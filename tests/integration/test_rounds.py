@@ -1,0 +1,86 @@
+"""The pipeline's rounds of feedback on a tiny model: candidates from the policy so far, ranked by a judge (or
+waited for from people), a reward model on every ranking so far, PPO from the policy so far."""
+
+import json
+
+import pytest
+import yaml
+
+from rlhf_lightning.cli import main
+from rlhf_lightning.data.labels import LabelStore
+from tests.integration.test_pipeline import stage_configs
+
+JUDGE = "tests.integration.test_pipeline:gold_rule"
+
+
+def pipeline_config(root, tiny_llama, **labelling):
+    paths = stage_configs(root, tiny_llama)
+    config = {
+        "root_dir": str(root / "out"),
+        "sft": {"config": paths["sft"]},
+        "reward": {"config": paths["reward"], "overrides": {"data.init_args.val_fraction": 0.0}},
+        "ppo": {"config": paths["ppo"], "overrides": {"model.init_args.lora.r": 4}},
+        "evaluation": {"num_samples": 2},
+        "labelling": {"prompts_per_round": 4, "num_candidates": 3, "temperature": 1.0, **labelling},
+    }
+    (root / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    return str(root / "pipeline.yaml")
+
+
+@pytest.fixture(scope="module")
+def judged_rounds(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("rounds")
+    main(["pipeline", "--config", pipeline_config(root, tiny_llama, rounds=2, judge=JUDGE)])
+    return root / "out"
+
+
+def test_two_judged_rounds_run_unattended_each_from_the_policy_before(judged_rounds):
+    out = judged_rounds
+    state = json.loads((out / "pipeline.json").read_text())
+    per_round = ["generate", "label", "reward", "ppo", "evaluation"]
+    expected = ["sft", *(f"round-{n}/{s}" for n in (1, 2) for s in per_round), "export"]
+    assert list(state["steps"]) == expected and all(v["status"] == "done" for v in state["steps"].values())
+    first = json.loads((out / "round-1" / "ppo" / "final" / "rlhf_lightning.json").read_text())
+    second = json.loads((out / "round-2" / "ppo" / "final" / "rlhf_lightning.json").read_text())
+    assert first["reference"] == str(out / "sft" / "final")
+    assert second["reference"] == str(out / "round-1" / "ppo" / "final"), "round 2 continues round 1's policy"
+    assert second["reward_model"] == str(out / "round-2" / "reward" / "final")
+    reward = yaml.safe_load((out / "round-2" / "reward" / "config.yaml").read_text())
+    assert reward["data"]["init_args"]["train_files"] == [str(out / "labels.sqlite")]
+
+
+def test_each_round_labels_new_prompts_from_its_own_policy_and_the_reward_model_sees_them_all(judged_rounds):
+    store = LabelStore(judged_rounds / "labels.sqlite")
+    judgements = store.judgements()
+    assert {j["source"] for j in judgements} == {"judge"} and {j["annotator"] for j in judgements} == {"judge:" + JUDGE}
+    by_round = {n: [j for j in judgements if j["round"] == n] for n in (1, 2)}
+    assert by_round[1] and by_round[2]
+    policies = {n: {c.policy for j in js for c in j["candidates"]} for n, js in by_round.items()}
+    out = judged_rounds
+    assert policies == {1: {str(out / "sft" / "final")}, 2: {str(out / "round-1" / "ppo" / "final")}}
+    assert len({j["item"] for j in by_round[1]}) == len({j["item"] for j in by_round[2]}) == 4, "prompts_per_round"
+    for j in judgements:  # the judge's ranking follows its rule: more 'a's ranks higher
+        counts = {c.id: c.response.count("a") for c in j["candidates"]}
+        assert all((counts[x] > counts[y]) == (j["ranks"][x] < j["ranks"][y]) for x in counts for y in counts if x != y)
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    assert summary["rounds"][1]["rankings_total"] == len(judgements) > summary["rounds"][0]["rankings_total"]
+    assert all("eval/gold_policy" in r for r in summary["rounds"])
+    assert "## Rounds" in (out / "summary.md").read_text()
+    assert (out / "export" / "policy").exists()
+
+
+def test_with_people_the_pipeline_waits_for_rankings_and_goes_on_when_run_again(tiny_llama, tmp_path, capsys):
+    config = pipeline_config(tmp_path, tiny_llama, rounds=1)
+    main(["pipeline", "--config", config])
+    printed = capsys.readouterr().out
+    database = tmp_path / "out" / "labels.sqlite"
+    assert "waiting for rankings: 0 of 4 items" in printed and f"rlhf-lightning label {database}" in printed
+    assert not (tmp_path / "out" / "round-1" / "reward").exists()
+    store = LabelStore(database)
+    while (item := store.next_item("ann")) is not None:
+        store.submit(item.id, "ann", item.version, [[k] for k in item.keys])
+    main(["pipeline", "--config", config])
+    state = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert state["steps"]["round-1/label"]["status"] == "done" and state["steps"]["export"]["status"] == "done"
+    assert "4 of 4 items ranked" in capsys.readouterr().out
