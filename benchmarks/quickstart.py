@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/quickstart.py                       # runs the pipeline in a fresh folder
     .venv/bin/python benchmarks/quickstart.py --root runs/quickstart  # records a pipeline that already ran
+    .venv/bin/python benchmarks/quickstart.py --config configs/iterative_quickstart.yaml \
+        --out benchmarks/results/iterative_quickstart.json        # the rounds of feedback
 
 Prints the summary table and writes benchmarks/results/quickstart.json. Run nothing else on the machine
 meanwhile: the step times are the point.
@@ -44,7 +46,7 @@ def main() -> None:
     table = (root / "summary.md").read_text()
     print(table)
     record = {
-        "benchmark": "quickstart pipeline (README main job)",
+        "benchmark": f"pipeline {args.config}",
         "device": f"CPU: {platform.machine()}, {os.cpu_count()} cores, no GPU",
         "command": f"rlhf-lightning pipeline --config {args.config}",
         "recorded_with": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),

@@ -32,6 +32,7 @@ from rlhf_lightning.commands.score import score_file
 from rlhf_lightning.data.errors import DataFormatError, OptionError
 from rlhf_lightning.data.labels import LabelError
 from rlhf_lightning.models.loading import quiet_transformers
+from rlhf_lightning.models.run_folder import ModelNotFound
 from rlhf_lightning.models.score_function import ScoreError
 from rlhf_lightning.modules.guard import NonFiniteStepsError
 
@@ -114,7 +115,15 @@ LABEL_COMMANDS = {"export": export_labels, "judge": judge_labels}
 """``rlhf-lightning label export|judge ...``; any other ``label`` argument is the database to serve."""
 
 
-USER_ERRORS = (DataFormatError, OptionError, ScoreError, NonFiniteStepsError, LabelError)
+USER_ERRORS = (
+    DataFormatError,
+    OptionError,
+    ScoreError,
+    NonFiniteStepsError,
+    LabelError,
+    ModelNotFound,
+    FileNotFoundError,
+)
 """Errors whose message says everything (file, row, field; option and value; function and value; the step):
 printed without a traceback."""
 

@@ -30,7 +30,7 @@ from rlhf_lightning.models.adapters import RoleLoader, sample_from_role
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.generation import GenerationConfig, generation_eos_ids, left_pad, seeded
 from rlhf_lightning.models.loading import load_tokenizer, resolve_device
-from rlhf_lightning.models.run_folder import RunFolder
+from rlhf_lightning.models.run_folder import RunFolder, require_model
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ def generate_candidates(
         raise OptionError(f"--temperature must be > 0: greedy decoding repeats one answer, got {temperature}")
     if batch_size < 1 or first_prompt < 0 or round < 1:
         raise OptionError("--batch_size and --round must be >= 1, --first_prompt >= 0")
+    require_model(policy, "--policy")
     device = resolve_device(device)
     tokenizer = load_tokenizer(RunFolder(policy).tokenizer_source)
     chat_template = chat_template or RunFolder(policy).chat_template
@@ -109,6 +110,11 @@ def generate_candidates(
         tokenizer, prompts, val_fraction, split_seed, max_length, None, overlong, chat_template, split="train"
     )
     examples = examples[first_prompt:][:max_prompts]
+    if val_fraction == 0:
+        log.warning(
+            "generate: --val_fraction 0 labels prompts from the whole file; give the PPO stage's val_fraction (and "
+            "split_seed) to keep its held-out evaluation prompts out of the labels"
+        )
     if not examples:
         raise OptionError(f"no prompts to generate for in {prompts} (first_prompt {first_prompt})")
     settings = {

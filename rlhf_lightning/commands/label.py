@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.labels import JUDGE_PREFIX, SOURCES, AlreadyJudged, LabelStore, export_rows
+from rlhf_lightning.data.labels import SUFFIXES as DATABASE_SUFFIXES
 from rlhf_lightning.evaluation.judges import ConstitutionJudge, Judge, RuleJudge, judge_scores
 from rlhf_lightning.evaluation.report import markdown_table
 from rlhf_lightning.models.config import DType, Quantization
@@ -31,10 +32,11 @@ def export_labels(
     sources: list[Literal["human", "judge"]] | None = None,
     min_agreement: float | None = None,
 ) -> dict:
-    """Write the database's rankings as ranking rows the reward stage reads (``prompt``, ``responses``,
-    ``ranking`` with ties kept, and ``item``, ``round``, ``annotator``, ``source``, ``policies``, ``comment``),
-    and an agreement report beside them (``OUTPUT`` with ``.agreement.json``): pairwise agreement and Kendall's
-    tau-b per annotator pair on shared items, and each judge's agreement with the people.
+    """Write the database's rankings as the reward stage's ranking rows, and an agreement report beside them.
+
+    Each row holds ``prompt``, ``responses``, ``ranking`` (ties kept), and ``item``, ``round``, ``annotator``,
+    ``source``, ``policies``, ``comment``. The report (``OUTPUT`` with ``.agreement.json``) gives pairwise
+    agreement and Kendall's tau-b per annotator pair on shared items, and each judge's agreement with the people.
 
     Args:
         database: The labelling database.
@@ -46,8 +48,10 @@ def export_labels(
     Returns:
         The report (counts and agreement statistics).
     """
-    rows, report = export_rows(LabelStore(database), tuple(sources or SOURCES), min_agreement)
     out = Path(output)
+    if out.suffix.lower() in DATABASE_SUFFIXES or _is_sqlite(out) or (out.exists() and out.samefile(database)):
+        raise OptionError(f"label export: {output} is a database, not a JSONL file to write; name another output")
+    rows, report = export_rows(LabelStore(database), tuple(sources or SOURCES), min_agreement)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with tmp.open("w", encoding="utf-8") as f:
@@ -58,6 +62,13 @@ def export_labels(
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     print(_report_text(report, out, report_path))
     return report
+
+
+def _is_sqlite(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with path.open("rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
 
 
 def _report_text(report: dict, out: Path, report_path: Path) -> str:
@@ -81,6 +92,7 @@ def _report_text(report: dict, out: Path, report_path: Path) -> str:
         ]
         lines += [
             "",
+            "Judges against the people who ranked the same items:",
             markdown_table(["judge", "rankings compared", "agreement", "Kendall tau-b"], rows, numbered=False),
         ]
     lines.append(f"-> {report_path}")
@@ -97,7 +109,8 @@ def judge_items(store: LabelStore, judge: Judge, progress: bool = True) -> int:
         item = store.item(item_id, annotator)
         scores = judge_scores(judge, item.display, [c.response for c in item.candidates])
         by_key = dict(zip(item.keys, scores))
-        comment = "scores: " + ", ".join(f"{k}={s:.4g}" for k, s in by_key.items())
+        in_order = [s for _, s in sorted(zip([c.id for c in item.candidates], scores))]  # the export's order
+        comment = "scores, in the order of the exported responses: " + ", ".join(f"{s:.4g}" for s in in_order)
         try:
             store.submit(item_id, annotator, None, groups_from_scores(by_key), comment=comment, source="judge")
         except AlreadyJudged:  # another process judged it meanwhile
@@ -117,8 +130,10 @@ def judge_labels(
     quantization: Quantization = "none",
     progress: bool = True,
 ) -> int:
-    """Rank the database's items with a judge instead of (or beside) people; its records are marked as a
-    judge's, so ``label export`` reports its agreement with the people on shared items.
+    """Rank the database's items with a judge (a rule, or an LLM checking a constitution) instead of people.
+
+    The judge's records are marked as a judge's, so ``label export`` reports its agreement with the people on
+    the items both ranked.
 
     Args:
         database: The labelling database.

@@ -47,6 +47,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.labels import AlreadyJudged, LabelError, LabelStore
 
 STATIC = Path(__file__).with_name("label_static")
@@ -228,6 +229,7 @@ def create_app(database: str, token: str | None = None) -> Starlette:
 
     routes = [
         Route("/", page),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
         Route("/api/next", next_item),
         Route("/api/progress", progress),
         Route("/api/submit", submit, methods=["POST"]),
@@ -254,7 +256,7 @@ def serve(
     token: str | None = None,
     annotators_per_item: int | None = None,
 ) -> None:
-    """Serve the labelling page for ``database`` until Ctrl+C.
+    """Serve the ranking page for DATABASE until Ctrl+C (also: label export DB OUT.jsonl, label judge DB).
 
     Args:
         database: The labelling database (``rlhf-lightning generate`` writes one).
@@ -268,6 +270,16 @@ def serve(
     """
     import uvicorn
 
+    if not 0 < port < 65536:
+        raise OptionError(f"--port must be in 1..65535, got {port}")
+    try:  # fail here, with the option named, rather than after printing an address that another server holds
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        raise OptionError(
+            f"--host {host} --port {port}: cannot listen there ({error.strerror}); another label server may be "
+            "running: choose another --port"
+        ) from error
     store = LabelStore(database)
     if annotators_per_item is not None:
         store.annotators_per_item = annotators_per_item

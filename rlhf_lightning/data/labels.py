@@ -26,16 +26,19 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import random
 import sqlite3
 import string
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
 from rlhf_lightning.ops.agreement import kendall_tau_b, pairwise_agreement, ranks_from_groups
+
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
 SCHEMA_VERSION = 1
@@ -126,11 +129,6 @@ def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def is_label_database(source: str) -> bool:
-    """Whether a data source names a labelling database (by its suffix)."""
-    return Path(source).suffix.lower() in SUFFIXES
-
-
 def prompt_key(prompt: str | list, tools: list | None = None) -> str:
     """The stored form of a prompt (canonical JSON of the prompt and its tools): one row per distinct prompt."""
     value = {"prompt": prompt, **({"tools": tools} if tools else {})}
@@ -201,8 +199,8 @@ class LabelStore:
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
             if create:
+                db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(_SCHEMA)
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 db.execute("INSERT OR IGNORE INTO meta VALUES ('annotators_per_item', '1')")
@@ -548,9 +546,11 @@ class LabelStore:
 def require_annotator(name: object, source: str = "human") -> str:
     """An annotator's name: 1-200 printable characters; ``judge:`` starts a judge's name and only a judge's."""
     if not isinstance(name, str) or not name.strip() or len(name.strip()) > 200 or not name.strip().isprintable():
-        raise LabelError(f"annotator must be a name of 1 to 200 printable characters, got {name!r}")
+        raise LabelError(f"annotator must be a name of 1 to 200 printable characters, got {repr(name)[:80]}")
     if name.strip().startswith(JUDGE_PREFIX) != (source == "judge"):
-        raise LabelError(f"annotator names starting with {JUDGE_PREFIX!r} are for judges, and only for them: {name!r}")
+        raise LabelError(
+            f"annotator names starting with {JUDGE_PREFIX!r} are for judges, and only for them: {name[:80]!r}"
+        )
     return name.strip()
 
 
@@ -699,5 +699,8 @@ def read_label_rows(path: str) -> Iterator[tuple[int, dict]]:
     """``(judgement id, ranking row)`` of every ranking in a labelling database that orders at least two
     candidates differently: the rows the reward stage reads from a database given among its ``train_files``."""
     rows, _ = export_rows(LabelStore(path))
+    sources = Counter(row["source"] for row in rows)
+    log.info(f"{path}: " + ", ".join(f"{n} {s} rankings" for s, n in sorted(sources.items())) + " (each annotator's "
+             "own row; `label export --sources [human]` writes people's alone)")  # fmt: skip
     for row in rows:
         yield row["judgement"], row

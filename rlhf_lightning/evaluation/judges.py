@@ -25,7 +25,7 @@ from rlhf_lightning.data.formats import tokenize_prompt
 from rlhf_lightning.models.adapters import RoleLoader, next_token_logprobs
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.loading import load_tokenizer, resolve_device
-from rlhf_lightning.models.run_folder import RunFolder
+from rlhf_lightning.models.run_folder import RunFolder, require_model
 from rlhf_lightning.models.score_function import ScoreFunction, require_finite
 from rlhf_lightning.ops import left_pad
 
@@ -92,6 +92,7 @@ class ConstitutionJudge:
         self.principles = path.read_text(encoding="utf-8").strip()
         if not self.principles:
             raise OptionError(f"--constitution: {constitution} is empty; write the principles answers should follow")
+        require_model(model, "--judge_model")
         self.name = name or f"constitution:{path.name}@{model}"
         self.batch_size, self.max_length = batch_size, max_length
         self.device = resolve_device(device)

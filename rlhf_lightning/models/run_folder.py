@@ -66,6 +66,23 @@ class RunInfo:
         return {**info, **self.extra}
 
 
+def require_model(name: str, option: str) -> str:
+    """``name`` when it can name a model: an existing folder, ``embedded``, or a hub id (``owner/name`` or
+    ``name``); else an :class:`OptionError`-style ``ValueError`` naming ``option``, before anything is loaded."""
+    if name == "embedded" or Path(name).exists():
+        return name
+    parts = name.split("/")
+    looks_like_path = name.startswith((".", "/", "~")) or len(parts) > 2 or "\\" in name
+    if looks_like_path or not all(parts):
+        raise ModelNotFound(f"{option} {name}: no such folder (give a run's final folder, a model folder, a hub id "
+                            "such as owner/name, or embedded)")  # fmt: skip
+    return name
+
+
+class ModelNotFound(ValueError):
+    """A model option names a folder that does not exist."""
+
+
 class RunFolder:
     """A ``final`` folder written by a stage, or any other model (a model folder, a hub id, ``embedded``).
 

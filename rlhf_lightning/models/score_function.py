@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 import math
 import numbers
+import os
+import sys
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,6 +27,8 @@ class ScoreError(ValueError):
 def import_callable(path: str) -> Callable:
     """``package.module:function`` (or ``package.module.function``) to the function."""
     module_name, _, name = path.partition(":") if ":" in path else path.rpartition(".")
+    if os.getcwd() not in sys.path:  # a module in the folder the command runs in, as `python -m` finds it
+        sys.path.append(os.getcwd())
     try:
         return getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError, ValueError) as error:

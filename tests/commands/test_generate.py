@@ -104,3 +104,16 @@ def test_the_command_line(tiny_llama, prompts, tmp_path, capsys):
     options = ["--num_candidates=2", "--max_new_tokens=4", "--max_prompts=2", "--chat_template=never"]
     main(["generate", f"--policy={tiny_llama}", f"--prompts={prompts}", f"--database={database}", *options])
     assert LabelStore(database).counts()["items"] == 2
+
+
+def test_a_policy_folder_that_does_not_exist_is_named(prompts, tmp_path):
+    with pytest.raises(SystemExit, match="--policy runs/nothing/sft/final: no such folder"):
+        main(
+            [
+                "generate",
+                "--policy=runs/nothing/sft/final",
+                f"--prompts={prompts}",
+                f"--database={tmp_path / 'l.sqlite'}",
+            ]
+        )
+    assert not (tmp_path / "l.sqlite").exists()

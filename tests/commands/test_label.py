@@ -104,3 +104,25 @@ def test_the_constitution_judge_scores_each_answer_by_yes_against_no(tiny_llama,
 
     with pytest.raises(OptionError, match="empty"):
         ConstitutionJudge(str(empty), tiny_llama)
+
+
+def test_export_never_overwrites_a_database(database, tmp_path):
+    before = database.read_bytes()
+    for target in (database, tmp_path / "other.sqlite", tmp_path / "rows.db"):
+        with pytest.raises(SystemExit, match="is a database"):
+            main(["label", "export", str(database), str(target)])
+    other = tmp_path / "renamed.jsonl"  # a database under a JSONL name is refused too
+    other.write_bytes(before)
+    with pytest.raises(SystemExit, match="is a database"):
+        main(["label", "export", str(database), str(other)])
+    assert database.read_bytes() == before and LabelStore(database).counts()["candidates"] == 6
+
+
+def test_a_judge_module_in_the_current_folder_is_found(database, tmp_path, monkeypatch):
+    (tmp_path / "my_rules_for_test.py").write_text(
+        "def short(prompts, responses):\n    return [-len(r) for r in responses]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    main(["label", "judge", str(database), "--judge=my_rules_for_test:short", "--progress=false"])
+    first = LabelStore(database).judgements()[0]
+    assert {c.response: first["ranks"][c.id] for c in first["candidates"]}["b"] == 1

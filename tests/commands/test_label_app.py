@@ -257,3 +257,22 @@ def test_serve(database, monkeypatch, capsys):
 
     serve(database, host="0.0.0.0", token="mine")
     assert "?token=mine" in capsys.readouterr().out
+
+
+def test_serve_names_a_port_it_cannot_listen_on_before_printing_an_address(database, capsys):
+    import socket
+
+    from rlhf_lightning.commands.label_app import serve
+    from rlhf_lightning.data.errors import OptionError
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OptionError, match=f"--port {port}: cannot listen there"):
+            serve(database, port=port)
+    with pytest.raises(OptionError, match="1..65535"):
+        serve(database, port=99999)
+    assert "open http" not in capsys.readouterr().out
+
+
+def test_favicon_is_not_an_error(client):
+    assert client.get("/favicon.ico").status_code == 204

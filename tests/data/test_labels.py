@@ -253,3 +253,11 @@ def test_a_file_that_is_not_a_labelling_database_is_named(tmp_path):
         LabelStore(bogus)
     with pytest.raises(LabelError, match="missing.sqlite: no such labelling database"):
         LabelStore(tmp_path / "missing.sqlite")
+
+
+def test_opening_a_file_that_is_not_a_database_leaves_it_untouched(tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with pytest.raises(LabelError, match="not a labelling database"):
+        LabelStore(empty)
+    assert empty.read_bytes() == b"" and not (tmp_path / "empty.sqlite-wal").exists()

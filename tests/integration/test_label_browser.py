@@ -274,7 +274,8 @@ def test_label_page_end_to_end(browser, make_server):
     expected[COUNT] = ranks(shown(page))
     page.locator("#submit").click()
     expect(page.locator("#done")).to_be_visible()
-    expect(page.locator("#done")).to_contain_text("All items are ranked. Export with rlhf-lightning label export")
+    expect(page.locator("#done")).to_contain_text("Nothing left for you to rank")
+    expect(page.locator("#done")).to_contain_text("Export the rankings with rlhf-lightning label export")
     expect(page.locator("#progress")).to_have_text("You: 4 done · items complete 4 / 4 (each asked of 1 annotator)")
     if screenshots:
         page.screenshot(path=str(ROOT / "docs" / "images" / "label-done.png"))
