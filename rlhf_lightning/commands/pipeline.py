@@ -527,6 +527,8 @@ class Pipeline:
             ]
         if s.get("rounds"):
             rows.insert(2, ("Rounds of feedback", f"{len(s['rounds'])} (the rows below describe the last)"))
+            kl_to_start = "PPO: KL to the round's starting policy, nats (first → last iteration)"
+            rows = [(kl_to_start, v) if k.startswith("PPO: KL to SFT") else (k, v) for k, v in rows]
         seconds = s["seconds"]
         total = sum(v for v in seconds.values() if v)
         rows.append(
@@ -545,7 +547,7 @@ class Pipeline:
         def f(value, digits: int = 3) -> str:
             return "n/a" if value is None else f"{value:.{digits}f}"
 
-        header = ["round", "rankings (new / all)", "reward accuracy", "PPO KL", "win rate vs SFT (RM)",
+        header = ["round", "rankings (new / all)", "reward accuracy", "PPO KL to its start", "win rate vs SFT (RM)",
                   "gold: policy vs SFT", "gold win rate"]  # fmt: skip
         rows = [
             (

@@ -34,7 +34,7 @@ def test_a_rule_judge_ranks_every_item_once_with_ties_and_its_scores(database):
     assert first["annotator"] == f"judge:{RULE}" and first["source"] == "judge"
     assert {c.response: first["ranks"][c.id] for c in first["candidates"]} == {"aaa": 1, "aa": 2, "a": 3, "b": 4}
     assert set(second["ranks"].values()) == {1}, "equal scores are a tie"
-    assert first["comment"].startswith("scores: ")
+    assert first["comment"] == "scores, in the order of the exported responses: 3, 1, 0, 2"  # aaa, a, b, aa
     main(["label", "judge", str(database), f"--judge={RULE}", "--progress=false"])
     assert len(LabelStore(database).judgements()) == 2, "a second run has nothing left to rank"
 

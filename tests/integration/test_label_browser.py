@@ -277,6 +277,7 @@ def test_label_page_end_to_end(browser, make_server):
     expect(page.locator("#done")).to_contain_text("Nothing left for you to rank")
     expect(page.locator("#done")).to_contain_text("Export the rankings with rlhf-lightning label export")
     expect(page.locator("#progress")).to_have_text("You: 4 done · items complete 4 / 4 (each asked of 1 annotator)")
+    expect(page.locator("#team")).to_have_text("Done per annotator: alice 4")
     if screenshots:
         page.screenshot(path=str(ROOT / "docs" / "images" / "label-done.png"))
     assert page.evaluate("typeof window.pwned") == "undefined"

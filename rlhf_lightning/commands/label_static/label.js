@@ -188,6 +188,10 @@ async function loadProgress() {
   $("progress").textContent =
     `You: ${p.you ? p.you.done : 0} done · items complete ${p.complete} / ${p.items} ` +
     `(each asked of ${k} annotator${k === 1 ? "" : "s"})`;
+  const people = Object.entries(p.annotators).filter(([, a]) => a.source === "human");
+  $("team").textContent = people.length
+    ? "Done per annotator: " + people.map(([name, a]) => `${name} ${a.ranked + a.skipped}`).join(", ")
+    : "";
 }
 
 async function loadNext(message) {
