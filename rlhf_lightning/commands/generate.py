@@ -6,10 +6,11 @@ for people (``rlhf-lightning label``) or a judge (``rlhf-lightning label judge``
 
 The policy is a run's ``final`` folder (SFT or PPO), a Hugging Face model folder or hub id, or ``embedded``.
 Each candidate records the policy and the sampling settings that wrote it. Identical responses to the same
-prompt are stored once, empty ones not at all. Prompts are sampled in chunks of ``batch_size``, each stored in
-one transaction: an interrupted run started again with the same options continues after its last stored
-chunk, and the same options give the same candidates. Another policy, other settings or more prompts append
-to the database (candidates for a prompt join its item until someone ranks it).
+prompt in a round are stored once, empty ones not at all. Prompts are sampled ``batch_size`` at a time, each
+batch stored in one transaction: an interrupted run started again with the same options continues with the
+prompts it had not stored, with the candidates an uninterrupted run gives, and a run with more prompts
+(``--max_prompts``) samples only the new ones. Another policy or other settings append to the database
+(candidates for a prompt join its item until someone ranks it).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from rlhf_lightning.commands.evaluate import load_prompts
 from rlhf_lightning.data.chat import ChatTemplateMode, stop_token_ids, text_rows_as_chat
 from rlhf_lightning.data.errors import OptionError
-from rlhf_lightning.data.labels import GenerationCounts, LabelStore
+from rlhf_lightning.data.labels import GenerationCounts, LabelStore, prompt_key
 from rlhf_lightning.models.adapters import RoleLoader, sample_from_role
 from rlhf_lightning.models.config import DType, ModelConfig, Quantization
 from rlhf_lightning.models.generation import GenerationConfig, generation_eos_ids, left_pad, seeded
@@ -71,7 +72,7 @@ def generate_candidates(
         temperature: Sampling temperature (> 0: candidates must differ to be worth ranking).
         top_p: Nucleus sampling (1 disables it).
         max_new_tokens: Longest response, in tokens.
-        seed: Seed of the sampling; chunk ``i`` is sampled with ``seed + i``.
+        seed: Seed of the sampling; a batch whose first prompt is the file's ``i``-th is sampled with ``seed + i``.
         round: The round the candidates belong to (the pipeline's rounds; 1 by default).
         first_prompt: Skip this many prompts first (of the training split), e.g. to take new prompts each round.
         max_prompts: Use at most this many prompts after ``first_prompt``.
@@ -83,7 +84,7 @@ def generate_candidates(
         chat_template: How text prompts are formatted (``auto``, ``always``, ``never``); default: as the
             policy's run formatted them (``auto`` for a model folder).
         stop_tokens: More tokens that end a response, as PPO's ``rollout.stop_tokens``.
-        batch_size: Prompts per chunk (each sampled ``num_candidates`` times in one batch, stored at once).
+        batch_size: Prompts per batch (each sampled ``num_candidates`` times in one batch, stored at once).
         device: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         dtype: Weight dtype of the base model.
         quantization: Load the base model 4-bit / 8-bit.
@@ -126,27 +127,28 @@ def generate_candidates(
         "chat_template": chat_template,
         "stop_tokens": stop_tokens or [],
     }
-    source = dict(prompts=prompts, first_prompt=first_prompt, max_prompts=max_prompts, val_fraction=val_fraction,
-                  split_seed=split_seed, batch_size=batch_size, round=round)  # fmt: skip
+    # A run is its policy, prompts and settings; which prompts (first_prompt, max_prompts) and how many at a time
+    # (batch_size) may change between attempts: each prompt is stored once per run.
+    source = dict(prompts=prompts, val_fraction=val_fraction, split_seed=split_seed, max_length=max_length,
+                  overlong=overlong, round=round)  # fmt: skip
     run = hashlib.sha1(json.dumps([_identity(policy), settings, source], sort_keys=True).encode()).hexdigest()[:16]
     store = LabelStore(database, create=True)
-    chunks = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
-    done = store.done_chunks(run)
+    done = store.done_prompts(run)
+    todo = [(first_prompt + i, e) for i, e in enumerate(examples) if prompt_key(*_prompt_of(e)) not in done]
     total = GenerationCounts()
-    if len(done) == len(chunks):
+    if not todo:
         log.info(f"generate: all {len(examples)} prompts were stored by an earlier run with these options")
         return total
     role = RoleLoader(ModelConfig(dtype=dtype, quantization=quantization), device).load(policy, "policy")
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
     stops = stop_token_ids(tokenizer, generation_eos_ids(role.model), stop_tokens or [], "--stop_tokens")
     pad = tokenizer.pad_token_id
-    bar = tqdm(total=len(examples), desc="generate", unit="prompt", disable=not progress)
-    bar.update(sum(len(chunks[i]) for i in done))
-    for index, chunk in enumerate(chunks):
-        if index in done:
-            continue
-        ids, mask = left_pad([e.input_ids for e in chunk for _ in range(num_candidates)], pad, device)
-        with seeded(seed + index, device):
+    bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="generate", unit="prompt",
+               disable=not progress)  # fmt: skip
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        ids, mask = left_pad([e.input_ids for _, e in chunk for _ in range(num_candidates)], pad, device)
+        with seeded(seed + chunk[0][0], device):  # by the first prompt's place in the file: resumes reproduce
             sequences, _, response_mask, _ = sample_from_role(role, ids, mask, config, stops, pad)
         responses = sequences[:, ids.shape[1] :]
         texts = [
@@ -154,10 +156,10 @@ def generate_candidates(
             for row, keep in zip(responses, response_mask)
         ]
         rows = []
-        for i, example in enumerate(chunk):
+        for i, (_, example) in enumerate(chunk):
             prompt, tools = _prompt_of(example)
             rows.append((prompt, tools, example.display, texts[i * num_candidates : (i + 1) * num_candidates]))
-        counts = store.add_candidates(run, index, round, policy, settings, rows)
+        counts = store.add_candidates(run, round, policy, settings, rows)
         for name in ("prompts", "candidates", "duplicates", "empty", "new_items"):
             setattr(total, name, getattr(total, name) + getattr(counts, name))
         bar.update(len(chunk))

@@ -16,7 +16,7 @@ from typing import Literal
 from tqdm.auto import tqdm
 
 from rlhf_lightning.data.errors import OptionError
-from rlhf_lightning.data.labels import JUDGE_PREFIX, SOURCES, AlreadyJudged, LabelStore, export_rows
+from rlhf_lightning.data.labels import JUDGE_PREFIX, SOURCES, AlreadyJudged, LabelStore, StaleItem, export_rows
 from rlhf_lightning.data.labels import SUFFIXES as DATABASE_SUFFIXES
 from rlhf_lightning.evaluation.judges import ConstitutionJudge, Judge, RuleJudge, judge_scores
 from rlhf_lightning.evaluation.report import markdown_table
@@ -106,15 +106,20 @@ def judge_items(store: LabelStore, judge: Judge, progress: bool = True) -> int:
     annotator = JUDGE_PREFIX + judge.name
     todo = store.unjudged_items(annotator)
     for item_id in tqdm(todo, desc=f"judge {judge.name}", unit="item", disable=not progress):
-        item = store.item(item_id, annotator)
-        scores = judge_scores(judge, item.display, [c.response for c in item.candidates])
-        by_key = dict(zip(item.keys, scores))
-        in_order = [s for _, s in sorted(zip([c.id for c in item.candidates], scores))]  # the export's order
-        comment = "scores, in the order of the exported responses: " + ", ".join(f"{s:.4g}" for s in in_order)
-        try:
-            store.submit(item_id, annotator, None, groups_from_scores(by_key), comment=comment, source="judge")
-        except AlreadyJudged:  # another process judged it meanwhile
-            continue
+        while True:  # again when `generate` added candidates to the item meanwhile
+            item = store.item(item_id, annotator)
+            scores = judge_scores(judge, item.display, [c.response for c in item.candidates])
+            by_key = dict(zip(item.keys, scores))
+            in_order = [s for _, s in sorted(zip([c.id for c in item.candidates], scores))]  # the export's order
+            comment = "scores, in the order of the exported responses: " + ", ".join(f"{s:.4g}" for s in in_order)
+            groups = groups_from_scores(by_key)
+            try:
+                store.submit(item_id, annotator, item.version, groups, comment=comment, source="judge")
+            except StaleItem:
+                continue
+            except AlreadyJudged:  # another process judged it meanwhile
+                pass
+            break
     return len(todo)
 
 

@@ -114,6 +114,8 @@ class _Guard(BaseHTTPMiddleware):
         return bool(self.token and given and secrets.compare_digest(given.encode(), self.token.encode()))
 
     def _refusal(self, request: Request) -> tuple[int, str] | None:
+        if request.headers.get("sec-fetch-site") == "cross-site":  # another web site's page, in this browser
+            return 403, "requests from other web sites are refused"
         if self.token is None:
             if not is_loopback(_host_name(request.headers.get("host", ""))):
                 return 403, (
@@ -169,6 +171,13 @@ def _ranking(body: dict) -> list[list[str]]:
     return ranking
 
 
+def _item_id(body: dict) -> int:
+    item = _field(body, "item", int, "an item id (integer)")
+    if not 0 <= item < 2**63:
+        raise RequestError(f"field 'item' must be an item id (0 <= id < 2**63), got {item}")
+    return item
+
+
 def _annotator_param(request: Request) -> str:
     annotator = request.query_params.get("annotator")
     if annotator is None:
@@ -196,7 +205,7 @@ def create_app(database: str, token: str | None = None) -> Starlette:
     async def submit(request: Request) -> Response:
         body = await _json_body(request)
         args = (
-            _field(body, "item", int, "an item id (integer)"),
+            _item_id(body),
             _field(body, "annotator", str, "the annotator's name (text)"),
             _field(body, "version", str, "the item's version (text) as /api/next gave it"),
             _ranking(body),
@@ -207,7 +216,7 @@ def create_app(database: str, token: str | None = None) -> Starlette:
 
     async def skip(request: Request) -> Response:
         body = await _json_body(request)
-        item = _field(body, "item", int, "an item id (integer)")
+        item = _item_id(body)
         annotator = _field(body, "annotator", str, "the annotator's name (text)")
         comment = _field(body, "comment", str, "text", "")
         return await _run(store.submit, item, annotator, None, None, comment=comment, skip=True)
@@ -273,7 +282,8 @@ def serve(
     if not 0 < port < 65536:
         raise OptionError(f"--port must be in 1..65535, got {port}")
     try:  # fail here, with the option named, rather than after printing an address that another server holds
-        with socket.create_server((host, port)):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.create_server((host, port), family=family):
             pass
     except OSError as error:
         raise OptionError(
@@ -283,6 +293,8 @@ def serve(
     store = LabelStore(database)
     if annotators_per_item is not None:
         store.annotators_per_item = annotators_per_item
+    if token is not None and len(token) < 8:
+        raise OptionError("--token must be at least 8 characters (or leave it out: one is generated)")
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(16)
     app = create_app(database, token)

@@ -24,6 +24,7 @@ evaluation}``; the summary has one row per round.
 from __future__ import annotations
 
 import datetime
+import inspect
 import json
 import subprocess
 import sys
@@ -38,8 +39,10 @@ from rlhf_lightning.commands.evaluate import evaluate_policies
 from rlhf_lightning.commands.export import export_model
 from rlhf_lightning.commands.generate import generate_candidates
 from rlhf_lightning.commands.label import judge_labels
+from rlhf_lightning.data.base import RowsDataModule
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.labels import LabelStore
+from rlhf_lightning.data.prompts import PromptsDataModule
 from rlhf_lightning.evaluation.config import EvalConfig
 from rlhf_lightning.evaluation.report import markdown_table, read_scalars
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELDOUT_FILE
@@ -48,6 +51,8 @@ STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
 STATE_FILE, SUMMARY_MD, SUMMARY_JSON = "pipeline.json", "summary.md", "summary.json"
 DATABASE_FILE = "labels.sqlite"
+WAITING_FOR_LABELS = 3
+"""The pipeline's exit code when it stopped to wait for people's rankings (0: finished)."""
 
 
 @dataclass
@@ -306,6 +311,15 @@ class Pipeline:
         start = time.perf_counter()
         ppo = self._ppo_config()
         data, rollout = _lookup(ppo, "data.init_args") or {}, _lookup(ppo, "model.init_args.rollout") or {}
+        defaults = {  # the prompts DataModule's own defaults, then those it shares with every DataModule
+            k: p.default
+            for cls in (RowsDataModule, PromptsDataModule)
+            for k, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        data = {**defaults, **data}
+        if data.get("val_files"):  # PPO evaluates on other files: every training prompt may be labelled
+            data["val_fraction"] = 0.0
         generate_candidates(
             policy=str(self.policy_before(n)),
             prompts=spec.prompts or data.get("train_files", "builtin:prompts.jsonl"),
@@ -317,9 +331,10 @@ class Pipeline:
             round=n,
             first_prompt=(n - 1) * spec.prompts_per_round,
             max_prompts=spec.prompts_per_round,
-            val_fraction=data.get("val_fraction", 0.0),
-            split_seed=data.get("split_seed", 0),
-            max_length=data.get("max_length", 256),
+            val_fraction=data["val_fraction"],
+            split_seed=data["split_seed"],
+            max_length=data["max_length"],
+            overlong=data["overlong"],
             stop_tokens=rollout.get("stop_tokens"),
             progress=self.common.get("trainer.enable_progress_bar", True) is not False,
         )
@@ -329,25 +344,30 @@ class Pipeline:
         """Rank round ``n``'s candidates with the judge, or check that people have; ``False`` while they have not."""
         n, spec = _round_of(step), self.labelling
         start = time.perf_counter()
+        store = LabelStore(self.database)
+        if store.round_progress(n)[0] == 0:
+            raise SystemExit(
+                f"error: round {n} has no prompt with two different candidates to rank in {self.database}; sample "
+                "more varied ones (labelling.temperature, labelling.num_candidates, labelling.max_new_tokens)"
+            )
         if spec.judge or spec.constitution:
             print(f"\n=== {step}: ranked by the judge {spec.judge or spec.constitution} ===", flush=True)
             judge_labels(str(self.database), judge=spec.judge, constitution=spec.constitution,
                          judge_model=spec.judge_model, progress=False)  # fmt: skip
         else:
-            store = LabelStore(self.database)
             if store.annotators_per_item != spec.annotators_per_item:
                 store.annotators_per_item = spec.annotators_per_item
             items, complete = store.round_progress(n)
             if complete < spec.min_labelled * items:
                 print(
-                    f"\n=== {step}: waiting for rankings: {complete} of {items} items of round {n} are ranked by "
-                    f"{spec.annotators_per_item} annotator(s) ({spec.min_labelled:.0%} needed). Rank them in the "
-                    f"browser:\n\n    rlhf-lightning label {self.database}\n\nthen run the same pipeline command "
-                    "again; it goes on from here. ===",
+                    f"\n=== {step}: waiting for rankings: {complete} of {items} items of round {n} are ranked (or "
+                    f"skipped) by {spec.annotators_per_item} annotator(s) ({spec.min_labelled:.0%} needed). Rank "
+                    f"them in the browser:\n\n    rlhf-lightning label {self.database}\n\nthen run the same pipeline "
+                    "command again; it goes on from here. ===",
                     flush=True,
                 )
                 return False
-            print(f"\n=== {step}: {complete} of {items} items ranked ===", flush=True)
+            print(f"\n=== {step}: {complete} of {items} items ranked or skipped ===", flush=True)
         self._mark(step, time.perf_counter() - start)
         return True
 
@@ -416,20 +436,24 @@ class Pipeline:
             export_model(str(self.stage_folder(stage) / FINAL_FOLDER), str(self.root / "export" / name), overwrite=True)
         self._mark("export", time.perf_counter() - start)
 
-    def run(self) -> dict | None:
-        """Run every step not done yet; the summary, or ``None`` when the pipeline waits for people's rankings."""
+    def run(self) -> dict:
+        """Run every step not done yet and return the summary. Exits with :data:`WAITING_FOR_LABELS` when a round
+        waits for people's rankings."""
         self._check_not_stale()
+        ran = False  # once a step runs, every later one runs again: its results would be built on the old output
         for step in self.steps():
             name = step.rsplit("/", 1)[-1]
-            if self.done(step):
+            if self.done(step) and not ran:
                 print(f"=== {step}: done earlier, skipped (see {self.state_path}) ===", flush=True)
-            elif name in STAGES:
+                continue
+            ran = True
+            if name in STAGES:
                 self.run_stage(step)
             elif name == "generate":
                 self.run_generate(step)
             elif name == "label":
                 if not self.run_label(step):
-                    return None
+                    raise SystemExit(WAITING_FOR_LABELS)
             elif name == "evaluation":
                 self.run_evaluation(step)
             elif self.export:
@@ -589,7 +613,7 @@ def run_pipeline(
     export: bool = True,
     common: dict[str, Any] | None = None,
     labelling: LabellingSpec | None = None,
-) -> dict | None:
+) -> dict:
     """Run SFT, reward model and PPO, then evaluate the policy against the SFT model and export both models.
 
     Args:
@@ -605,7 +629,8 @@ def run_pipeline(
             it the reward model trains on its config's data once.
 
     Returns:
-        The summary, or ``None`` when the pipeline stopped to wait for people's rankings.
+        The summary. When a round waits for people's rankings, the pipeline prints the command to run and exits
+        with code 3 (:data:`WAITING_FOR_LABELS`).
     """
     pipeline = Pipeline(root_dir, sft, reward, ppo, evaluation, export, dict(common or {}), labelling)
     pipeline.root.mkdir(parents=True, exist_ok=True)

@@ -9,15 +9,15 @@ Tables:
 - ``items``: what an annotator ranks: one prompt in one round, with its candidates;
 - ``candidates``: one response of an item, the policy and sampling settings that wrote it (identical
   responses to the same item are stored once);
-- ``generated``: which prompt chunks a generation run finished (a rerun of the same command skips them);
+- ``generated``: which prompts a generation run finished (the same run started again skips them);
 - ``judgements``: one per item and annotator: a ranking (candidate ids grouped best to worst; a group holds
   ties), "none acceptable", a comment, or a skip; ``source`` is ``human`` or ``judge``;
 - ``leases``: the item each annotator has open, so a reload shows the same item;
 - ``meta``: settings such as ``annotators_per_item``.
 
-An item takes new candidates (another policy, more samples) until its first judgement; after that, candidates
-for the same prompt and round start a new item. Every write is one transaction: a judgement acknowledged to
-the annotator is on disk.
+An item takes new candidates (another policy, more samples) until someone ranks it; after that, candidates for
+the same prompt and round start a new item. A response already stored for a prompt in a round is not stored
+again. Every write is one transaction: a judgement acknowledged to the annotator is on disk.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import logging
 import random
 import sqlite3
 import string
+import urllib.parse
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -72,8 +73,8 @@ CREATE TABLE IF NOT EXISTS candidates (
 );
 CREATE TABLE IF NOT EXISTS generated (
     run TEXT NOT NULL,
-    chunk INTEGER NOT NULL,
-    PRIMARY KEY (run, chunk)
+    prompt_id INTEGER NOT NULL REFERENCES prompts(id),
+    PRIMARY KEY (run, prompt_id)
 );
 CREATE TABLE IF NOT EXISTS judgements (
     id INTEGER PRIMARY KEY,
@@ -171,12 +172,14 @@ class Item:
 
 @dataclass
 class GenerationCounts:
+    """What a generation run stored: prompts, candidates, and the responses it left out."""
+
     prompts: int = 0
     candidates: int = 0
     duplicates: int = 0
+    """Responses identical to one the item already had."""
     empty: int = 0
     new_items: int = 0
-    details: dict = field(default_factory=dict)
 
 
 def _keys(count: int) -> list[str]:
@@ -193,7 +196,7 @@ class LabelStore:
     (the web app) and several processes may use the same file (WAL)."""
 
     def __init__(self, path: str | Path, create: bool = False) -> None:
-        self.path = Path(path)
+        self.path, self.create = Path(path), create
         if not create and not self.path.exists():
             raise LabelError(f"{self.path}: no such labelling database (`rlhf-lightning generate` creates one)")
         if create:
@@ -214,7 +217,8 @@ class LabelStore:
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            target = self.path if self.create else f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=rw"
+            db = sqlite3.connect(target, timeout=30, isolation_level=None, uri=not self.create)
         except sqlite3.Error as error:
             raise LabelError(f"{self.path}: cannot open the labelling database: {error}") from error
         try:
@@ -259,62 +263,79 @@ class LabelStore:
     @annotators_per_item.setter
     def annotators_per_item(self, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"annotators_per_item must be an integer >= 1, got {value!r}")
+            raise LabelError(f"annotators_per_item must be an integer >= 1, got {value!r}")
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES ('annotators_per_item', ?)", (str(value),))
 
     # --- generation ------------------------------------------------------------------------------------------
-    def done_chunks(self, run: str) -> set[int]:
-        """Chunks of a generation run (``run`` identifies its policy, prompts and settings) already stored."""
+    def done_prompts(self, run: str) -> set[str]:
+        """Prompts (as :func:`prompt_key` gives them) a generation run already stored; ``run`` identifies its
+        policy, prompts file and sampling settings."""
         with self._connect() as db:
-            return {r[0] for r in db.execute("SELECT chunk FROM generated WHERE run = ?", (run,))}
+            rows = db.execute(
+                "SELECT prompts.prompt FROM generated JOIN prompts ON prompts.id = generated.prompt_id "
+                "WHERE generated.run = ?",
+                (run,),
+            )
+            return {r[0] for r in rows}
 
     def add_candidates(
         self,
         run: str,
-        chunk: int,
         round: int,
         policy: str,
         settings: dict,
         prompts: Sequence[tuple[str | list, list | None, str, Sequence[str]]],
     ) -> GenerationCounts:
-        """Store one chunk of a generation run in one transaction: for each ``(prompt, tools, display,
-        responses)``, the prompt (once), its open item of ``round`` (or a new one) and the responses that are
-        neither empty nor already among the item's candidates."""
+        """Store a batch of a generation run in one transaction. For each ``(prompt, tools, display,
+        responses)`` not stored by this ``run`` before: the prompt (once), and the responses that are neither
+        empty nor already stored for this prompt in this ``round``, in the prompt's open item of the round (one
+        nobody has ranked yet) or a new one."""
         counts = GenerationCounts()
         now, settings_json = _now(), json.dumps(settings, sort_keys=True)
         with self._transaction() as db:
-            if db.execute("SELECT 1 FROM generated WHERE run = ? AND chunk = ?", (run, chunk)).fetchone():
-                return counts  # stored by an earlier attempt
             for prompt, tools, display, responses in prompts:
                 key = prompt_key(prompt, tools)
                 db.execute("INSERT OR IGNORE INTO prompts (prompt, display) VALUES (?, ?)", (key, display))
                 prompt_id = db.execute("SELECT id FROM prompts WHERE prompt = ?", (key,)).fetchone()[0]
+                if db.execute("INSERT OR IGNORE INTO generated VALUES (?, ?)", (run, prompt_id)).rowcount == 0:
+                    continue  # stored by an earlier attempt
+                counts.prompts += 1
+                seen = {
+                    r[0]
+                    for r in db.execute(
+                        "SELECT response FROM candidates JOIN items ON items.id = candidates.item_id "
+                        "WHERE items.prompt_id = ? AND items.round = ?",
+                        (prompt_id, round),
+                    )
+                }
+                new = []
+                for response in (r.strip() for r in responses):
+                    if not response:
+                        counts.empty += 1
+                    elif response in seen:
+                        counts.duplicates += 1
+                    else:
+                        seen.add(response)
+                        new.append(response)
+                if not new:
+                    continue
                 item = db.execute(
                     "SELECT id FROM items WHERE prompt_id = ? AND round = ? AND id NOT IN "
-                    "(SELECT item_id FROM judgements) ORDER BY id DESC LIMIT 1",
+                    "(SELECT item_id FROM judgements WHERE kind = 'ranking') ORDER BY id DESC LIMIT 1",
                     (prompt_id, round),
                 ).fetchone()
                 if item is None:
-                    item_id = db.execute(
-                        "INSERT INTO items (prompt_id, round, created_at) VALUES (?, ?, ?)", (prompt_id, round, now)
-                    ).lastrowid
+                    item = (db.execute("INSERT INTO items (prompt_id, round, created_at) VALUES (?, ?, ?)",
+                                       (prompt_id, round, now)).lastrowid,)  # fmt: skip
                     counts.new_items += 1
-                else:
-                    item_id = item[0]
-                counts.prompts += 1
-                for response in responses:
-                    if not response.strip():
-                        counts.empty += 1
-                        continue
-                    inserted = db.execute(
-                        "INSERT OR IGNORE INTO candidates (item_id, response, policy, settings, created_at) "
+                for response in new:
+                    db.execute(
+                        "INSERT INTO candidates (item_id, response, policy, settings, created_at) "
                         "VALUES (?, ?, ?, ?, ?)",
-                        (item_id, response.strip(), policy, settings_json, now),
-                    ).rowcount
-                    counts.candidates += inserted
-                    counts.duplicates += 1 - inserted
-            db.execute("INSERT INTO generated (run, chunk) VALUES (?, ?)", (run, chunk))
+                        (item[0], response, policy, settings_json, now),
+                    )
+                counts.candidates += len(new)
         return counts
 
     # --- items -----------------------------------------------------------------------------------------------
@@ -459,7 +480,7 @@ class LabelStore:
     # --- progress --------------------------------------------------------------------------------------------
     def progress(self, annotator: str | None = None) -> dict:
         """Counts for the page: rankable items, items ranked by enough people, and per annotator their
-        rankings and skips (``you``: ``annotator``'s, with how many items are left for them)."""
+        rankings and skips (``you``: ``annotator``'s)."""
         with self._connect() as db:
             needed = int(self._meta(db, "annotators_per_item") or 1)
             rankable = db.execute(
@@ -484,7 +505,8 @@ class LabelStore:
         return result
 
     def round_progress(self, round: int) -> tuple[int, int]:
-        """``(rankable items, items ranked by annotators_per_item people)`` of one round."""
+        """``(rankable items, items done)`` of one round: done when ``annotators_per_item`` people ranked or
+        skipped it (an item everyone skips must not hold the round up)."""
         with self._connect() as db:
             needed = int(self._meta(db, "annotators_per_item") or 1)
             rankable = db.execute(
@@ -494,7 +516,7 @@ class LabelStore:
             ).fetchone()[0]
             complete = db.execute(
                 "SELECT COUNT(*) FROM items WHERE round = ? AND (SELECT COUNT(*) FROM judgements WHERE item_id = "
-                "items.id AND source = 'human' AND kind = 'ranking') >= ?",
+                "items.id AND source = 'human') >= ?",
                 (round, needed),
             ).fetchone()[0]
         return rankable, complete

@@ -50,11 +50,13 @@ def test_the_same_options_give_the_same_candidates_and_a_rerun_adds_nothing(tiny
 def test_an_interrupted_run_continues_after_its_last_stored_chunk(tiny_llama, prompts, tmp_path, monkeypatch):
     run(tiny_llama, prompts, tmp_path / "whole.sqlite", max_prompts=6)
     original = LabelStore.add_candidates
+    calls = []
 
-    def crash_on_second_chunk(self, run_key, chunk, *args, **kwargs):
-        if chunk == 1:
+    def crash_on_second_chunk(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
             raise KeyboardInterrupt
-        return original(self, run_key, chunk, *args, **kwargs)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(LabelStore, "add_candidates", crash_on_second_chunk)
     with pytest.raises(KeyboardInterrupt):
@@ -64,6 +66,17 @@ def test_an_interrupted_run_continues_after_its_last_stored_chunk(tiny_llama, pr
     resumed = run(tiny_llama, prompts, tmp_path / "cut.sqlite", max_prompts=6)
     assert resumed.prompts == 4
     assert candidates(tmp_path / "cut.sqlite") == candidates(tmp_path / "whole.sqlite")
+
+
+def test_more_prompts_or_another_batch_size_sample_only_the_new_prompts(tiny_llama, prompts, tmp_path):
+    database = tmp_path / "l.sqlite"
+    run(tiny_llama, prompts, database, max_prompts=3, batch_size=2)
+    first = candidates(database)
+    more = run(tiny_llama, prompts, database, max_prompts=6, batch_size=4)
+    assert more.prompts == 3, "the first 3 prompts were stored by this run already"
+    after = candidates(database)
+    assert {i: after[i] for i in first} == first and len(after) == 6
+    assert run(tiny_llama, prompts, database, max_prompts=6).prompts == 0
 
 
 def test_another_policy_or_seed_appends_to_the_open_items_and_new_prompts_add_items(tiny_llama, prompts, tmp_path):

@@ -21,7 +21,7 @@ def count_a(prompts, responses):
 def database(tmp_path):
     store = LabelStore(tmp_path / "labels.sqlite", create=True)
     rows = [("Say something.", None, "Say something.", ["aaa", "a", "b", "aa"]), ("More?", None, "More?", ["ba", "ab"])]
-    store.add_candidates("r", 0, 1, "sft", {}, rows)
+    store.add_candidates("r", 1, "sft", {}, rows)
     return store.path
 
 
@@ -71,12 +71,21 @@ def test_judge_options_are_checked(database, tmp_path, capsys):
         main(["label", "export", str(tmp_path / "none.sqlite"), str(tmp_path / "out.jsonl")])
 
 
+def nan_for_the_first(prompts, responses):
+    return [float("nan")] + [1.0] * (len(responses) - 1)
+
+
+def one_score(prompts, responses):
+    return [1.0]
+
+
 def test_a_rule_judge_must_give_one_finite_score_per_response():
     from rlhf_lightning.models.score_function import ScoreError
 
-    judge = RuleJudge("math:sqrt")
-    with pytest.raises((ScoreError, TypeError)):
-        judge.scores("p", ["a", "b"])
+    with pytest.raises(ScoreError, match="judge tests.commands.test_label:nan_for_the_first"):
+        RuleJudge("tests.commands.test_label:nan_for_the_first").scores("p", ["a", "b"])
+    with pytest.raises(ScoreError, match="judge tests.commands.test_label:one_score"):
+        RuleJudge("tests.commands.test_label:one_score").scores("p", ["a", "b"])
 
 
 def test_the_constitution_judge_scores_each_answer_by_yes_against_no(tiny_llama, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from starlette.testclient import TestClient
 
 from rlhf_lightning.commands.label_app import STATIC, create_app, is_loopback
-from rlhf_lightning.data.labels import LabelStore, export_rows
+from rlhf_lightning.data.errors import OptionError
+from rlhf_lightning.data.labels import LabelError, LabelStore, export_rows
 
 XSS = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">'
 PROMPTS = [
@@ -21,7 +22,7 @@ PROMPTS = [
 @pytest.fixture
 def database(tmp_path: Path) -> str:
     path = tmp_path / "labels.sqlite"
-    LabelStore(path, create=True).add_candidates(run="r", chunk=0, round=1, policy="sft", settings={}, prompts=PROMPTS)
+    LabelStore(path, create=True).add_candidates(run="r", round=1, policy="sft", settings={}, prompts=PROMPTS)
     return str(path)
 
 
@@ -235,10 +236,15 @@ def test_page_inserts_text_safely():
 
 
 def test_serve(database, monkeypatch, capsys):
+    import contextlib
+
     import uvicorn
 
+    from rlhf_lightning.commands import label_app
     from rlhf_lightning.commands.label_app import serve
 
+    # the ports are not really opened: uvicorn.run is replaced, and so is serve's check that the port is free
+    monkeypatch.setattr(label_app.socket, "create_server", lambda *a, **k: contextlib.nullcontext())
     runs = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: runs.append((app, kwargs)))
     serve(database)  # loopback: no token
@@ -255,8 +261,12 @@ def test_serve(database, monkeypatch, capsys):
     assert client.get("/api/progress?annotator=a").status_code == 401
     assert client.get(f"/api/progress?annotator=a&token={token}").json()["annotators_per_item"] == 2
 
-    serve(database, host="0.0.0.0", token="mine")
-    assert "?token=mine" in capsys.readouterr().out
+    serve(database, host="0.0.0.0", token="mine-and-long")
+    assert "?token=mine-and-long" in capsys.readouterr().out
+    with pytest.raises(OptionError, match="at least 8"):
+        serve(database, host="0.0.0.0", token="")
+    with pytest.raises(LabelError, match="annotators_per_item"):
+        serve(database, annotators_per_item=0)
 
 
 def test_serve_names_a_port_it_cannot_listen_on_before_printing_an_address(database, capsys):

@@ -22,7 +22,7 @@ from rlhf_lightning.data.readers import read_rows
 def make_store(tmp_path, prompts=None, policy="sft", run="r1", round=1):
     store = LabelStore(tmp_path / "labels.sqlite", create=True)
     prompts = prompts or [("Review a film.", ["Great film.", "Bad film.", "Okay film.", "Great film."])]
-    store.add_candidates(run, 0, round, policy, {"temperature": 1.0}, [(p, None, p, r) for p, r in prompts])
+    store.add_candidates(run, round, policy, {"temperature": 1.0}, [(p, None, p, r) for p, r in prompts])
     return store
 
 
@@ -35,9 +35,9 @@ def rank(store, annotator, order=None, **kwargs):
 
 def test_candidates_are_stored_once_and_empty_ones_not_at_all(tmp_path):
     store = LabelStore(tmp_path / "l.sqlite", create=True)
-    counts = store.add_candidates("r", 0, 1, "sft", {}, [("P", None, "P", ["a", "a ", "b", "  ", "c"])])
+    counts = store.add_candidates("r", 1, "sft", {}, [("P", None, "P", ["a", "a ", "b", "  ", "c"])])
     assert (counts.candidates, counts.duplicates, counts.empty, counts.new_items) == (3, 1, 1, 1)
-    again = store.add_candidates("r", 0, 1, "sft", {}, [("P", None, "P", ["x", "y"])])
+    again = store.add_candidates("r", 1, "sft", {}, [("P", None, "P", ["x", "y"])])
     assert again.candidates == 0, "a chunk an earlier attempt stored is not stored twice"
     assert sorted(c.response for c in store.item(1, "ann").candidates) == ["a", "b", "c"]
 
@@ -45,13 +45,13 @@ def test_candidates_are_stored_once_and_empty_ones_not_at_all(tmp_path):
 def test_a_second_policy_joins_the_open_item_and_a_ranked_item_is_closed(tmp_path):
     store = make_store(tmp_path)
     store.add_candidates(
-        "r2", 0, 1, "ppo", {}, [("Review a film.", None, "Review a film.", ["Superb film.", "Bad film."])]
+        "r2", 1, "ppo", {}, [("Review a film.", None, "Review a film.", ["Superb film.", "Bad film."])]
     )
     item = store.item(1, "ann")
     assert {c.policy for c in item.candidates} == {"sft", "ppo"} and len(item.candidates) == 4
     assert store.counts()["items"] == 1
     rank(store, "ann")
-    store.add_candidates("r3", 0, 1, "ppo", {}, [("Review a film.", None, "Review a film.", ["New one.", "Other."])])
+    store.add_candidates("r3", 1, "ppo", {}, [("Review a film.", None, "Review a film.", ["New one.", "Other."])])
     assert store.counts()["items"] == 2, "a ranked item never changes: new candidates start a new item"
     assert len(store.item(1, "ann").candidates) == 4
 
@@ -124,7 +124,7 @@ def test_unknown_stale_and_repeated_submissions_change_nothing(tmp_path):
 def test_new_candidates_make_an_open_page_stale(tmp_path):
     store = make_store(tmp_path)
     shown = store.next_item("ann")
-    store.add_candidates("r2", 0, 1, "ppo", {}, [("Review a film.", None, "Review a film.", ["Brand new."])])
+    store.add_candidates("r2", 1, "ppo", {}, [("Review a film.", None, "Review a film.", ["Brand new."])])
     with pytest.raises(StaleItem, match="reload"):
         store.submit(shown.id, "ann", shown.version, [[k] for k in shown.keys])
     fresh = store.next_item("ann")
@@ -228,8 +228,8 @@ def test_a_judge_is_compared_with_the_people(tmp_path):
 def test_the_reward_stage_reads_the_database_directly(tmp_path, embedded_tokenizer):
     messages = [{"role": "user", "content": "Review a film."}]
     store = LabelStore(tmp_path / "labels.sqlite", create=True)
-    store.add_candidates("r", 0, 1, "sft", {}, [(messages, None, "Review a film.", ["Great.", "Bad.", "Fine."])])
-    store.add_candidates("r", 1, 1, "sft", {}, [("Rate a hotel.", None, "Rate a hotel.", ["Lovely.", "Awful."])])
+    store.add_candidates("r", 1, "sft", {}, [(messages, None, "Review a film.", ["Great.", "Bad.", "Fine."])])
+    store.add_candidates("r", 1, "sft", {}, [("Rate a hotel.", None, "Rate a hotel.", ["Lovely.", "Awful."])])
     for _ in range(2):
         item = store.next_item("ann")
         store.submit(

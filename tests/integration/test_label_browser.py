@@ -101,7 +101,7 @@ def make_server(tmp_path):
     def make(prompts, annotators_per_item: int = 1, token: str | None = None) -> Server:
         database = tmp_path / f"labels{len(servers)}.sqlite"
         store = LabelStore(database, create=True)
-        store.add_candidates(run="r", chunk=0, round=1, policy="sft", settings={}, prompts=prompts)
+        store.add_candidates(run="r", round=1, policy="sft", settings={}, prompts=prompts)
         store.annotators_per_item = annotators_per_item
         server = Server(database, tmp_path / f"server{len(servers)}.log", token)
         servers.append(server)
@@ -227,7 +227,7 @@ def test_label_page_end_to_end(browser, make_server):
     rank_by_dragging(page, [fruits[2], fruits[0], fruits[1]])
     fig = "Fig, date, lime."
     store = LabelStore(server.database)
-    store.add_candidates(run="r2", chunk=0, round=1, policy="rl", settings={}, prompts=[(FRUITS, None, FRUITS, [fig])])
+    store.add_candidates(run="r2", round=1, policy="rl", settings={}, prompts=[(FRUITS, None, FRUITS, [fig])])
     page.keyboard.press("Enter")
     expect(page.locator("#message")).to_contain_text("changed while you ranked it")
     expect(page.locator("#candidates > li")).to_have_count(4)

@@ -78,15 +78,19 @@ def test_each_round_labels_new_prompts_from_its_own_policy_and_the_reward_model_
 
 def test_with_people_the_pipeline_waits_for_rankings_and_goes_on_when_run_again(tiny_llama, tmp_path, capsys):
     config = pipeline_config(tmp_path, tiny_llama, rounds=1)
-    main(["pipeline", "--config", config])
+    with pytest.raises(SystemExit) as stopped:
+        main(["pipeline", "--config", config])
+    assert stopped.value.code == 3, "a waiting pipeline is not a finished one"
     printed = capsys.readouterr().out
     database = tmp_path / "out" / "labels.sqlite"
     assert "waiting for rankings: 0 of 4 items" in printed and f"rlhf-lightning label {database}" in printed
     assert not (tmp_path / "out" / "round-1" / "reward").exists()
     store = LabelStore(database)
+    skipped = store.next_item("ann")  # a skipped item does not hold the round up
+    store.submit(skipped.id, "ann", None, None, skip=True)
     while (item := store.next_item("ann")) is not None:
         store.submit(item.id, "ann", item.version, [[k] for k in item.keys])
     main(["pipeline", "--config", config])
     state = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     assert state["steps"]["round-1/label"]["status"] == "done" and state["steps"]["export"]["status"] == "done"
-    assert "4 of 4 items ranked" in capsys.readouterr().out
+    assert "4 of 4 items ranked or skipped" in capsys.readouterr().out
