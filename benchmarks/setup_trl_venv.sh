@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Create (idempotently) a separate virtual environment for the TRL SFT baseline
-# (benchmarks/trl_sft_worker.py). Usage:
-#   bash benchmarks/setup_trl_venv.sh [VENV_DIR]     (default: <repo>/benchmarks/.venv-trl)
-# Runnable from any working directory. torch is pinned to the local CPU build 2.13.0
-# in every pip command so pip never pulls a multi-GB CUDA wheel.
+# Create (idempotently) a separate virtual environment for a TRL baseline. Usage:
+#   bash benchmarks/setup_trl_venv.sh [VENV_DIR]          trl 1.16.0 (SFTTrainer, RewardTrainer), transformers 5.23
+#   bash benchmarks/setup_trl_venv.sh --ppo [VENV_DIR]    trl 1.12.0, the last release with a PPO trainer
+#                                                         (trl.experimental.ppo), with transformers 4.57.6
+# Defaults: <repo>/benchmarks/.venv-trl and <repo>/benchmarks/.venv-trl-ppo. Runnable from any working
+# directory. torch is pinned to the local CPU build 2.13.0 in every pip command so pip never pulls a
+# multi-GB CUDA wheel.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "${SCRIPT_DIR}/.." && pwd)"
-VENV="${1:-${REPO_ROOT}/benchmarks/.venv-trl}"
 PYTHON="${PYTHON:-python3.11}"
 command -v "${PYTHON}" >/dev/null 2>&1 || PYTHON=python3
 
-TORCH_PIN="torch==2.13.0"
-TRL_PIN="trl==1.16.0"
-TRANSFORMERS_PIN="transformers==5.23.0"
-PEFT_PIN="peft==0.21.2"
-DATASETS_PIN="datasets==5.2.0"
+if [ "${1:-}" = "--ppo" ]; then
+    shift
+    VENV="${1:-${REPO_ROOT}/benchmarks/.venv-trl-ppo}"
+    # trl 1.12 needs transformers>=4.56.2; its PPO trainer is run on transformers 4.x as released with it,
+    # and datasets 5 needs a newer transformers, so datasets stays on 4.x too.
+    WANT="torch==2.13.0 trl==1.12.0 transformers==4.57.6 peft==0.21.2 datasets==4.8.5"
+else
+    VENV="${1:-${REPO_ROOT}/benchmarks/.venv-trl}"
+    WANT="torch==2.13.0 trl==1.16.0 transformers==5.23.0 peft==0.21.2 datasets==5.2.0"
+fi
 
 if [ ! -x "${VENV}/bin/python" ]; then
     echo "[setup_trl_venv] creating venv at ${VENV}"
@@ -25,36 +31,28 @@ fi
 PY="${VENV}/bin/python"
 
 # Fast path: everything already installed at the wanted versions.
-if "${PY}" - <<'PYEOF' 2>/dev/null
+if "${PY}" - ${WANT} <<'PYEOF' 2>/dev/null
 import importlib.metadata as md, sys
-want = {"torch": "2.13.0", "trl": "1.16.0", "peft": "0.21.2", "datasets": "5.2.0"}
-for name, ver in want.items():
+for pin in sys.argv[1:]:
+    name, ver = pin.split("==")
     if md.version(name).split("+")[0] != ver:
         sys.exit(1)
-md.version("transformers"); md.version("accelerate")
+md.version("accelerate")
 import trl, transformers, peft, torch  # noqa: F401
 PYEOF
 then
     echo "[setup_trl_venv] already set up:"
 else
     "${PY}" -m pip install --quiet --upgrade pip
-    # 1) torch first (local CPU wheel).
-    "${PY}" -m pip install "${TORCH_PIN}"
-    # 2) the rest, torch pinned again. accelerate: whatever trl needs.
-    if ! "${PY}" -m pip install "${TORCH_PIN}" "${TRL_PIN}" "${TRANSFORMERS_PIN}" \
-            "${PEFT_PIN}" "${DATASETS_PIN}" accelerate; then
-        echo "[setup_trl_venv] WARNING: ${TRL_PIN} does not resolve with ${TRANSFORMERS_PIN};" \
-             "letting pip choose the transformers version trl needs." >&2
-        "${PY}" -m pip install "${TORCH_PIN}" "${TRL_PIN}" transformers \
-            "${PEFT_PIN}" "${DATASETS_PIN}" accelerate
-    fi
+    # 1) torch first (local CPU wheel), 2) the rest with torch pinned again; accelerate: whatever trl needs.
+    "${PY}" -m pip install torch==2.13.0
+    # shellcheck disable=SC2086
+    "${PY}" -m pip install ${WANT} accelerate
 fi
 
 "${PY}" - <<'PYEOF'
 import importlib.metadata as md
 for name in ("torch", "trl", "transformers", "peft", "datasets", "accelerate"):
     print(f"  {name}=={md.version(name)}")
-if md.version("transformers") != "5.23.0":
-    print(f"  NOTE: transformers is {md.version('transformers')}, not the project's 5.23.0")
 PYEOF
 echo "[setup_trl_venv] python: ${PY}"

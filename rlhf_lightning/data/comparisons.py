@@ -46,7 +46,7 @@ from rlhf_lightning.data.degenerate import (
 )
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text, tokenize_conversation
-from rlhf_lightning.ops.padding import right_pad
+from rlhf_lightning.ops.padding import pack_shared_prefix, right_pad
 
 
 class ComparisonExample(NamedTuple):
@@ -148,6 +148,10 @@ class ComparisonsDataModule(RowsDataModule):
             adds one sequence and one pair per prompt (the cost of a batch grows about in proportion); a
             variant identical to a real response or longer than ``max_length`` is left out. Validation rows
             are left as given, so ``val/accuracy`` stays on the real comparisons. Default: none.
+        share_prompts: Also pack each prompt's sequences into one row, the prompt once and then each
+            response (``packed_*`` keys, :func:`~rlhf_lightning.ops.pack_shared_prefix`): the reward model
+            then computes a prompt once per comparison instead of once per response, with the same scores
+            (docs/reward.md#one-prompt-one-pass). ``false``: every sequence separately, as before.
         **kwargs: The options every DataModule shares (:class:`~rlhf_lightning.data.base.RowsDataModule`).
     """
 
@@ -158,9 +162,11 @@ class ComparisonsDataModule(RowsDataModule):
         train_files: str | list[str] = "builtin:comparisons.jsonl",
         *,
         rejected_variants: list[DegenerateKind] | None = None,
+        share_prompts: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(train_files, **kwargs)
+        self.share_prompts = share_prompts
         self.rejected_variants = list(dict.fromkeys(rejected_variants or []))
         unknown = [k for k in self.rejected_variants if k not in DEGENERATE_KINDS]
         if unknown:
@@ -310,7 +316,7 @@ class ComparisonsDataModule(RowsDataModule):
         return example._replace(sequences=sequences, pairs=pairs)
 
     def collate_fn(self):
-        return functools.partial(collate_comparisons, pad_id=self.tokenizer.pad_token_id)
+        return functools.partial(collate_comparisons, pad_id=self.tokenizer.pad_token_id, pack=self.share_prompts)
 
     def answer_sequence(self, example: ComparisonExample, text: str) -> list[int]:
         """Token ids of ``example``'s prompt with another answer ``text``, formatted as its rows are (chat
@@ -336,8 +342,13 @@ class ComparisonsDataModule(RowsDataModule):
         return encoding.input_ids + [self.tokenizer.eos_token_id if stop is None else stop]
 
 
-def collate_comparisons(examples: Sequence[ComparisonExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """All sequences of the batch right-padded in one ``(n, t)`` tensor, with the pairs as index tensors."""
+def collate_comparisons(
+    examples: Sequence[ComparisonExample], pad_id: int, pack: bool = False
+) -> dict[str, torch.Tensor]:
+    """All sequences of the batch right-padded in one ``(n, t)`` tensor, with the pairs as index tensors;
+    with ``pack``, also each prompt's sequences packed into one row behind their shared prefix
+    (``packed_ids``, ``packed_positions``, ``packed_segments`` ``(g, t')`` and ``packed_last (n, 2)``, the
+    sequences in the same order)."""
     sequences: list[list[int]] = []
     better, worse, group, margin = [], [], [], []
     for g, example in enumerate(examples):
@@ -349,7 +360,7 @@ def collate_comparisons(examples: Sequence[ComparisonExample], pad_id: int) -> d
             group.append(g)
             margin.append(example.margin)
     ids, attention = right_pad(sequences, pad_id)
-    return {
+    batch = {
         "input_ids": ids,
         "attention_mask": attention,
         "better": torch.tensor(better, dtype=torch.long),
@@ -357,3 +368,12 @@ def collate_comparisons(examples: Sequence[ComparisonExample], pad_id: int) -> d
         "group": torch.tensor(group, dtype=torch.long),
         "margin": torch.tensor(margin, dtype=torch.float32),
     }
+    if pack:
+        packed = pack_shared_prefix([e.sequences for e in examples], pad_id)
+        batch |= {
+            "packed_ids": packed.input_ids,
+            "packed_positions": packed.position_ids,
+            "packed_segments": packed.segments,
+            "packed_last": packed.last,
+        }
+    return batch

@@ -85,6 +85,45 @@ def use_adapter(model: nn.Module, adapter: str | None) -> Iterator[nn.Module]:
         _restore(flags)
 
 
+def _mergeable_layers(model: nn.Module, adapter: str) -> list[nn.Module] | None:
+    """The LoRA layers of ``adapter`` if every one of them is a plain LoRA on a floating-point ``nn.Linear``
+    (no quantized base, no DoRA); ``None`` otherwise."""
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and adapter in getattr(m, "lora_A", {})]
+    for layer in layers:
+        base = layer.get_base_layer()
+        if type(base) is not nn.Linear or not base.weight.dtype.is_floating_point:
+            return None
+        if getattr(layer, "use_dora", {}).get(adapter, False) or getattr(layer, "fan_in_fan_out", False):
+            return None
+    return layers
+
+
+@contextmanager
+def merged_adapter(model: nn.Module, adapter: str | None) -> Iterator[nn.Module]:
+    """Run the enclosed (gradient-free) code with ``adapter`` folded into the base weights and every adapter
+    disabled: generation then runs plain linear layers, without a LoRA detour per layer and token. The base
+    weights are new tensors ``W + scale * B @ A`` for the duration and the original tensors afterwards
+    (bit-for-bit: nothing is subtracted back). Without a mergeable adapter (none, a quantized base, DoRA) it
+    is :func:`use_adapter`. Costs one extra copy of the adapted weights while active."""
+    layers = _mergeable_layers(model, adapter) if adapter is not None and is_peft(model) else None
+    if not layers:
+        with use_adapter(model, adapter) as m:
+            yield m
+        return
+    saved = []
+    try:
+        with torch.no_grad():
+            for layer in layers:
+                weight = layer.get_base_layer().weight
+                saved.append((weight, weight.data))
+                weight.data = weight.data + layer.get_delta_weight(adapter).to(weight.dtype)
+        with use_adapter(model, None) as m:
+            yield m
+    finally:
+        for weight, data in saved:
+            weight.data = data
+
+
 def active(role: Role):
     """``with active(role):`` runs the enclosed passes with ``role``'s adapter (:func:`use_adapter`)."""
     return use_adapter(role.model, role.adapter)
@@ -159,9 +198,10 @@ def sample_from_role(
     """Responses of ``role`` to left-padded prompts ``(b, p)``, cut after their first EOS.
 
     Returns ``(sequences (b, p + r), attention_mask, response_mask (b, r) bool, ended (b,) bool)``.
-    ``config`` is a :class:`~rlhf_lightning.models.generation.GenerationConfig`.
+    ``config`` is a :class:`~rlhf_lightning.models.generation.GenerationConfig`. The adapter is merged into
+    the base for the duration when it can be (:func:`merged_adapter`).
     """
-    with use_adapter(role.model, role.adapter):
+    with merged_adapter(role.model, role.adapter):
         responses = sample_responses(role.model, prompts, prompt_mask, config, eos_token_ids, pad_token_id)
     responses, mask, ended = truncate_after_stop(responses, eos_token_ids, pad_token_id)
     sequences = torch.cat([prompts, responses], dim=1)

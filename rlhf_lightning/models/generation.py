@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import transformers
@@ -36,12 +37,18 @@ class GenerationConfig:
     stop_tokens: list[str] = field(default_factory=list)
     """More tokens that end a response (each exactly one token, e.g. ``"<|eot_id|>"``), on top of the
     tokenizer's EOS, the EOS ids of the model's generation config and the chat template's end-of-turn token."""
+    cache: Literal["dynamic", "static"] = "dynamic"
+    """The KV cache while sampling: ``dynamic`` grows it token by token; ``static`` allocates it once for
+    prompt + ``max_new_tokens`` (fixed shapes: fewer allocations, and what CUDA graphs and ``torch.compile``
+    need on a GPU)."""
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.cache not in ("dynamic", "static"):
+            raise ValueError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
 
 
 def generation_eos_ids(model: nn.Module) -> list[int]:
@@ -61,6 +68,7 @@ def sampling_config(config: GenerationConfig, stop_ids: Sequence[int], pad_token
         eos_token_id=list(stop_ids),
         pad_token_id=pad_token_id,
         use_cache=True,
+        cache_implementation="static" if config.cache == "static" else None,
         **kwargs,
     )
 

@@ -23,9 +23,10 @@ from rlhf_lightning.models.loading import (
     final_hidden_states,
     load_causal_lm,
     load_tokenizer,
+    unwrap_causal_lm,
 )
 from rlhf_lightning.models.run_folder import HEAD_FILE, RunFolder
-from rlhf_lightning.ops import last_token_index, left_pad
+from rlhf_lightning.ops import last_token_index, left_pad, shared_prefix_attention_mask
 
 
 class ScalarHead(nn.Module):
@@ -65,6 +66,34 @@ def sequence_scores(
     """Score ``(b,)`` of each sequence at its last real token."""
     decoder, _ = decoder_and_head(model)
     return last_token_scores(head, final_hidden_states(decoder, input_ids, attention_mask), attention_mask)
+
+
+def packed_sequence_scores(
+    model: nn.Module,
+    head: ScalarHead,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    segments: torch.Tensor,
+    last: torch.Tensor,
+) -> torch.Tensor:
+    """Scores ``(n,)`` of sequences packed with a shared prefix (:func:`~rlhf_lightning.ops.pack_shared_prefix`:
+    ``(g, t)`` ids, positions and segments, ``last (n, 2)``), each read at its own last token. Every token
+    attends only to what it would in its own sequence (:func:`~rlhf_lightning.ops.shared_prefix_attention_mask`),
+    so the scores are those of :func:`sequence_scores` on the sequences one by one; the prompt is computed once
+    per group. Needs an attention that takes a 4D mask (``sdpa``, ``eager``); raises ``ValueError`` otherwise."""
+    decoder, _ = decoder_and_head(model)
+    allowed = shared_prefix_attention_mask(segments)
+    implementation = getattr(unwrap_causal_lm(model).config, "_attn_implementation", "sdpa")
+    if implementation == "eager":
+        dtype = next(decoder.parameters()).dtype
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+        mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+    elif implementation == "sdpa":
+        mask = allowed
+    else:
+        raise ValueError(f"shared-prompt packing needs sdpa or eager attention, not {implementation}")
+    hidden = decoder(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+    return head(hidden.last_hidden_state[last[:, 0], last[:, 1]])
 
 
 def last_token_scores(head: ScalarHead, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,14 @@ from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, best_response, dege
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows
 from rlhf_lightning.evaluation.report import markdown_table
-from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, save_head, score_sequences, sequence_scores
+from rlhf_lightning.models.reward import (
+    ScalarHead,
+    hidden_size_of,
+    packed_sequence_scores,
+    save_head,
+    score_sequences,
+    sequence_scores,
+)
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, RunFolder
 from rlhf_lightning.models.score_function import require_finite
 from rlhf_lightning.modules.base import CausalLMModule
@@ -76,6 +83,7 @@ class RewardModule(CausalLMModule):
         self.head_init_std = head_init_std
         self.degenerate_report: dict | None = None
         self.score_head: ScalarHead | None = None
+        self.packing: bool | None = None  # shared-prompt packing: None until checked on the first packed batch
         self.calibration_shift = 0.0
         self.calibration_sequences: list[list[int]] = []
         self.train_metrics = PreferenceMetrics()
@@ -90,8 +98,42 @@ class RewardModule(CausalLMModule):
     def scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return sequence_scores(self.model, self.score_head, input_ids, attention_mask)
 
+    def batch_scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores ``(n,)`` of a batch's sequences: from its packed rows (one pass per prompt) when the data
+        packed them and the first such batch showed the packed scores equal to per-sequence ones."""
+        if "packed_ids" in batch and self.packing is not False:
+            if self.packing is None:
+                self.packing = self.packing_agrees(batch)
+            if self.packing:
+                keys = ("packed_ids", "packed_positions", "packed_segments", "packed_last")
+                return packed_sequence_scores(self.model, self.score_head, *(batch[k] for k in keys))
+        return self.scores(batch["input_ids"], batch["attention_mask"])
+
+    @torch.no_grad()
+    def packing_agrees(self, batch: dict[str, torch.Tensor], tolerance: float = 1e-2) -> bool:
+        """Whether this model scores a packed batch as it scores the sequences one by one (in eval mode): an
+        attention implementation without 4D masks, or a model that ignores ``position_ids``, would not."""
+        was_training = self.training
+        self.eval()
+        try:
+            keys = ("packed_ids", "packed_positions", "packed_segments", "packed_last")
+            packed = packed_sequence_scores(self.model, self.score_head, *(batch[k] for k in keys))
+            alone = self.scores(batch["input_ids"], batch["attention_mask"])
+            gap = (packed - alone).abs().max().item()
+            agrees = bool(torch.isfinite(packed).all()) and gap <= tolerance * (1 + alone.abs().max().item())
+            problem = f"its scores differ from per-sequence ones by up to {gap:.3g}"
+        except (ValueError, RuntimeError) as error:  # an attention that refuses a 4D mask
+            agrees, problem = False, str(error)
+        finally:
+            self.train(was_training)
+        if agrees:
+            rank_zero_info(f"reward: each prompt computed once for all its responses (scores checked: {gap:.1e})")
+        else:
+            rank_zero_warn(f"reward: shared-prompt packing is off: {problem}; each sequence is computed alone")
+        return agrees
+
     def _step(self, batch: dict[str, torch.Tensor], metrics: PreferenceMetrics):
-        scores = self.scores(batch["input_ids"], batch["attention_mask"])
+        scores = self.batch_scores(batch)
         out = preference_loss(
             scores, batch["better"], batch["worse"], batch["group"], batch["margin"], self.center_coef
         )

@@ -3,7 +3,14 @@
 from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, empty_responses, pearson
 from rlhf_lightning.ops.logprobs import TokenLogProbs, logprobs_from_logits, token_logprobs_from_hidden
 from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, whiten
-from rlhf_lightning.ops.padding import left_pad, right_pad
+from rlhf_lightning.ops.padding import (
+    SharedPrefixBatch,
+    left_pad,
+    nonpad_columns,
+    pack_shared_prefix,
+    right_pad,
+    shared_prefix_attention_mask,
+)
 from rlhf_lightning.ops.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -30,6 +37,10 @@ __all__ = [
     "empty_responses",
     "pearson",
     "gae",
+    "nonpad_columns",
+    "pack_shared_prefix",
+    "shared_prefix_attention_mask",
+    "SharedPrefixBatch",
     "kl_per_token",
     "penalize_unfinished",
     "ppo_policy_loss",

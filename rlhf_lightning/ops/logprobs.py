@@ -70,6 +70,9 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, targets, lse, mean_logit)
         ctx.temperature, ctx.chunk_size, ctx.with_entropy = temperature, chunk_size, with_entropy
         ctx.mark_non_differentiable(lse)
+        # an output the loss does not use gets no gradient (None, not zeros): entropy computed only for logging
+        # then costs nothing in backward
+        ctx.set_materialize_grads(False)
         return logprobs, entropy
 
     @staticmethod
@@ -81,6 +84,8 @@ class _ChunkedTokenLogProbs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
         use_entropy = ctx.with_entropy and grad_entropy is not None
+        if grad_logprobs is None:
+            grad_logprobs = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
         for start in range(0, hidden.shape[0], chunk_size):
             sl = slice(start, start + chunk_size)
             h = hidden[sl]

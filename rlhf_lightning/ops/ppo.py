@@ -81,22 +81,29 @@ def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, be
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation over response tokens. Returns ``(advantages, returns)``, ``(b, t)``.
+    """Generalised advantage estimation over response tokens (Schulman et al. 2016, "High-dimensional
+    continuous control using generalized advantage estimation"). Returns ``(advantages, returns)``, ``(b, t)``.
 
     ``delta_t = r_t + gamma * V_{t+1} - V_t``; ``A_t = delta_t + gamma * lam * A_{t+1}``; the value after
     the last response token is 0 (the episode ends). ``returns = advantages + values`` are the value
     targets. Positions outside ``mask`` are 0.
+
+    The recursion is evaluated in closed form, ``A_t = sum_{k >= t} (gamma * lam)^(k - t) delta_k``, as one
+    ``(b, t) @ (t, t)`` product with an upper-triangular matrix of discounts: a few kernels whatever the
+    length, instead of one small kernel per token (the difference on a GPU). The powers are built by
+    cumulative products, so a discount below 1 never overflows.
     """
     rewards, values = rewards * mask, values * mask
-    advantages = torch.zeros_like(rewards)
-    running = torch.zeros_like(rewards[:, 0])
     steps = rewards.shape[-1]
-    for t in reversed(range(steps)):
-        next_value = values[:, t + 1] if t + 1 < steps else torch.zeros_like(running)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        running = delta + gamma * lam * running
-        advantages[:, t] = running
-    advantages = advantages * mask
+    next_values = torch.nn.functional.pad(values[:, 1:], (0, 1))
+    deltas = rewards + gamma * next_values - values
+    # discounts[k, t] = (gamma * lam)^(k - t) for k >= t, else 0
+    decay = torch.full((steps,), gamma * lam, dtype=deltas.dtype, device=deltas.device)
+    powers = torch.cat([decay.new_ones(1), decay[1:].cumprod(0)]) if steps else decay
+    offsets = torch.arange(steps, device=deltas.device)
+    lag = offsets[:, None] - offsets[None, :]
+    discounts = torch.where(lag >= 0, powers[lag.clamp(min=0)], torch.zeros((), dtype=deltas.dtype))
+    advantages = (deltas @ discounts) * mask
     return advantages, (advantages + values) * mask
 
 

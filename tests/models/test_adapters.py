@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm
-from rlhf_lightning.models.adapters import Role, RoleLoader, role_scores, use_adapter
+from rlhf_lightning.models.adapters import Role, RoleLoader, _mergeable_layers, merged_adapter, role_scores, use_adapter
 from tests.helpers import make_run_folder
 
 
@@ -64,3 +64,29 @@ def test_folders_load_as_roles_on_one_shared_base(tiny_llama, folders):
         role_scores(policy, ids, mask)
     same_head_on_the_base = Role(base.model, None, scorer.head)
     assert not torch.allclose(role_scores(scorer, ids, mask), role_scores(same_head_on_the_base, ids, mask))
+
+
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_a_merged_adapter_computes_what_the_adapter_does_and_leaves_the_base_bit_for_bit(
+    tiny_llama, folders, quantization
+):
+    sft, _ = folders
+    model = load_causal_lm(ModelConfig(name_or_path=tiny_llama, quantization=quantization), LoraConfig(r=4))
+    model.load_adapter(str(sft), adapter_name="frozen", is_trainable=False)
+    base = {n: (p.data_ptr(), p.detach().clone()) for n, p in model.named_parameters() if "lora_" not in n}
+    before = flags(model)
+    ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])
+    with torch.no_grad(), use_adapter(model, "frozen"):
+        expected = model(input_ids=ids, attention_mask=mask).logits
+    assert (_mergeable_layers(model, "frozen") is None) == (quantization == "nf4")  # a 4-bit base is not merged
+    with torch.no_grad(), merged_adapter(model, "frozen"):
+        assert flags(model) == before
+        got = model(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert model.active_adapter == "default" and flags(model) == before
+    for name, p in model.named_parameters():
+        if name in base:
+            assert p.data_ptr() == base[name][0] and torch.equal(p, base[name][1]), name
+    with torch.no_grad(), merged_adapter(model, "frozen"):  # and again: nothing accumulated
+        torch.testing.assert_close(model(input_ids=ids, attention_mask=mask).logits, expected, atol=1e-5, rtol=1e-5)

@@ -113,3 +113,16 @@ def test_sampling_inside_seeded_leaves_the_global_random_state_alone(tiny_llama)
     with seeded(7, "cpu"):
         b = sample_responses(model, ids, torch.ones_like(ids), GenerationConfig(8, 1.0), [2], 0)
     assert torch.equal(a, b)
+
+
+def test_a_static_kv_cache_samples_what_the_dynamic_one_does(opinionated_model):
+    model = AutoModelForCausalLM.from_pretrained(opinionated_model).eval()
+    ids = torch.tensor([[0, 0, 10, 11], [12, 13, 14, 15]])  # left padding in one row
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    out = {}
+    for cache in ("dynamic", "static"):
+        with seeded(3, "cpu"):
+            out[cache] = sample_responses(model, ids, mask, GenerationConfig(12, 0.7, cache=cache), [2], 0)
+    assert torch.equal(out["static"], out["dynamic"]) and out["static"].shape == (2, 12)
+    with pytest.raises(ValueError, match="cache must be 'dynamic' or 'static'"):
+        GenerationConfig(cache="paged")

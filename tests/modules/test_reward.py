@@ -294,3 +294,58 @@ def test_trained_reward_model_reports_its_degenerate_check(trained):
     assert set(report["kinds"]) == {"empty", "cut_mid_sentence", "prompt_repeated", "phrase_repeated"}
     assert all(0.0 <= r["beats_chosen"] <= 1.0 for r in report["kinds"].values())
     assert scalars(root / "run", "degenerate/empty_beats_chosen")
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
+def test_a_prompt_computed_once_for_its_responses_gives_each_sequences_loss_and_gradient(arch, request):
+    from rlhf_lightning.data.comparisons import ComparisonExample, collate_comparisons
+
+    module = RewardModule(model=ModelConfig(name_or_path=request.getfixturevalue(arch)), lora=LoraConfig(r=4))
+    module.configure_model()
+    with torch.no_grad():  # LoRA B starts at 0: give the adapter something to differentiate
+        for name, p in module.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    prompt = [5, 6, 7, 8, 9]
+    examples = [
+        ComparisonExample([prompt + [10, 11, 2], prompt + [12, 2], prompt + [13, 14, 15, 2]], [(0, 1), (0, 2), (1, 2)]),
+        ComparisonExample([[20, 21, 22, 2], [20, 23, 2]], [(1, 0)]),
+    ]
+    batch = collate_comparisons(examples, pad_id=0, pack=True)
+    assert batch["packed_ids"].shape[1] < batch["input_ids"].shape[1] * 3  # one row per prompt, not per answer
+    grads = []
+    for packed in (True, False):
+        module.zero_grad()
+        module.packing = None if packed else False
+        loss = module._step(batch if packed else {k: v for k, v in batch.items() if "packed" not in k},
+                            module.train_metrics)  # fmt: skip
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+        module.train_metrics.reset()
+    assert module.packing is False and grads[0].keys() == grads[1].keys() and len(grads[0]) > 4
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_packing_is_turned_off_for_an_attention_that_cannot_take_it(tiny_llama, monkeypatch):
+    from rlhf_lightning.data.comparisons import ComparisonExample, collate_comparisons
+    from rlhf_lightning.models.reward import packed_sequence_scores
+
+    module = RewardModule(model=ModelConfig(name_or_path=tiny_llama), lora=LoraConfig(r=4))
+    module.configure_model()
+    batch = collate_comparisons([ComparisonExample([[5, 6, 2], [5, 7, 2]], [(0, 1)])], pad_id=0, pack=True)
+    keys = ("packed_ids", "packed_positions", "packed_segments", "packed_last")
+    config = module.model.get_base_model().config
+    monkeypatch.setattr(config, "_attn_implementation", "flash_attention_2")
+    with pytest.raises(ValueError, match="needs sdpa or eager attention, not flash_attention_2"):
+        packed_sequence_scores(module.model, module.score_head, *(batch[k] for k in keys))
+    monkeypatch.setattr(config, "_attn_implementation", "sdpa")
+
+    def wrong(*args):  # a model that ignores the mask or the positions: scores off by far more than rounding
+        return module.scores(batch["input_ids"], batch["attention_mask"]) + 1.0
+
+    monkeypatch.setattr(reward_module, "packed_sequence_scores", wrong)
+    with pytest.warns(UserWarning, match="shared-prompt packing is off: its scores differ .* by up to 1"):
+        scores = module.batch_scores(batch)
+    assert module.packing is False
+    torch.testing.assert_close(scores, module.scores(batch["input_ids"], batch["attention_mask"]))

@@ -85,6 +85,30 @@ def test_gradients_match_the_reference(with_entropy):
         torch.testing.assert_close(got, t.grad, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("used", ["logprobs", "entropy"])
+def test_an_output_the_loss_does_not_use_adds_nothing_to_the_gradient(used):
+    # the PPO update logs the entropy of its first pass without training on it (entropy_coef 0), and an
+    # entropy-only loss must not see a logprob gradient
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(2, 5, 8, generator=g, requires_grad=True)
+    weight = torch.randn(11, 8, generator=g)
+    targets = torch.randint(0, 11, (2, 5), generator=g)
+    coef = torch.randn(2, 5, generator=g)
+    grads = []
+    for with_entropy in (True, False) if used == "logprobs" else (True,):
+        hidden.grad = None
+        out = token_logprobs_from_hidden(hidden, weight, targets, chunk_size=4, with_entropy=with_entropy)
+        (coef * (out.logprobs if used == "logprobs" else out.entropy)).sum().backward()
+        grads.append(hidden.grad.clone())
+    if used == "logprobs":
+        torch.testing.assert_close(grads[0], grads[1], atol=0, rtol=0)
+    else:
+        logp = torch.log_softmax(hidden @ weight.T, -1)
+        hidden.grad = None
+        (coef * -(logp.exp() * logp).sum(-1)).sum().backward()
+        torch.testing.assert_close(grads[0], hidden.grad, atol=1e-5, rtol=1e-4)
+
+
 def _peak_bytes(vocab: int, chunked: bool) -> int:
     g = torch.Generator().manual_seed(0)
     b, t, d, chunk = 4, 256, 32, 64

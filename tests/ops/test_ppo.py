@@ -122,3 +122,32 @@ def test_adaptive_kl_controller_follows_the_target_and_resumes():
     fixed = FixedKLController(0.05)
     fixed.update(100.0, 10)
     assert fixed.beta == 0.05
+
+
+def _gae_by_recursion(rewards, values, mask, gamma, lam):
+    """The textbook backward recursion, one token at a time."""
+    rewards, values = rewards * mask, values * mask
+    advantages, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        running = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lam * running
+        advantages[:, t] = running
+    return advantages * mask
+
+
+@pytest.mark.parametrize(("gamma", "lam", "steps"), [(1.0, 0.95, 7), (0.9, 0.8, 33), (1.0, 1.0, 5), (0.99, 0.95, 600)])
+def test_gae_in_closed_form_matches_the_recursion(gamma, lam, steps):
+    g = torch.Generator().manual_seed(steps)
+    rewards, values = torch.randn(4, steps, generator=g), torch.randn(4, steps, generator=g)
+    lengths = torch.tensor([steps, 1, steps // 2, 0])
+    mask = torch.arange(steps)[None, :] < lengths[:, None]
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    expected = _gae_by_recursion(rewards, values, mask, gamma, lam)
+    torch.testing.assert_close(advantages, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(returns, (expected + values * mask) * mask, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(advantages).all() and (advantages[3] == 0).all()
+
+
+def test_gae_of_an_empty_batch_dimension():
+    adv, ret = gae(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool))
+    assert adv.shape == ret.shape == (2, 0)

@@ -3,9 +3,11 @@
 One training batch of prompts is one PPO iteration, five steps (:meth:`PPOModule.training_step`):
 
 1. rollout: the policy samples a response to each prompt (KV cache, eval mode, full distribution);
-2. experience, without gradients: the policy's log-probs (at ``logits / T``) and entropies, the reference's
-   log-probs, the values, the score at the last real token; rewards ``-beta * KL`` on every token plus the
-   shaped score on the last; GAE; whitened advantages (:mod:`~rlhf_lightning.modules.ppo.rollout`);
+2. experience, without gradients: the reference's log-probs, the values and the score at the last real token
+   (one role after another); the policy's log-probs (at ``logits / T``) and entropies, from a pass of their
+   own or, when the rollout batch is one minibatch and one micro-batch, from the update's first pass;
+   rewards ``-beta * KL`` on every token plus the shaped score on the last; GAE; whitened advantages
+   (:mod:`~rlhf_lightning.modules.ppo.rollout`);
 3. update: ``ppo_epochs`` passes over shuffled minibatches, clipped policy and value losses, one optimizer
    step per minibatch, Lightning manual optimization (:mod:`~rlhf_lightning.modules.ppo.update`);
 4. the KL coefficient adapts (with ``rewards.adaptive_kl``);
@@ -18,6 +20,7 @@ Policy, reference, value and reward share one (optionally 4-bit) base model as n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import warnings
@@ -38,7 +41,15 @@ from rlhf_lightning.modules.ppo.config import PPOConfig, PPOEvalConfig, RewardSh
 from rlhf_lightning.modules.ppo.evaluation import PPOEvaluation
 from rlhf_lightning.modules.ppo.optimization import PPOOptimization
 from rlhf_lightning.modules.ppo.roles import build_roles, chat_template_mismatches, save_trained_roles
-from rlhf_lightning.modules.ppo.rollout import RewardScorer, Rollout, make_experience, sample
+from rlhf_lightning.modules.ppo.rollout import (
+    FrozenPasses,
+    RewardScorer,
+    Rollout,
+    build_experience,
+    frozen_passes,
+    make_experience,
+    sample,
+)
 
 # A PPO checkpoint is taken between iterations and must hold the state after the iteration's updates (with
 # the RNG and data position of the next one); Lightning's advice to save a pre-optimization copy does not apply.
@@ -165,23 +176,57 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         device = self.device
         with self.timer.phase("rollout", device):
             rollout = self.rollout(batch["input_ids"], batch["attention_mask"], texts=batch.get("prompt_text"))
+        built: list = []
         with self.timer.phase("scoring", device):
-            experience, rollout_stats = self.make_experience(rollout)
+            if self.builds_in_first_pass(len(rollout.sequences)):
+                frozen = self.frozen_passes(rollout)
+
+                def build(logprobs, entropy):
+                    built.extend(self.build_experience(rollout, frozen, logprobs, entropy))
+                    return built[0]
+
+                source = rollout
+            else:
+                built.extend(self.make_experience(rollout))
+                source, build = built[0], None
         with self.timer.phase("training", device):
-            update_stats = self.update(experience)
+            update_stats = self.update(source, build)
+        rollout_stats = built[1]
         self.kl_controller.update(rollout_stats.kl.item(), len(rollout.sequences) * self.trainer.world_size)
         self.log_iteration(rollout, rollout_stats.tags() | update_stats.tags())
 
+    def builds_in_first_pass(self, rows: int) -> bool:
+        """Whether the update's first pass gives the old log-probs (a rollout batch that is one minibatch
+        and one micro-batch), instead of a policy pass during scoring."""
+        return self.ppo.num_minibatches == 1 and (self.ppo.micro_batch_size or rows) >= rows
+
+    def frozen_passes(self, rollout: Rollout) -> FrozenPasses:
+        """The reference, value and reward passes of step 2, in eval mode."""
+        with self.eval_mode():
+            return frozen_passes(
+                rollout, self.roles["reference"], self.roles["value"], self.score, self.rollout_config.temperature,
+                self.ppo.micro_batch_size, self.logprob_chunk_size,
+            )  # fmt: skip
+
+    def build_experience(self, rollout: Rollout, frozen: FrozenPasses, logprobs, entropy):
+        """Step 2's rewards, GAE and statistics from the policy's old log-probs (see :func:`build_experience`)."""
+        return build_experience(rollout, frozen, logprobs, entropy, self.kl_controller.beta, self.ppo, self.shaping)
+
     def make_experience(self, rollout: Rollout):
-        """Step 2 (see the module docstring), in eval mode."""
-        was_training = self.training
-        self.eval()
-        try:
+        """Step 2 (see the module docstring) with a policy pass of its own, in eval mode."""
+        with self.eval_mode():
             return make_experience(
                 rollout, self.roles["policy"], self.roles["reference"], self.roles["value"], self.score,
                 self.kl_controller.beta, self.ppo, self.shaping, self.rollout_config.temperature,
                 self.logprob_chunk_size,
             )  # fmt: skip
+
+    @contextlib.contextmanager
+    def eval_mode(self):
+        was_training = self.training
+        self.eval()
+        try:
+            yield
         finally:
             self.train(was_training)
 

@@ -8,7 +8,7 @@ import torch
 
 from rlhf_lightning.modules.optim import build_optimizer, build_scheduler, planned_optimizer_steps
 from rlhf_lightning.modules.ppo.roles import ADAPTERS
-from rlhf_lightning.modules.ppo.rollout import Experience
+from rlhf_lightning.modules.ppo.rollout import Experience, Rollout
 from rlhf_lightning.modules.ppo.update import UpdateStats, clip_gradients, gradient_groups, ppo_update
 
 
@@ -19,9 +19,10 @@ class PPOOptimization:
     _groups: dict[str, list[torch.nn.Parameter]] | None = None
     _grad_norms: list[dict[str, torch.Tensor]]
 
-    def update(self, experience: Experience) -> UpdateStats:
-        """Step 3: the PPO epochs; gradients are checked and clipped inside ``optimizer.step()``
-        (:meth:`on_before_optimizer_step`)."""
+    def update(self, experience: Experience | Rollout, build=None) -> UpdateStats:
+        """Step 3: the PPO epochs (``build``: the experience is built in the first pass, see
+        :func:`~rlhf_lightning.modules.ppo.update.ppo_update`); gradients are checked and clipped inside
+        ``optimizer.step()`` (:meth:`on_before_optimizer_step`)."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
 
         def step() -> list[dict[str, torch.Tensor]]:
@@ -33,7 +34,7 @@ class PPOOptimization:
 
         temperature = self.rollout_config.temperature
         return ppo_update(experience, self.roles["policy"], self.roles["value"], self.ppo, temperature,
-                          self.manual_backward, step, self.logprob_chunk_size)  # fmt: skip
+                          self.manual_backward, step, self.logprob_chunk_size, build)  # fmt: skip
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Runs inside ``optimizer.step()``, after ``16-mixed`` unscaled the gradients. A NaN/inf loss or

@@ -13,7 +13,15 @@ from typing import NamedTuple
 import torch
 
 from rlhf_lightning.evaluation.compare import eos_penalty
-from rlhf_lightning.models.adapters import Role, active, response_logprobs, role_scores, role_values, sample_from_role
+from rlhf_lightning.models.adapters import (
+    Role,
+    active,
+    response_logprobs,
+    response_values,
+    role_hidden_states,
+    role_scores,
+    sample_from_role,
+)
 from rlhf_lightning.models.generation import GenerationConfig
 from rlhf_lightning.models.score_function import ScoreFunction, require_finite
 from rlhf_lightning.modules.ppo.config import PPOConfig, RewardShaping
@@ -25,6 +33,7 @@ from rlhf_lightning.ops import (
     gae,
     kl_per_token,
     masked_mean,
+    nonpad_columns,
     pearson,
     token_rewards,
     whiten,
@@ -186,41 +195,137 @@ def micro_slices(n: int, size: int | None) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+class MicroBatch(NamedTuple):
+    """Some rows of ``[prompt (p) | response (r)]`` sequences, trimmed of the columns that are padding in all
+    of them: ``sequences (m, p' + r')``, ``mask (m, r')``; ``r' <= r`` and the response still starts at column
+    ``p'``. :meth:`place` puts an ``(m, r')`` result back into the batch's ``(b, r)`` layout."""
+
+    rows: torch.Tensor
+    sequences: torch.Tensor
+    attention_mask: torch.Tensor
+    mask: torch.Tensor
+    prompt_length: int
+
+    @property
+    def response_length(self) -> int:
+        return self.mask.shape[1]
+
+    def place(self, out: torch.Tensor, part: torch.Tensor) -> None:
+        out[self.rows, : part.shape[1]] = part.to(out.dtype)
+
+    def take(self, full: torch.Tensor) -> torch.Tensor:
+        """The rows and response columns of a ``(b, r)`` tensor of the batch."""
+        return full[self.rows, : self.response_length]
+
+
+def micro_batches(
+    sequences: torch.Tensor, attention_mask: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, size: int | None
+) -> list[MicroBatch]:
+    """``rows`` of a ``[prompt | response]`` batch in micro-batches of ``size`` (``None``: one): sorted by
+    length first when there are several, so rows of similar length share a forward pass, and each trimmed of
+    the columns that are padding in all its rows (:func:`~rlhf_lightning.ops.nonpad_columns`). Positions come
+    from the attention mask, so trimming changes no result."""
+    p = sequences.shape[1] - mask.shape[1]
+    if size is not None and size < len(rows):
+        rows = rows[attention_mask[rows].sum(-1).argsort(stable=True)]
+    out = []
+    for micro in micro_slices(len(rows), size):
+        index = rows[micro]
+        att = attention_mask[index]
+        cols = nonpad_columns(att)
+        # keep the last prompt column: its hidden state predicts the first response token
+        first, last = min(cols.start, p - 1), max(cols.stop, p + 1)
+        out.append(
+            MicroBatch(index, sequences[index, first:last], att[:, first:last], mask[index, : last - p], p - first)
+        )
+    return out
+
+
+class FrozenPasses(NamedTuple):
+    """What the frozen roles say about a rollout, ``(b, r)`` unless noted."""
+
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    raw_scores: torch.Tensor
+    """``(b,)``."""
+
+
 @torch.no_grad()
-def make_experience(
+def frozen_passes(
     rollout: Rollout,
-    policy: Role,
     reference: Role,
     value: Role,
     score: Callable[..., torch.Tensor],
+    temperature: float,
+    micro_batch_size: int | None,
+    chunk_size: int = 1024,
+) -> FrozenPasses:
+    """The reference's log-probs (at ``logits / temperature``), the values and the raw scores (``score`` is
+    a :class:`RewardScorer`) of a rollout, without gradients: role by role, so each adapter is switched to
+    once per rollout, then micro-batch by micro-batch (:func:`micro_batches`)."""
+    b, r = rollout.mask.shape
+    micros = micro_batches(
+        rollout.sequences, rollout.attention_mask, rollout.mask, torch.arange(b, device=rollout.mask.device),
+        micro_batch_size,
+    )  # fmt: skip
+    ref_logprobs, values = rollout.mask.new_zeros((b, r), dtype=torch.float32), None
+    raw = rollout.mask.new_zeros(b, dtype=torch.float32)
+    with active(reference):
+        for mb in micros:
+            out = response_logprobs(reference, mb.sequences, mb.attention_mask, mb.mask, temperature, chunk_size)
+            mb.place(ref_logprobs, out.logprobs)
+    with active(value):
+        for mb in micros:
+            hidden = role_hidden_states(value, mb.sequences, mb.attention_mask)
+            part = response_values(value.head, hidden, mb.response_length)
+            if values is None:
+                values = rollout.mask.new_zeros((b, r), dtype=part.dtype)
+            mb.place(values, part)
+    for mb in micros:
+        texts = [rollout.prompt_texts[i] for i in mb.rows.tolist()] if rollout.prompt_texts is not None else None
+        raw[mb.rows] = score(mb.sequences, mb.attention_mask, mb.prompt_length, texts).float()
+    return FrozenPasses(ref_logprobs, values, raw)
+
+
+@torch.no_grad()
+def policy_logprobs(
+    rollout: Rollout, policy: Role, temperature: float, micro_batch_size: int | None, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's log-probs and entropies ``(b, r)`` of its own rollout, without gradients (the old
+    log-probs when the update cannot take them from its first pass)."""
+    b, r = rollout.mask.shape
+    logprobs = rollout.mask.new_zeros((b, r), dtype=torch.float32)
+    entropy = torch.zeros_like(logprobs)
+    micros = micro_batches(
+        rollout.sequences, rollout.attention_mask, rollout.mask, torch.arange(b, device=rollout.mask.device),
+        micro_batch_size,
+    )  # fmt: skip
+    with active(policy):
+        for mb in micros:
+            out = response_logprobs(
+                policy, mb.sequences, mb.attention_mask, mb.mask, temperature, chunk_size, with_entropy=True
+            )
+            mb.place(logprobs, out.logprobs)
+            mb.place(entropy, out.entropy)
+    return logprobs, entropy
+
+
+def build_experience(
+    rollout: Rollout,
+    frozen: FrozenPasses,
+    logprobs: torch.Tensor,
+    entropy: torch.Tensor,
     beta: float,
     ppo: PPOConfig,
     shaping: RewardShaping,
-    temperature: float,
-    chunk_size: int = 1024,
 ) -> tuple[Experience, RolloutStats]:
-    """Score a rollout without gradients: the policy's log-probs and entropies and the reference's log-probs
-    (at ``logits / temperature``, the sampling distribution), the values, the raw scores (``score`` is a
-    :class:`RewardScorer`); then per-token rewards ``-beta * KL`` plus the shaped score on the last token
-    (Ziegler et al. 2019; InstructGPT), GAE (Schulman et al. 2016) and optionally whitened advantages. Forward
-    passes go ``ppo.micro_batch_size`` sequences at a time."""
-    seq_all, mask_all = rollout.sequences, rollout.mask
-    names = ("logprobs", "entropy", "ref_logprobs", "values", "raw_scores")
-    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    for micro in micro_slices(seq_all.shape[0], ppo.micro_batch_size):
-        seq, att, m = seq_all[micro], rollout.attention_mask[micro], mask_all[micro]
-        with active(policy):
-            out = response_logprobs(policy, seq, att, m, temperature, chunk_size, with_entropy=True)
-        with active(reference):
-            parts["ref_logprobs"].append(response_logprobs(reference, seq, att, m, temperature, chunk_size).logprobs)
-        parts["logprobs"].append(out.logprobs)
-        parts["entropy"].append(out.entropy)
-        parts["values"].append(role_values(value, seq, att, m.shape[1]))
-        texts = rollout.prompt_texts[micro] if rollout.prompt_texts is not None else None
-        parts["raw_scores"].append(score(seq, att, rollout.prompt_length, texts))
-    logprobs, entropy, ref_logprobs, values, raw = (torch.cat(parts[name]) for name in names)
-    mask, ended = mask_all, rollout.ended
-    values = values * mask
+    """Per-token rewards ``-beta * KL`` plus the shaped score on the last token (Ziegler et al. 2019;
+    InstructGPT), GAE (Schulman et al. 2016) and optionally whitened advantages, from the policy's old
+    log-probs and entropies ``(b, r)`` (no gradient) and the frozen roles' passes."""
+    logprobs, entropy = logprobs.detach(), entropy.detach()
+    ref_logprobs, raw = frozen.ref_logprobs, frozen.raw_scores
+    seq_all, mask, ended = rollout.sequences, rollout.mask, rollout.ended
+    values = frozen.values * mask
     scores = shape_scores(raw, ended, empty_responses(mask, ended), shaping)
     kl = kl_per_token(logprobs, ref_logprobs, shaping.kl_estimator) * mask
     shaped = token_rewards(scores, kl, mask, beta)
@@ -255,14 +360,41 @@ def make_experience(
     return experience, stats
 
 
+@torch.no_grad()
+def make_experience(
+    rollout: Rollout,
+    policy: Role,
+    reference: Role,
+    value: Role,
+    score: Callable[..., torch.Tensor],
+    beta: float,
+    ppo: PPOConfig,
+    shaping: RewardShaping,
+    temperature: float,
+    chunk_size: int = 1024,
+) -> tuple[Experience, RolloutStats]:
+    """Score a rollout without gradients: the policy's log-probs and entropies (:func:`policy_logprobs`), the
+    frozen roles' passes (:func:`frozen_passes`), then :func:`build_experience`. Forward passes go
+    ``ppo.micro_batch_size`` sequences at a time."""
+    frozen = frozen_passes(rollout, reference, value, score, temperature, ppo.micro_batch_size, chunk_size)
+    logprobs, entropy = policy_logprobs(rollout, policy, temperature, ppo.micro_batch_size, chunk_size)
+    return build_experience(rollout, frozen, logprobs, entropy, beta, ppo, shaping)
+
+
 __all__ = [
     "Experience",
+    "FrozenPasses",
+    "MicroBatch",
     "Rollout",
     "RolloutStats",
     "RewardScorer",
+    "build_experience",
+    "frozen_passes",
     "make_experience",
+    "micro_batches",
     "micro_slices",
     "penalty",
+    "policy_logprobs",
     "sample",
     "shape_scores",
 ]

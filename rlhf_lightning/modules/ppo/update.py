@@ -15,7 +15,7 @@ import torch
 
 from rlhf_lightning.models.adapters import Role, active, response_logprobs, response_values, role_hidden_states
 from rlhf_lightning.modules.ppo.config import PPOConfig
-from rlhf_lightning.modules.ppo.rollout import Experience, micro_slices
+from rlhf_lightning.modules.ppo.rollout import Experience, Rollout, micro_batches
 from rlhf_lightning.ops import masked_mean, ppo_policy_loss, ppo_value_loss
 
 
@@ -31,10 +31,12 @@ class UpdateStats(NamedTuple):
     ratio: torch.Tensor
     ratio_var: torch.Tensor
     value_clipfrac: torch.Tensor
-    entropy: torch.Tensor
+    entropy: torch.Tensor | None
+    """Mean entropy over the passes that computed it: every pass with ``entropy_coef > 0``, else only a pass
+    that built the experience (``None`` when none did; the rollout's entropy is ``objective/entropy``)."""
     first_ratio: torch.Tensor
     """Mean ratio on the first micro-batch of the first epoch: exactly 1 when training and rollout forward
-    passes agree."""
+    passes agree (by construction when the first pass built the experience)."""
     first_approxkl: torch.Tensor
     policy_grad_norm: torch.Tensor | None
     """Mean norm before clipping over the applied steps (``None`` when every step was skipped as non-finite)."""
@@ -62,7 +64,7 @@ UPDATE_TAGS = {
 
 
 def ppo_update(
-    experience: Experience,
+    experience: Experience | Rollout,
     policy: Role,
     value: Role,
     cfg: PPOConfig,
@@ -70,45 +72,74 @@ def ppo_update(
     backward: Callable[[torch.Tensor], None],
     step: Callable[[], list[dict[str, torch.Tensor]]],
     chunk_size: int = 1024,
+    build: Callable[[torch.Tensor, torch.Tensor], Experience] | None = None,
 ) -> UpdateStats:
     """Train on one :class:`Experience`. Each micro-batch's losses are scaled by its share of the minibatch's
     response tokens, so the gradients add up to the minibatch's token mean. The policy's loss is
     back-propagated while its adapter is active, then the value's (gradient checkpointing re-runs a layer with
     the adapter active at backward time). ``step()`` applies the accumulated gradients and returns the
-    gradient norms it measured (none for a step it skipped)."""
-    exp = experience
-    b, r = exp.mask.shape
+    gradient norms it measured (none for a step it skipped).
+
+    With ``build``, ``experience`` is the :class:`Rollout` and the rollout batch must be one forward pass (one
+    minibatch, one micro-batch): the first pass's log-probs and entropies ``(b, r)``, detached, are the old
+    ones, ``build(logprobs, entropy)`` turns them into the experience, and the pass goes on to its loss. This
+    saves the policy's scoring pass; the first ratio is then exactly 1 by construction.
+
+    Micro-batches are trimmed of all-padding columns (:func:`~rlhf_lightning.modules.ppo.rollout.micro_batches`).
+    The entropy enters the graph only with ``cfg.entropy_coef > 0``; otherwise it is computed, for logging,
+    on the passes that build the experience only."""
+    source = experience
+    exp = None if build is not None else experience
+    b, r = source.mask.shape
     totals: dict[str, list[torch.Tensor]] = {}
 
     def record(key: str, v: torch.Tensor) -> None:
         totals.setdefault(key, []).append(v.detach())
 
     minibatches = max(1, min(cfg.num_minibatches, b))
-    for epoch in range(cfg.ppo_epochs):
-        order = torch.randperm(b, device=exp.mask.device)
+    if build is not None and (minibatches > 1 or (cfg.micro_batch_size or b) < b):
+        raise ValueError("building the experience in the first pass needs one minibatch of one micro-batch")
+    for _ in range(cfg.ppo_epochs):
+        order = torch.randperm(b, device=source.mask.device)
         for minibatch in range(minibatches):
             index = order[minibatch * b // minibatches : (minibatch + 1) * b // minibatches]
-            tokens = exp.mask[index].sum().clamp(min=1)
-            for micro in micro_slices(len(index), cfg.micro_batch_size):
-                rows = index[micro]
-                seq, att, m = exp.sequences[rows], exp.attention_mask[rows], exp.mask[rows]
-                weight = m.sum() / tokens
+            if exp is None:  # the pass that builds the experience keeps the rollout's row order
+                index = torch.arange(b, device=source.mask.device)
+            tokens = source.mask[index].sum().clamp(min=1)
+            for mb in micro_batches(source.sequences, source.attention_mask, source.mask, index, cfg.micro_batch_size):
+                weight = mb.mask.sum() / tokens
+                first = exp is None
                 with active(policy):
-                    out = response_logprobs(policy, seq, att, m, temperature, chunk_size, with_entropy=True)
-                    pg = ppo_policy_loss(out.logprobs, exp.logprobs[rows], exp.advantages[rows], m, cfg.clip_eps)
-                    entropy = masked_mean(out.entropy, m)
-                    backward(weight * (pg.loss - cfg.entropy_coef * entropy))
+                    out = response_logprobs(
+                        policy, mb.sequences, mb.attention_mask, mb.mask, temperature, chunk_size,
+                        with_entropy=cfg.entropy_coef > 0 or first,
+                    )  # fmt: skip
+                    if first:
+                        logprobs, entropy = (source.mask.new_zeros((b, r), dtype=torch.float32) for _ in range(2))
+                        mb.place(logprobs, out.logprobs.detach())
+                        mb.place(entropy, out.entropy.detach())
+                        exp = build(logprobs, entropy)
+                    pg = ppo_policy_loss(out.logprobs, mb.take(exp.logprobs), mb.take(exp.advantages), mb.mask,
+                                         cfg.clip_eps)  # fmt: skip
+                    loss = pg.loss
+                    if out.entropy is not None:
+                        entropy_mean = masked_mean(out.entropy, mb.mask)
+                        record("entropy", entropy_mean)
+                        if cfg.entropy_coef > 0:
+                            loss = loss - cfg.entropy_coef * entropy_mean
+                    backward(weight * loss)
                 with active(value):
-                    values = response_values(value.head, role_hidden_states(value, seq, att), r)
-                    vf, vf_clipfrac = ppo_value_loss(values, exp.values[rows], exp.returns[rows], m, cfg.value_clip)
+                    hidden = role_hidden_states(value, mb.sequences, mb.attention_mask)
+                    values = response_values(value.head, hidden, mb.response_length)
+                    vf, vf_clipfrac = ppo_value_loss(values, mb.take(exp.values), mb.take(exp.returns), mb.mask,
+                                                     cfg.value_clip)  # fmt: skip
                     backward(weight * cfg.vf_coef * vf)
-                if epoch == 0 and minibatch == 0 and micro.start == 0:
+                if "first_ratio" not in totals:  # the first micro-batch of the first epoch
                     record("first_ratio", pg.ratio)
                     record("first_approxkl", pg.approxkl)
                 for key, v in (
                     ("policy_loss", pg.loss), ("value_loss", vf), ("policy_clipfrac", pg.clipfrac),
                     ("approxkl", pg.approxkl), ("ratio", pg.ratio), ("value_clipfrac", vf_clipfrac),
-                    ("entropy", entropy),
                 ):  # fmt: skip
                     record(key, v)
             for norms in step():
