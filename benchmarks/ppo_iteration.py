@@ -84,14 +84,27 @@ def random_run_folder(base: str, folder: Path, stage: str, std: float) -> str:
     return str(folder)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that pick the model and how it is loaded (shared with ``sft_step.py``)."""
     parser.add_argument("--model", default="embedded", help="embedded, a model folder, or synthetic-8b/-tiny")
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary of a synthetic model")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rlhf-bench-models")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--quantization", default="none", choices=["none", "nf4", "fp4", "int8"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+
+
+def model_path(args: argparse.Namespace) -> str:
+    """The model folder of ``--model`` (a synthetic one is written on first use)."""
+    from rlhf_lightning.models import resolve_model_path
+
+    base = synthetic_model(args.model, args.vocab, args.cache) if args.model in SYNTHETIC else args.model
+    return resolve_model_path(base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser)
     parser.add_argument("--batch", type=int, default=8, help="prompts per iteration")
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--response-len", type=int, default=32)
@@ -105,14 +118,11 @@ def main() -> None:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig, resolve_model_path
+    from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig
     from rlhf_lightning.modules import PPOModule
     from rlhf_lightning.modules.ppo import PPOConfig, PPOEvalConfig
 
-    base = args.model
-    if base in SYNTHETIC:
-        base = synthetic_model(base, args.vocab, args.cache)
-    base = resolve_model_path(base)
+    base = model_path(args)
     work = Path(tempfile.mkdtemp(prefix="ppo-bench-"))
     sft = random_run_folder(base, work / "sft", "sft", std=0.3)
     reward = random_run_folder(base, work / "reward", "reward", std=0.3)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -204,6 +205,28 @@ def run_ours(spec: dict) -> dict:
     }
 
 
+ABLATIONS = {
+    "fused": "the old log-probs from a policy scoring pass, not from the update's first pass",
+    "merge": "generation through the LoRA layers, the adapter not merged",
+}
+
+
+def ablate(names: str) -> None:
+    """Turn off the named speed-ups (:data:`ABLATIONS`) in this process; everything else as shipped."""
+    names = [n for n in names.split(",") if n]
+    if "fused" in names:
+        from rlhf_lightning.modules.ppo.module import PPOModule
+
+        PPOModule.builds_in_first_pass = lambda self, rows: False
+    if "merge" in names:
+        import rlhf_lightning.models.adapters as adapters
+
+        adapters.merged_adapter = adapters.use_adapter
+    unknown = set(names) - set(ABLATIONS)
+    if unknown:
+        sys.exit(f"unknown ablation {sorted(unknown)}; choose from {sorted(ABLATIONS)}")
+
+
 def finish(result: dict, spec: dict, path: Path) -> None:
     for r in result["iterations"]:
         r["batch"] = spec["batch"]
@@ -221,17 +244,34 @@ def main() -> None:
     p.add_argument("--num-minibatches", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--only", choices=["ours", "trl"], default=None, help="run one framework (no ratio)")
+    p.add_argument(
+        "--ablate",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME]",
+        help=f"also run ours without these speed-ups, alternating with the rest: {', '.join(ABLATIONS)}",
+    )
+    p.add_argument(
+        "--before",
+        default=None,
+        metavar="SRC",
+        help="also run ours from another checkout's source folder (the repository root)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "ppo_vs_trl.json")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        from rlhf_lightning.cli import limit_malloc_arenas
-
-        limit_malloc_arenas()  # as the rlhf-lightning command does first
+        if os.environ.get("RLHF_SRC"):  # another checkout of rlhf_lightning (the "before" of a change)
+            sys.path.insert(0, os.environ["RLHF_SRC"])
+        ablate(os.environ.get("RLHF_ABLATE", ""))
         spec = json.loads(Path(args.worker).read_text())
-        finish(run_ours(spec), spec, args.json_out)
+        result = run_ours(spec)
+        import rlhf_lightning
+
+        result["source"] = str(Path(rlhf_lightning.__file__).parent)
+        finish(result, spec, args.json_out)
         return
     if args.trl_worker:  # TRL's own environment runs it; its raw record is summarized here
         spec = json.loads(Path(args.trl_worker).read_text())
@@ -249,19 +289,27 @@ def main() -> None:
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec))
 
+    def ours(env: dict[str, str]):
+        command = [sys.executable, __file__, "--worker", str(spec_path), "--json-out"]
+        return lambda out: ["env", *(f"{k}={v}" for k, v in env.items()), *command, str(out)]
+
     commands = {
-        "rlhf_lightning": lambda out: [sys.executable, __file__, "--worker", str(spec_path), "--json-out", str(out)],
+        "rlhf_lightning": ours({}),
         "trl": lambda out: [sys.executable, __file__, "--trl-worker", str(spec_path), "--json-out", str(out)],
     }
     if args.only:
         commands = {k: v for k, v in commands.items() if (k == "trl") == (args.only == "trl")}
+    for names in args.ablate:
+        commands[f"rlhf_lightning without {names}"] = ours({"RLHF_ABLATE": names})
+    if args.before:
+        commands["rlhf_lightning before"] = ours({"RLHF_SRC": str(Path(args.before).resolve())})
     runs = alternate(args.repeats, commands, work)
-    if args.only:
+    if args.only or len(runs) < 2 or "trl" not in runs:
         for name, results in runs.items():
             for r in results:
                 print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if k != "iterations"})
         return
-    report(args.out, "PPO iteration on SmolLM2-135M-Instruct, float32, LoRA", args, ("only",), runs,
+    report(args.out, "PPO iteration on SmolLM2-135M-Instruct, float32, LoRA", args, ("only", "trl_worker"), runs,
            extra=("rollout_s", "scoring_s", "training_s", "mean_response_len"))  # fmt: skip
 
 

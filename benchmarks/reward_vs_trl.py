@@ -25,7 +25,9 @@ from side_by_side import HERE, LORA_TARGETS, TRL_PYTHON, alternate, report, step
 
 
 def write_pair_data(folder: Path, heldout_fraction: float = 0.1) -> tuple[str, str]:
-    """Shipped comparisons as standard text pairs: chat-templated prompt, assistant text as responses."""
+    """Shipped comparisons as standard text pairs for TRL (chat-templated prompt, assistant text as responses,
+    ``name.jsonl``) and the same pairs as conversations for rlhf_lightning (``name.chat.jsonl``): both then
+    tokenize to the same ids (the chat template's control tokens as special tokens, not as text)."""
     from rlhf_lightning.data.readers import read_rows
     from rlhf_lightning.models import load_tokenizer
 
@@ -35,7 +37,7 @@ def write_pair_data(folder: Path, heldout_fraction: float = 0.1) -> tuple[str, s
     paths = []
     for name, part in (("train", rows[:cut]), ("eval", rows[cut:])):
         path = folder / f"{name}.jsonl"
-        with path.open("w") as f:
+        with path.open("w") as text, chat_path(path).open("w") as chat:
             for row in part:
                 prompt = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
                 if "chosen" in row:
@@ -45,9 +47,14 @@ def write_pair_data(folder: Path, heldout_fraction: float = 0.1) -> tuple[str, s
                     pairs = [(by_rank[0], by_rank[1]), (by_rank[0], by_rank[2]), (by_rank[1], by_rank[2])]
                 for chosen, rejected in pairs:
                     pair = {"prompt": prompt, "chosen": chosen[0]["content"], "rejected": rejected[0]["content"]}
-                    f.write(json.dumps(pair) + "\n")
+                    text.write(json.dumps(pair) + "\n")
+                    chat.write(json.dumps({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected}) + "\n")
         paths.append(str(path))
     return paths[0], paths[1]
+
+
+def chat_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".chat.jsonl")
 
 
 def run_ours(args: argparse.Namespace) -> dict:
@@ -66,12 +73,12 @@ def run_ours(args: argparse.Namespace) -> dict:
         head_init_std=None,  # 1/sqrt(d+1), as when the recorded figures were measured
     )
     data = ComparisonsDataModule(
-        train_files=args.train,
+        train_files=str(chat_path(args.train)),
         val_fraction=0.0,
         max_length=args.max_length,
         batch_size=args.batch_size,
         shuffle=False,
-        chat_template="never",  # the prompts are already rendered: join them raw, as TRL does
+        share_prompts=not args.unshared,
     )
     timer = step_timer(args.warmup_steps, args.steps)
     trainer = L.Trainer(
@@ -88,11 +95,10 @@ def run_ours(args: argparse.Namespace) -> dict:
     trainer.fit(module, data)
     peak_after_training = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     heldout = ComparisonsDataModule(
-        train_files=args.eval,
+        train_files=str(chat_path(args.eval)),
         val_fraction=0.0,
         max_length=args.max_length,
         batch_size=args.batch_size,
-        chat_template="never",  # the prompts are already rendered: join them raw, as TRL does
     )
     heldout.tokenizer = module.tokenizer
     heldout.setup()
@@ -130,6 +136,12 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=HERE / "results" / "reward_vs_trl.json")
+    p.add_argument(
+        "--also-unshared",
+        action="store_true",
+        help="also run rlhf_lightning with data.share_prompts false (every sequence computed alone)",
+    )
+    p.add_argument("--unshared", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--train", default=None, help=argparse.SUPPRESS)
     p.add_argument("--eval", default=None, help=argparse.SUPPRESS)
@@ -167,10 +179,13 @@ def main() -> None:
             str(out),
         ],  # fmt: skip
     }
+    if args.also_unshared:
+        worker = [sys.executable, __file__, "--worker", "--unshared", *common]
+        commands["rlhf_lightning unshared"] = lambda out: [*worker, "--json-out", str(out)]
     runs = alternate(args.repeats, commands, work)
     args.heldout_pairs = runs["rlhf_lightning"][0]["heldout_pairs"]
     report(
-        args.out, "LoRA reward model on SmolLM2-135M-Instruct, float32", args, ("train", "eval"), runs,
+        args.out, "LoRA reward model on SmolLM2-135M-Instruct, float32", args, ("train", "eval", "unshared"), runs,
         extra=("heldout_accuracy",),
     )  # fmt: skip
 

@@ -29,15 +29,10 @@ sys.path.insert(0, str(HERE.parent))
 
 
 def main() -> None:
-    from ppo_iteration import SYNTHETIC, synthetic_model
+    from ppo_iteration import add_model_arguments, model_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="embedded", help="embedded, a model folder, or synthetic-8b/-tiny")
-    parser.add_argument("--vocab", type=int, default=32000, help="vocabulary of a synthetic model")
-    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "rlhf-bench-models")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--quantization", default="none", choices=["none", "nf4", "fp4", "int8"])
-    parser.add_argument("--gradient-checkpointing", action="store_true")
+    add_model_arguments(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="measured steps (after one warm-up)")
@@ -47,13 +42,12 @@ def main() -> None:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from rlhf_lightning.callbacks.throughput import peak_memory_gb
-    from rlhf_lightning.models import LoraConfig, ModelConfig, resolve_model_path
-    from rlhf_lightning.modules import SFTModule
     from rlhf_lightning.callbacks.samples import SampleConfig
+    from rlhf_lightning.callbacks.throughput import peak_memory_gb
+    from rlhf_lightning.models import LoraConfig, ModelConfig
+    from rlhf_lightning.modules import SFTModule
 
-    base = synthetic_model(args.model, args.vocab, args.cache) if args.model in SYNTHETIC else args.model
-    base = resolve_model_path(base)
+    base = model_path(args)
     module = SFTModule(
         model=ModelConfig(name_or_path=base, dtype=args.dtype, quantization=args.quantization,
                           gradient_checkpointing=args.gradient_checkpointing),
@@ -89,12 +83,14 @@ def main() -> None:
     result = {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available()
         else f"CPU ({platform.machine()}, {os.cpu_count()} cores)",
-        "model": args.model, "vocab": vocab, "dtype": args.dtype, "quantization": args.quantization,
+        "model": args.model, "vocab": module.model.config.vocab_size, "dtype": args.dtype,
+        "quantization": args.quantization,
         "gradient_checkpointing": args.gradient_checkpointing, "batch": args.batch, "seq_len": args.seq_len,
         "measured_steps": len(measured), "median_step_s": step, "tokens_per_s": args.batch * args.seq_len / step,
         "peak_memory_gb": peak_memory_gb(module.device),
     }  # fmt: skip
-    print(f"\nSFT step on {result['device']}: {args.model} (vocab {vocab}, {args.dtype}, {args.quantization}), "
+    print(f"\nSFT step on {result['device']}: {args.model} (vocab {result['vocab']}, {args.dtype}, "
+          f"{args.quantization}), "
           f"batch {args.batch} x {args.seq_len}: {step:.2f} s, {result['tokens_per_s']:.0f} tokens/s, "
           f"peak {result['peak_memory_gb']:.2f} GB")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,10 +11,8 @@ Each run writes one folder, ``trainer.default_root_dir``:
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -138,25 +136,8 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def limit_malloc_arenas() -> None:
-    """One glibc malloc arena for the process (Linux; a ``MALLOC_ARENA_MAX`` the user set wins). PyTorch's
-    CPU threads otherwise each take an arena, and activations freed in one are not reused for another: the
-    peak RSS of a PPO iteration on the embedded model drops from 4.3 to 3.6 GB at the same speed
-    (benchmarks/README.md#ppo-rlhf_lightning-vs-trl-ppotrainer-ppo_vs_trlpy). Nothing changes elsewhere."""
-    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 1)
-    except (OSError, AttributeError):  # not glibc (musl): nothing to tune
-        pass
-
-
 def main(argv: list[str] | None = None) -> None:
     """``rlhf-lightning fit|validate --config ...`` (LightningCLI) or one of the :data:`COMMANDS`."""
-    limit_malloc_arenas()
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
         print(usage())

@@ -176,24 +176,33 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         device = self.device
         with self.timer.phase("rollout", device):
             rollout = self.rollout(batch["input_ids"], batch["attention_mask"], texts=batch.get("prompt_text"))
-        built: list = []
         with self.timer.phase("scoring", device):
-            if self.builds_in_first_pass(len(rollout.sequences)):
-                frozen = self.frozen_passes(rollout)
-
-                def build(logprobs, entropy):
-                    built.extend(self.build_experience(rollout, frozen, logprobs, entropy))
-                    return built[0]
-
-                source = rollout
-            else:
-                built.extend(self.make_experience(rollout))
-                source, build = built[0], None
+            source, build, built = self.experience_source(rollout)
         with self.timer.phase("training", device):
             update_stats = self.update(source, build)
         rollout_stats = built[1]
         self.kl_controller.update(rollout_stats.kl.item(), len(rollout.sequences) * self.trainer.world_size)
         self.log_iteration(rollout, rollout_stats.tags() | update_stats.tags())
+
+    def experience_source(self, rollout: Rollout, in_first_pass: bool | None = None):
+        """Step 2: ``(source, build, built)`` for :meth:`update`. When the update's first pass gives the old
+        log-probs (``in_first_pass``, by default :meth:`builds_in_first_pass`), the frozen passes run now and
+        ``source`` is the rollout, ``build`` makes the experience from that pass; otherwise ``source`` is the
+        experience (a policy pass of its own) and ``build`` is ``None``. ``built`` holds
+        ``(Experience, RolloutStats)`` once built."""
+        built: list = []
+        if in_first_pass is None:
+            in_first_pass = self.builds_in_first_pass(len(rollout.sequences))
+        if not in_first_pass:
+            built.extend(self.make_experience(rollout))
+            return built[0], None, built
+        frozen = self.frozen_passes(rollout)
+
+        def build(logprobs, entropy):
+            built.extend(self.build_experience(rollout, frozen, logprobs, entropy))
+            return built[0]
+
+        return rollout, build, built
 
     def builds_in_first_pass(self, rows: int) -> bool:
         """Whether the update's first pass gives the old log-probs (a rollout batch that is one minibatch

@@ -45,19 +45,7 @@ def run_update(module, ppo: PPOConfig, fused: bool):
         optimizer.zero_grad()
         return []
 
-    rollout, built = module.rollout_batch, []
-    module.train()
-    if fused:
-        frozen = module.frozen_passes(rollout)
-
-        def build(logprobs, entropy):
-            built.extend(module.build_experience(rollout, frozen, logprobs, entropy))
-            return built[0]
-
-        source = rollout
-    else:
-        built.extend(module.make_experience(rollout))
-        source, build = built[0], None
+    source, build, built = module.experience_source(module.rollout_batch, in_first_pass=fused)
     torch.manual_seed(2)
     stats = ppo_update(source, module.roles["policy"], module.roles["value"], ppo, 0.7, lambda loss: loss.backward(),
                        step, build=build)  # fmt: skip
