@@ -58,8 +58,6 @@ class SharedPrefixBatch(NamedTuple):
     """0 on the prefix, ``k`` on the ``k``-th sequence's own tokens (from 1), -1 on padding."""
     last: torch.Tensor
     """``(n, 2)``: (row, column) of each sequence's last token, sequences in the order given."""
-    tokens: int
-    """Tokens of the sequences as given (prefixes counted once per sequence): the work a batch stands for."""
 
 
 def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -78,7 +76,6 @@ def pack_shared_prefix(groups: Sequence[Sequence[Sequence[int]]], pad_id: int) -
     and the prefix (the prompt) once per group instead of once per sequence. A group of one sequence is the
     sequence itself."""
     rows, last = [], []
-    tokens = 0
     for r, group in enumerate(groups):
         if not group or any(len(s) == 0 for s in group):
             raise ValueError("every group needs sequences of at least one token")
@@ -90,7 +87,6 @@ def pack_shared_prefix(groups: Sequence[Sequence[Sequence[int]]], pad_id: int) -
             pos += range(p, len(seq))
             seg += [k] * len(rest)
             last.append((r, len(ids) - 1))
-            tokens += len(seq)
         rows.append((ids, pos, seg))
     width = max(len(ids) for ids, _, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -100,7 +96,7 @@ def pack_shared_prefix(groups: Sequence[Sequence[Sequence[int]]], pad_id: int) -
         input_ids[r, : len(ids)] = torch.tensor(ids)
         position_ids[r, : len(pos)] = torch.tensor(pos)
         segment_ids[r, : len(seg)] = torch.tensor(seg)
-    return SharedPrefixBatch(input_ids, position_ids, segment_ids, torch.tensor(last, dtype=torch.long), tokens)
+    return SharedPrefixBatch(input_ids, position_ids, segment_ids, torch.tensor(last, dtype=torch.long))
 
 
 def shared_prefix_attention_mask(segments: torch.Tensor) -> torch.Tensor:

@@ -268,7 +268,7 @@ def frozen_passes(
         rollout.sequences, rollout.attention_mask, rollout.mask, torch.arange(b, device=rollout.mask.device),
         micro_batch_size,
     )  # fmt: skip
-    ref_logprobs, values = rollout.mask.new_zeros((b, r), dtype=torch.float32), None
+    ref_logprobs, values = (rollout.mask.new_zeros((b, r), dtype=torch.float32) for _ in range(2))
     raw = rollout.mask.new_zeros(b, dtype=torch.float32)
     with active(reference):
         for mb in micros:
@@ -277,10 +277,7 @@ def frozen_passes(
     with active(value):
         for mb in micros:
             hidden = role_hidden_states(value, mb.sequences, mb.attention_mask)
-            part = response_values(value.head, hidden, mb.response_length)
-            if values is None:
-                values = rollout.mask.new_zeros((b, r), dtype=part.dtype)
-            mb.place(values, part)
+            mb.place(values, response_values(value.head, hidden, mb.response_length))
     for mb in micros:
         texts = [rollout.prompt_texts[i] for i in mb.rows.tolist()] if rollout.prompt_texts is not None else None
         raw[mb.rows] = score(mb.sequences, mb.attention_mask, mb.prompt_length, texts).float()
