@@ -30,8 +30,8 @@ from rlhf_lightning.models.loading import (
     decoder_and_head,
     final_hidden_states,
     is_peft,
-    lm_head_parameters,
     load_causal_lm,
+    output_head,
 )
 from rlhf_lightning.models.reward import ScalarHead, hidden_size_of, last_token_scores, load_head
 from rlhf_lightning.models.run_folder import RunFolder
@@ -86,15 +86,27 @@ def use_adapter(model: nn.Module, adapter: str | None) -> Iterator[nn.Module]:
 
 
 def _mergeable_layers(model: nn.Module, adapter: str) -> list[nn.Module] | None:
-    """The LoRA layers of ``adapter`` if every one of them is a plain LoRA on a floating-point ``nn.Linear``
-    (no quantized base, no DoRA); ``None`` otherwise."""
-    layers = [m for m in model.modules() if hasattr(m, "lora_A") and adapter in getattr(m, "lora_A", {})]
-    for layer in layers:
-        base = layer.get_base_layer()
+    """The LoRA layers of ``adapter`` if everything ``adapter`` changes in the model is a plain LoRA on a
+    floating-point ``nn.Linear`` (no quantized base, no DoRA); ``None`` otherwise. A part that cannot be folded
+    into a base weight (a trained module copy from ``modules_to_save``, LoRA on an embedding, trainable token
+    rows) would be lost when every adapter is disabled around the merged weights."""
+    from peft.tuners.tuners_utils import BaseTunerLayer  # peft is loaded: the model is a PeftModel
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    layers = []
+    for module in model.modules():
+        if not isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            continue
+        if not any(adapter in getattr(module, name, {}) for name in module.adapter_layer_names):
+            continue
+        if isinstance(module, AuxiliaryTrainingWrapper) or adapter not in getattr(module, "lora_A", {}):
+            return None
+        base = module.get_base_layer()
         if type(base) is not nn.Linear or not base.weight.dtype.is_floating_point:
             return None
-        if getattr(layer, "use_dora", {}).get(adapter, False) or getattr(layer, "fan_in_fan_out", False):
+        if getattr(module, "use_dora", {}).get(adapter, False) or getattr(module, "fan_in_fan_out", False):
             return None
+        layers.append(module)
     return layers
 
 
@@ -151,15 +163,15 @@ def response_logprobs(
     The hidden state at position ``p - 1 + i`` predicts response token ``i``.
     """
     hidden = role_hidden_states(role, sequences, attention_mask)
-    _, head = decoder_and_head(role.model)
-    weight, bias = lm_head_parameters(head)
+    head = output_head(role.model)  # read with the role's adapter active: its trained head copy, if any
     r = response_mask.shape[1]
     p = sequences.shape[1] - r
     return token_logprobs_from_hidden(
         hidden[:, p - 1 : -1],
-        weight,
+        head.weight,
         sequences[:, p:],
-        bias=bias,
+        bias=head.bias,
+        logit_scale=head.logit_scale,
         mask=response_mask,
         temperature=temperature,
         chunk_size=chunk_size,
@@ -175,10 +187,9 @@ def next_token_logprobs(
     ``(b, t)`` under ``role``: the log-softmax is taken over the whole vocabulary at the last position only."""
     with active(role):
         hidden = role_hidden_states(role, input_ids, attention_mask)[:, -1]
-    _, head = decoder_and_head(role.model)
-    weight, bias = lm_head_parameters(head)
-    logits = hidden.float() @ weight.float().T + (0 if bias is None else bias.float())
-    return torch.log_softmax(logits, dim=-1)[:, token_ids]
+        head = output_head(role.model)
+    logits = hidden.float() @ head.weight.float().T + (0 if head.bias is None else head.bias.float())
+    return torch.log_softmax(head.logit_scale * logits, dim=-1)[:, token_ids]
 
 
 def response_values(head: ScalarHead, hidden: torch.Tensor, response_length: int) -> torch.Tensor:

@@ -5,12 +5,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import transformers
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
 
 from rlhf_lightning.models.config import LoraConfig, ModelConfig
 from rlhf_lightning.models.embedded import resolve_model_path
@@ -121,6 +130,7 @@ def load_causal_lm(
         raise ValueError("a quantized base model cannot be trained in full: enable LoRA (lora.enabled: true)")
     path = resolve_model_path(cfg.name_or_path)
     config = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    logit_scale(config)  # refuses a model whose logits the log-prob path cannot reproduce, before weights load
     if cfg.disable_dropout:
         _disable_dropout_in_config(config)
     kwargs: dict = {}
@@ -175,8 +185,6 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     head = causal_lm.get_output_embeddings()
     if head is None:
         raise ValueError(f"{type(causal_lm).__name__} has no output embeddings (LM head)")
-    if getattr(causal_lm.config, "final_logit_softcapping", None):
-        raise NotImplementedError("models with final logit soft-capping (Gemma 2) are not supported yet")
     return decoder, head
 
 
@@ -216,19 +224,127 @@ def save_model_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, fold
     return folder
 
 
-def lm_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The ``(weight, bias)`` that an LM head applies, looking through peft's ``modules_to_save`` wrapper.
+class OutputHead(NamedTuple):
+    """What a causal LM's output layer computes from a final hidden state ``h (d,)``:
+    ``logits = logit_scale * (h @ weight.T + bias)``, ``weight (v, d)``, ``bias (v,)`` or ``None``."""
 
-    LoRA on the LM head itself is refused: the chunked log-prob path applies the plain weight matrix.
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    logit_scale: float
+
+
+def output_head(model: nn.Module) -> OutputHead:
+    """The output layer ``model`` applies right now, as :class:`OutputHead`.
+
+    Looks through peft's ``modules_to_save`` wrapper exactly as its forward pass does: the active adapter's
+    trained copy while adapters are enabled, the base model's head when they are disabled (``use_adapter(model,
+    None)``) or the active adapter has no copy. The logit scale is the model family's own (:func:`logit_scale`).
+
+    Raises ``ValueError`` for an adapter layer on the head other than ``modules_to_save`` (LoRA or trainable
+    tokens on the head: the chunked log-prob path multiplies by one plain weight matrix), and
+    ``NotImplementedError`` for a head the path cannot reproduce (:func:`logit_scale`; an output embedding inside a
+    larger head module, as in remote-code models of that shape).
     """
-    if "peft" not in sys.modules:  # no adapter was ever loaded: a plain head
-        return head.weight, getattr(head, "bias", None)
-    from peft.tuners.lora import LoraLayer
-    from peft.utils import ModulesToSaveWrapper
+    causal_lm = unwrap_causal_lm(model)
+    head = causal_lm.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(causal_lm).__name__} has no output embeddings (LM head)")
+    scale = logit_scale(causal_lm.config)
+    if not any(module is head for module in causal_lm.children()):  # e.g. lm_head.decoder after a dense + norm
+        raise NotImplementedError(
+            f"{type(causal_lm).__name__}'s output embedding sits inside a larger head, which the chunked log-prob "
+            "path does not reproduce; this model is not supported"
+        )
+    if "peft" in sys.modules:  # else no adapter was ever loaded: a plain head
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils import ModulesToSaveWrapper
+        from peft.utils.other import AuxiliaryTrainingWrapper
 
-    if isinstance(head, LoraLayer):
-        raise ValueError("LoRA on the LM head is not supported; train it in full with lora.modules_to_save instead")
-    if isinstance(head, ModulesToSaveWrapper):
-        active = head.active_adapters[0] if head.active_adapters else None
-        head = head.modules_to_save[active] if active in head.modules_to_save else head.original_module
-    return head.weight, getattr(head, "bias", None)
+        if isinstance(head, ModulesToSaveWrapper):
+            active = head.active_adapters[0] if head.active_adapters else None
+            use_copy = not head.disable_adapters and active in head.modules_to_save
+            head = head.modules_to_save[active] if use_copy else head.original_module
+        elif isinstance(head, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+            raise ValueError(
+                f"{type(head).__name__} on the LM head is not supported (the log-prob path applies one plain weight "
+                "matrix); train the head in full with lora.modules_to_save: [lm_head] instead"
+            )
+    return OutputHead(head.weight, getattr(head, "bias", None), scale)
+
+
+_GRANITE = ("granite", "granite_swa", "granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared")
+_COHERE = ("cohere", "cohere2", "cohere2_moe", "cohere_compass_text")
+LOGIT_SCALES: dict[str, Callable[[PretrainedConfig], float]] = {
+    **dict.fromkeys(_GRANITE, lambda c: 1.0 / c.logits_scaling),  # logits / logits_scaling
+    "minicpm3": lambda c: 1.0 / c.logits_scaling,  # hidden / logits_scaling into a head without bias
+    "hyperclovax": lambda c: c.logits_scaling,  # logits * logits_scaling (the opposite of Granite)
+    **dict.fromkeys(_COHERE, lambda c: 1.0 if c.logit_scale is None else c.logit_scale),
+    "falcon_h1": lambda c: c.lm_head_multiplier,
+}
+"""Model types whose ``*ForCausalLM`` multiplies the LM head's output by a constant, and that constant."""
+
+SOFT_CAPS = ("final_logit_softcapping", "logits_soft_cap", "output_logit_soft_cap")
+"""Config fields of families that squash their logits with ``cap * tanh(logits / cap)`` when set."""
+UNSUPPORTED_HEADS = {
+    "inkling_text": "cuts its logits to an unpadded vocabulary",
+    "inkling2_text": "soft-caps its logits and cuts them to an unpadded vocabulary",
+    "electra": "runs a prediction layer between the decoder and the LM head",
+    "modernbert-decoder": "runs a decoder layer after the LM head",
+    "prophetnet": "predicts several future tokens per position",
+    "musicgen": "has one LM head per codebook",
+    "musicgen_melody": "has one LM head per codebook",
+    "gemma4_assistant": "masks its output embedding",
+    "gemma4_unified_assistant": "masks its output embedding",
+    **dict.fromkeys(
+        (
+            "bert",
+            "bert-generation",
+            "big_bird",
+            "camembert",
+            "data2vec-text",
+            "ernie",
+            "megatron-bert",
+            "reformer",
+            "rembert",
+            "roberta",
+            "roberta-prelayernorm",
+            "roc_bert",
+            "roformer",
+            "xlm",
+            "xlm-roberta",
+            "xlm-roberta-xl",
+            "xmod",
+        ),
+        "runs a dense layer and a norm between the decoder and its output embedding",
+    ),  # fmt: skip
+}
+"""Model types whose LM head is not ``decoder output -> one linear layer (times a constant)``, and why."""
+
+
+def logit_scale(config: PretrainedConfig) -> float:
+    """The constant a model family multiplies its LM head's output by (1.0 for most), read from its config.
+
+    The log-prob path applies ``decoder -> linear head`` itself, chunk by chunk (``ops.token_logprobs_from_hidden``),
+    so every transform the model's own forward applies after the head must be known here. Raises
+    ``NotImplementedError`` naming the model type for one it cannot reproduce (soft-capped logits: Gemma 2/3,
+    RecurrentGemma, xLSTM; heads of another shape): called on the config, before any weight loads.
+    """
+    model_type = getattr(config, "model_type", "")
+    if model_type in UNSUPPORTED_HEADS:
+        raise NotImplementedError(
+            f"{model_type} models are not supported: the model {UNSUPPORTED_HEADS[model_type]}, which the chunked "
+            "log-prob path does not reproduce"
+        )
+    try:
+        configs = (config, config.get_text_config())  # multimodal configs keep the language model's apart
+    except ValueError:  # several candidate text configs
+        configs = (config,)
+    for field in SOFT_CAPS:
+        cap = next((getattr(c, field) for c in configs if getattr(c, field, None)), None)
+        if cap:
+            raise NotImplementedError(
+                f"{model_type} models soft-cap their logits ({field}: {cap}), which the chunked log-prob path does "
+                "not reproduce; this model type is not supported yet"
+            )
+    scale = LOGIT_SCALES[model_type](config) if model_type in LOGIT_SCALES else 1.0
+    return float(scale)

@@ -6,7 +6,7 @@ import torch
 
 from rlhf_lightning.callbacks import GenerationSamples, SampleConfig, ThroughputMonitor
 from rlhf_lightning.models import decoder_and_head, final_hidden_states
-from rlhf_lightning.models.loading import lm_head_parameters
+from rlhf_lightning.models.loading import output_head
 from rlhf_lightning.modules.base import CausalLMModule
 from rlhf_lightning.modules.metrics import TokenNLL
 from rlhf_lightning.ops import masked_mean, token_logprobs_from_hidden
@@ -45,12 +45,18 @@ class SFTModule(CausalLMModule):
 
     def target_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-prob of every trained token given its prefix, ``(b, t-1)``, and the mask of trained tokens."""
-        decoder, head = decoder_and_head(self.model)
-        weight, bias = lm_head_parameters(head)
+        decoder, _ = decoder_and_head(self.model)
+        head = output_head(self.model)
         hidden = final_hidden_states(decoder, batch["input_ids"], batch["attention_mask"])
         mask = batch["loss_mask"][:, 1:]
         logprobs = token_logprobs_from_hidden(
-            hidden[:, :-1], weight, batch["input_ids"][:, 1:], bias=bias, mask=mask, chunk_size=self.logprob_chunk_size
+            hidden[:, :-1],
+            head.weight,
+            batch["input_ids"][:, 1:],
+            bias=head.bias,
+            logit_scale=head.logit_scale,
+            mask=mask,
+            chunk_size=self.logprob_chunk_size,
         ).logprobs
         return logprobs, mask
 

@@ -121,10 +121,11 @@ def token_logprobs_from_hidden(
     bias: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     temperature: float = 1.0,
+    logit_scale: float = 1.0,
     chunk_size: int = 1024,
     with_entropy: bool = False,
 ) -> TokenLogProbs:
-    """Log-probability of ``targets`` under ``softmax((hidden @ weight.T + bias) / temperature)``.
+    """Log-probability of ``targets`` under ``softmax(logit_scale * (hidden @ weight.T + bias) / temperature)``.
 
     Shapes: ``hidden (b, t, d)`` (the final hidden states, already aligned so that position i predicts
     ``targets[:, i]``), ``weight (v, d)``, ``targets (b, t)``, ``mask (b, t)`` bool.
@@ -133,9 +134,15 @@ def token_logprobs_from_hidden(
     SFT, for prompt tokens); the others are returned as 0. Positions are processed ``chunk_size`` at a
     time, so peak memory is about ``chunk_size * v`` floats regardless of batch size and length.
     Gradients flow to ``hidden`` (and ``weight``/``bias`` if they require grad).
+
+    ``logit_scale`` is the constant some model families multiply their head's output by (Granite divides by
+    ``logits_scaling``, Cohere multiplies by ``logit_scale``: ``models.loading.logit_scale``); it folds into
+    the temperature, ``T / logit_scale``.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if logit_scale <= 0:
+        raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     b, t, d = hidden.shape
@@ -147,7 +154,7 @@ def token_logprobs_from_hidden(
         flat_targets = flat_targets.index_select(0, index)
 
     logprobs, entropy = _ChunkedTokenLogProbs.apply(
-        flat_hidden, weight, bias, flat_targets, float(temperature), int(chunk_size), with_entropy
+        flat_hidden, weight, bias, flat_targets, float(temperature) / float(logit_scale), int(chunk_size), with_entropy
     )
 
     def assemble(values: torch.Tensor) -> torch.Tensor:

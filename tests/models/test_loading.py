@@ -12,7 +12,7 @@ from rlhf_lightning.models import (
     load_causal_lm,
     load_tokenizer,
 )
-from rlhf_lightning.models.loading import lm_head_parameters
+from rlhf_lightning.models.loading import output_head
 from rlhf_lightning.models.tiny import build_char_tokenizer, build_tiny_model
 
 
@@ -86,8 +86,9 @@ def test_quantized_lora_trains_a_step_on_cpu(tiny_llama, quantization):
     assert any(isinstance(m, layer) for m in model.modules())
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n for n in trainable)
-    decoder, head = decoder_and_head(model)
-    weight, bias = lm_head_parameters(head)
+    decoder, _ = decoder_and_head(model)
+    head = output_head(model)
+    weight, bias = head.weight, head.bias
     ids = torch.randint(4, 90, (2, 16))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -112,7 +113,7 @@ def test_quantized_model_refuses_full_fine_tuning(tiny_llama):
 def test_lora_on_the_lm_head_is_refused_with_a_hint(tiny_llama):
     model = load_causal_lm(ModelConfig(name_or_path=tiny_llama), LoraConfig(target_modules=["q_proj", "lm_head"]))
     with pytest.raises(ValueError, match="modules_to_save"):
-        lm_head_parameters(decoder_and_head(model)[1])
+        output_head(model)
 
 
 class _ScriptedLM(nn.Module):

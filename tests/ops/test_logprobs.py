@@ -43,6 +43,19 @@ def test_chunked_equals_full_log_softmax(chunk_size, temperature):
     )
 
 
+def test_a_logit_scale_multiplies_the_heads_output_before_the_softmax():
+    # hidden 1, head rows [0], [ln 3]: logits [0, ln 3]; scale 2 -> [0, 2 ln 3] -> p(1) = 9 / 10
+    hidden, weight = torch.ones(1, 1, 1), torch.tensor([[0.0], [math.log(3.0)]])
+    out = token_logprobs_from_hidden(hidden, weight, torch.tensor([[1]]), logit_scale=2.0, with_entropy=True)
+    assert out.logprobs.item() == pytest.approx(math.log(0.9))
+    assert out.entropy.item() == pytest.approx(-(0.9 * math.log(0.9) + 0.1 * math.log(0.1)))
+    # at T = 0.5 and scale 1/4 the logits are halved: [0, ln 3 / 2] -> p(0) = 1 / (1 + sqrt 3)
+    out = token_logprobs_from_hidden(hidden, weight, torch.tensor([[0]]), temperature=0.5, logit_scale=0.25)
+    assert out.logprobs.item() == pytest.approx(-math.log(1 + math.sqrt(3.0)))
+    with pytest.raises(ValueError, match="logit_scale must be > 0"):
+        token_logprobs_from_hidden(hidden, weight, torch.tensor([[0]]), logit_scale=0.0)
+
+
 def test_mask_skips_positions_and_returns_zero_there():
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(2, 5, 8, generator=g)
