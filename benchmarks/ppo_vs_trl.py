@@ -13,8 +13,9 @@ Same settings for both: LoRA r 16, alpha 32, dropout 0 on the 7 linear projectio
 prompts, chat-formatted, the same token ids in the same batches (each left-padded to its longest prompt);
 batch 8, responses up to 48 tokens sampled at temperature 0.7 from the full distribution, 4 PPO epochs,
 1 minibatch, lr 5e-5 linear, KL coefficient 0.05 (k1), missing-EOS penalty 1, clip 0.2, value clip 0.2,
-vf_coef 0.1, gamma 1, lambda 0.95, gradient clipping 1.0. One warm-up iteration, then ``--iterations``
-measured; each run is a fresh process and the frameworks alternate.
+vf_coef 0.1 (TRL's; ours has no value-loss weight, its value learning rate is lr), gamma 1, lambda 0.95,
+gradient clipping 1.0. One warm-up iteration, then ``--iterations`` measured; each run is a fresh process and
+the frameworks alternate.
 
     bash benchmarks/setup_trl_venv.sh --ppo                     # once: trl 1.12.0 in benchmarks/.venv-trl-ppo
     .venv/bin/python benchmarks/ppo_vs_trl.py --repeats 3       # ~15 minutes on 2 CPU cores
@@ -162,7 +163,7 @@ def run_ours(spec: dict) -> dict:
         reward_model=spec["reward"],
         rollout=GenerationConfig(max_new_tokens=spec["response_length"], temperature=spec["temperature"]),
         ppo=PPOConfig(ppo_epochs=spec["ppo_epochs"], num_minibatches=spec["num_minibatches"],
-                      clip_eps=spec["clip_eps"], value_clip=spec["value_clip"], vf_coef=spec["vf_coef"],
+                      clip_eps=spec["clip_eps"], value_clip=spec["value_clip"],
                       gamma=spec["gamma"], lam=spec["lam"], max_grad_norm=spec["max_grad_norm"]),
         rewards=RewardShaping(kl_coef=spec["kl_coef"], missing_eos_penalty=spec["missing_eos_penalty"]),
         evaluation=PPOEvalConfig(at_end=False, samples_every_n_iterations=0),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,14 +52,29 @@ class OptimConfig:
             raise ValueError(f"optim.max_nonfinite_steps must be >= 0, got {self.max_nonfinite_steps}")
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if not params:
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter] | Mapping[str, Iterable[torch.nn.Parameter]],
+    cfg: OptimConfig,
+    lr_scale: Mapping[str, float] | None = None,
+) -> torch.optim.Optimizer:
+    """The optimizer of the trainable ``params``: one parameter group, or one per named group (``{name:
+    parameters}``, in that order, each with its ``name``) whose learning rate is ``cfg.lr`` times its
+    ``lr_scale`` (1 when not given). A schedule (:func:`build_scheduler`) scales every group alike."""
+    if isinstance(params, Mapping):
+        scale = lr_scale or {}
+        groups = [
+            {"params": trainable, "name": name, "lr": cfg.lr * scale.get(name, 1.0)}
+            for name, group in params.items()
+            if (trainable := [p for p in group if p.requires_grad])
+        ]
+    else:
+        groups = [p for p in params if p.requires_grad]
+    if not groups:
         raise ValueError("the model has no trainable parameters")
     kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
-    return bnb_optimizer(cfg.optimizer, params, **kwargs)
+        return torch.optim.AdamW(groups, **kwargs)
+    return bnb_optimizer(cfg.optimizer, groups, **kwargs)
 
 
 def lr_multiplier(step: int, total_steps: int, cfg: OptimConfig) -> float:

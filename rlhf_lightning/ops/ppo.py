@@ -35,10 +35,18 @@ def truncate_after_stop(
 def kl_per_token(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: Literal["k1", "k3"] = "k1"
 ) -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from log-probs of the sampled tokens.
+    """Per-token estimate of KL(policy || reference) from log-probs ``(b, t)`` of the sampled tokens.
 
     ``k1 = log p - log q`` (unbiased, can be negative per token); ``k3 = (r - 1) - log r`` with
-    ``r = q / p`` (unbiased, always >= 0, lower variance; Schulman's estimator).
+    ``r = q / p`` (unbiased, always >= 0, lower variance). Both from J. Schulman, "Approximating KL
+    divergence" (2020).
+
+    Unbiased *values* do not make unbiased *gradients*. As a reward (a constant to the policy gradient) an
+    estimate ``k`` pulls the policy along ``E_p[grad log p * k]``: for ``k1`` that is ``grad KL(p || q)``, for
+    ``k3`` it is not. Differentiated as a loss on-policy, ``k1`` gives 0 in expectation and ``k3`` gives
+    ``grad KL(q || p)``, the other direction; weighted by the ratio ``p / p_old`` both give ``grad KL(p || q)``
+    (:func:`kl_penalty_loss`). See "On a few pitfalls in KL divergence gradient estimation for RL" (2025,
+    arXiv:2506.09477).
     """
     log_ratio = logprobs - ref_logprobs
     if estimator == "k1":
@@ -46,6 +54,27 @@ def kl_per_token(
     if estimator == "k3":
         return torch.expm1(-log_ratio) + log_ratio
     raise ValueError(f"unknown KL estimator {estimator!r}; use 'k1' or 'k3'")
+
+
+def kl_penalty_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: Literal["k1", "k3"] = "k3",
+) -> torch.Tensor:
+    """The KL penalty as a loss term: ``mean((p / p_old) * k)`` over response tokens, ``k`` the
+    :func:`kl_per_token` estimate of the current log-probs ``(b, t)`` against the reference's, on tokens
+    sampled from ``p_old`` (``old_logprobs``, no gradient). 0-d.
+
+    Its gradient where ``p = p_old`` is, in expectation over the sampled token, exactly the gradient of the
+    token's KL(p || q) given the tokens before it: ``E[grad log p * k + grad k] = E[grad log p * log(p / q)]``
+    for both ``k1`` (``grad k1 = grad log p``, of mean 0) and ``k3`` (``grad k3 = (1 - q/p) grad log p``). Without
+    the ratio, ``k3`` would give the gradient of KL(q || p) and ``k1`` nothing. Being per token, it leaves out
+    how a token changes the KL of the tokens after it (a KL penalty in the rewards, with returns, keeps that).
+    """
+    ratio = (logprobs - old_logprobs).exp()
+    return masked_mean(ratio * kl_per_token(logprobs, ref_logprobs, estimator), mask)
 
 
 def penalize_unfinished(
@@ -68,10 +97,12 @@ class TokenRewards(NamedTuple):
 
 
 def token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> TokenRewards:
-    """Place the sequence score on the last response token and a KL penalty on every response token.
+    """Place the sequence score ``(b,)`` on the last response token and a KL penalty ``-beta * kl`` ``(b, t)`` on
+    every response token.
 
-    The KL penalty goes into the rewards, not the loss (InstructGPT): the value function then learns
-    the KL-regularised return.
+    The KL penalty in the rewards (InstructGPT): the value function learns the KL-regularised return, and each
+    token is charged the KL of the tokens it leads to. With ``k1`` the policy gradient is then that of the
+    sequence KL; with ``k3`` it is not (see :func:`kl_per_token`). ``beta = 0`` leaves the score alone.
     """
     non_score = -beta * kl * mask
     last = (mask.long().cumsum(-1) == mask.long().sum(-1, keepdim=True)) & mask

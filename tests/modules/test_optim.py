@@ -33,6 +33,21 @@ def test_scheduler_drives_the_optimizer_learning_rate():
     assert seen == pytest.approx([0.25, 0.5, 0.25])
 
 
+def test_named_groups_get_their_own_learning_rate_and_the_schedule_scales_both():
+    policy, value, frozen = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    frozen.requires_grad_(False)
+    cfg = OptimConfig(lr=0.4, warmup_steps=1, schedule="linear")
+    opt = build_optimizer({"policy": [policy, frozen], "value": [value]}, cfg, {"value": 0.25})
+    assert [(g["name"], g["params"]) for g in opt.param_groups] == [("policy", [policy]), ("value", [value])]
+    sched = build_scheduler(opt, 3, cfg)
+    seen = []
+    for _ in range(3):
+        seen.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert [lr for step in seen for lr in step] == pytest.approx([0.2, 0.05, 0.4, 0.1, 0.2, 0.05])
+
+
 @pytest.mark.parametrize("name", ["adamw_8bit", "paged_adamw", "paged_adamw_8bit"])
 def test_bitsandbytes_optimizers_are_selectable(name):
     import bitsandbytes as bnb

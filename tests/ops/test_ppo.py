@@ -9,6 +9,7 @@ from rlhf_lightning.ops.ppo import (
     AdaptiveKLController,
     FixedKLController,
     gae,
+    kl_penalty_loss,
     kl_per_token,
     penalize_unfinished,
     ppo_policy_loss,
@@ -151,3 +152,142 @@ def test_gae_in_closed_form_matches_the_recursion(gamma, lam, steps):
 def test_gae_of_an_empty_batch_dimension():
     adv, ret = gae(torch.zeros(2, 0), torch.zeros(2, 0), torch.zeros(2, 0, dtype=torch.bool))
     assert adv.shape == ret.shape == (2, 0)
+
+
+# --- which KL gradient each placement of the penalty gives, enumerated exactly ------------------------------------
+# A categorical policy over 5 actions (logits are the parameters) against a fixed reference. Every action is
+# one response of one token; the expected gradient of a per-sample loss is sum_a pi(a) * grad loss(a), the
+# probabilities held fixed (they are the sampling distribution). Float64, so "equal" means equal.
+
+
+def _categorical(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(5, generator=g, dtype=torch.float64).requires_grad_()
+    ref = torch.log_softmax(torch.randn(5, generator=g, dtype=torch.float64), -1)
+    return logits, ref
+
+
+def _expected_gradient(logits, loss_of_action) -> torch.Tensor:
+    """``sum_a pi(a) * grad loss(a)`` with ``pi`` detached: the gradient an on-policy sample gives on average."""
+    probs = torch.softmax(logits, -1).detach()
+    total = sum(probs[a] * loss_of_action(a) for a in range(len(probs)))
+    return torch.autograd.grad(total, logits)[0]
+
+
+def _true_kl_gradient(logits, ref, reverse: bool = False) -> torch.Tensor:
+    """Autograd of the exact KL(pi || ref) (or KL(ref || pi) with ``reverse``)."""
+    logp = torch.log_softmax(logits, -1)
+    kl = (ref.exp() * (ref - logp)).sum() if reverse else (logp.exp() * (logp - ref)).sum()
+    return torch.autograd.grad(kl, logits)[0]
+
+
+def _one_token(logits, ref, a):
+    """Log-probs ``(1, 1)`` of action ``a`` under the policy and the reference, and its mask."""
+    return torch.log_softmax(logits, -1)[a].view(1, 1), ref[a].view(1, 1), torch.ones(1, 1, dtype=torch.bool)
+
+
+def _penalty_in_reward_loss(logits, ref, estimator, a):
+    """The PPO loss of action ``a`` when the only reward is the KL penalty (beta 1) in the rewards: rewards,
+    GAE (values 0, gamma = lambda = 1: the advantage is the return) and the clipped surrogate, at p = p_old."""
+    logp, ref_logp, mask = _one_token(logits, ref, a)
+    kl = kl_per_token(logp.detach(), ref_logp, estimator)
+    rewards = token_rewards(torch.zeros(1, dtype=torch.float64), kl, mask, beta=1.0).rewards
+    advantages, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)
+    return ppo_policy_loss(logp, logp.detach(), advantages, mask).loss
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_k1_in_the_rewards_gives_the_exact_kl_gradient(seed):
+    logits, ref = _categorical(seed)
+    expected = _expected_gradient(logits, lambda a: _penalty_in_reward_loss(logits, ref, "k1", a))
+    torch.testing.assert_close(expected, _true_kl_gradient(logits, ref), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_k3_in_the_rewards_has_the_kls_value_but_not_its_gradient(seed):
+    logits, ref = _categorical(seed)
+    logp = torch.log_softmax(logits, -1).detach()
+    true_kl = (logp.exp() * (logp - ref)).sum()
+    assert (logp.exp() * kl_per_token(logp, ref, "k3")).sum().item() == pytest.approx(true_kl.item(), rel=1e-12)
+    expected = _expected_gradient(logits, lambda a: _penalty_in_reward_loss(logits, ref, "k3", a))
+    true = _true_kl_gradient(logits, ref)
+    # the documented bias: E[grad log p * k3] is not grad KL(p || q), by far
+    assert (expected - true).norm() > 0.2 * true.norm(), (expected, true)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k3"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_ratio_weighted_kl_loss_gives_the_exact_kl_gradient(estimator, seed):
+    logits, ref = _categorical(seed)
+
+    def loss(a):
+        logp, ref_logp, mask = _one_token(logits, ref, a)
+        return kl_penalty_loss(logp, logp.detach(), ref_logp, mask, estimator)
+
+    torch.testing.assert_close(_expected_gradient(logits, loss), _true_kl_gradient(logits, ref), rtol=1e-10, atol=1e-12)
+    logp = torch.log_softmax(logits, -1).detach()
+    value = kl_penalty_loss(logp.view(5, 1), logp.view(5, 1), ref.view(5, 1), torch.ones(5, 1, dtype=torch.bool),
+                            estimator)  # fmt: skip
+    assert value.item() == pytest.approx(kl_per_token(logp, ref, estimator).mean().item())  # ratio 1: the mean
+
+
+def test_without_the_ratio_k3_as_a_loss_gives_the_reverse_kls_gradient_and_k1_none():
+    logits, ref = _categorical(0)
+
+    def plain(estimator):
+        def loss(a):
+            logp, ref_logp, _ = _one_token(logits, ref, a)
+            return kl_per_token(logp, ref_logp, estimator).sum()
+
+        return loss
+
+    k3 = _expected_gradient(logits, plain("k3"))
+    torch.testing.assert_close(k3, _true_kl_gradient(logits, ref, reverse=True), rtol=1e-10, atol=1e-12)
+    assert (k3 - _true_kl_gradient(logits, ref)).norm() > 0.2 * k3.norm()
+    torch.testing.assert_close(_expected_gradient(logits, plain("k1")), torch.zeros(5, dtype=torch.float64))
+
+
+def test_over_two_tokens_the_reward_placement_is_exact_and_the_loss_placement_per_token():
+    """Responses of two tokens (a, b), tabular: ``pi(a)``, ``pi(b | a)``. The sequence KL's gradient includes
+    how the first token changes the KL of the second; with k1 in the rewards (returns: each token is charged
+    the KL after it) the policy gradient has it, the per-token loss does not."""
+    g = torch.Generator().manual_seed(3)
+    first = torch.randn(3, generator=g, dtype=torch.float64).requires_grad_()
+    second = torch.randn(3, 3, generator=g, dtype=torch.float64).requires_grad_()
+    ref_first = torch.log_softmax(torch.randn(3, generator=g, dtype=torch.float64), -1)
+    ref_second = torch.log_softmax(torch.randn(3, 3, generator=g, dtype=torch.float64), -1)
+    params = (first, second)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+
+    def token_logprobs(a, b):
+        lp1, lp2 = torch.log_softmax(first, -1), torch.log_softmax(second, -1)
+        return torch.stack([lp1[a], lp2[a, b]]).view(1, 2), torch.stack([ref_first[a], ref_second[a, b]]).view(1, 2)
+
+    def expected(loss_of_sequence):
+        with torch.no_grad():
+            p1, p2 = torch.softmax(first, -1), torch.softmax(second, -1)
+        total = sum(p1[a] * p2[a, b] * loss_of_sequence(a, b) for a in range(3) for b in range(3))
+        return torch.autograd.grad(total, params)
+
+    def in_reward(a, b):  # summed over the two tokens (the loss is a token mean)
+        logp, ref_logp = token_logprobs(a, b)
+        rewards = token_rewards(torch.zeros(1, dtype=torch.float64), kl_per_token(logp.detach(), ref_logp), mask, 1.0)
+        advantages, _ = gae(rewards.rewards, torch.zeros_like(logp), mask, gamma=1.0, lam=1.0)
+        return 2 * ppo_policy_loss(logp, logp.detach(), advantages, mask).loss
+
+    def in_loss(a, b):
+        logp, ref_logp = token_logprobs(a, b)
+        return 2 * kl_penalty_loss(logp, logp.detach(), ref_logp, mask, "k3")
+
+    lp1, lp2 = torch.log_softmax(first, -1), torch.log_softmax(second, -1)
+    per_step = (lp2.exp() * (lp2 - ref_second)).sum(-1)  # KL of the second token given the first
+    sequence_kl = (lp1.exp() * (lp1 - ref_first + per_step)).sum()
+    true = torch.autograd.grad(sequence_kl, params, retain_graph=True)
+    # the per-token loss: each token's conditional KL differentiated with the states' distribution held fixed
+    partial = (lp1.exp() * (lp1 - ref_first)).sum() + (lp1.exp().detach() * per_step).sum()
+    partial = torch.autograd.grad(partial, params)
+    for got, want in zip(expected(in_reward), true):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for got, want in zip(expected(in_loss), partial):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert (expected(in_loss)[0] - true[0]).norm() > 0.05 * true[0].norm()  # the first token's part is missing

@@ -31,8 +31,14 @@ class PPOConfig:
     """Policy ratio clipping ``[1 - eps, 1 + eps]``."""
     value_clip: float = 0.2
     """Values are clipped to within this distance of the rollout's values."""
-    vf_coef: float = 0.1
-    """Weight of the value loss."""
+    value_lr_scale: float = 1.0
+    """Learning rate of the value function (its adapter or own model, and its head) as a multiple of
+    ``optim.lr``; the schedule scales it with the policy's. The policy's and the value's losses reach disjoint
+    parameters, so this, not a weight on the value loss, sets how fast the value function moves."""
+    vf_coef: float | None = None
+    """Deprecated alias of ``value_lr_scale`` (with a warning). It was a weight on the value loss, which did
+    not set how fast the value function learns: that loss reaches only the value's parameters, and Adam undoes
+    a constant gradient scale (the weight moved only the point where the value's gradient clipping binds)."""
     entropy_coef: float = 0.0
     """Entropy bonus weight (0 = off)."""
     gamma: float = 1.0
@@ -58,8 +64,20 @@ class PPOConfig:
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"ppo.{name} must be in [0, 1], got {getattr(self, name)}")
-        if self.vf_coef < 0 or self.entropy_coef < 0:
-            raise ValueError(f"ppo.vf_coef and ppo.entropy_coef must be >= 0, got {self.vf_coef}, {self.entropy_coef}")
+        if self.vf_coef is not None:
+            if self.value_lr_scale != 1.0:
+                raise ValueError("give ppo.value_lr_scale alone: ppo.vf_coef is its deprecated alias")
+            rank_zero_warn(
+                "ppo.vf_coef is deprecated: as a value-loss weight it did not set how fast the value function learns "
+                "(that loss reaches only the value's parameters, and Adam undoes a constant gradient scale); it now "
+                f"sets ppo.value_lr_scale: the value function trains at {self.vf_coef} x optim.lr",
+                category=FutureWarning,
+            )
+            self.value_lr_scale, self.vf_coef = self.vf_coef, None
+        if self.value_lr_scale <= 0:
+            raise ValueError(f"ppo.value_lr_scale must be > 0, got {self.value_lr_scale}")
+        if self.entropy_coef < 0:
+            raise ValueError(f"ppo.entropy_coef must be >= 0, got {self.entropy_coef}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"ppo.max_grad_norm must be > 0 (or null), got {self.max_grad_norm}")
 
@@ -69,9 +87,21 @@ class RewardShaping:
     """How the reward model's score and the KL penalty become per-token rewards."""
 
     kl_coef: float = 0.05
-    """``beta``: weight of the per-token KL penalty ``-beta * kl_t`` (initial value if adaptive)."""
+    """``beta``: weight of the KL penalty (initial value if adaptive)."""
+    kl_penalty: Literal["reward", "loss"] = "reward"
+    """Where the KL penalty goes. ``reward``: ``-beta * kl_t`` on every response token's reward (InstructGPT);
+    through the returns each token is also charged the KL of the tokens after it, so with ``k1`` the policy
+    gradient is that of the sequence KL(policy || reference). ``loss``: ``beta`` times the token mean of
+    ``(p / p_old) * kl_t`` is added to the policy loss (as in GRPO, with the ratio); its gradient is exactly that
+    of each token's KL to the reference given the tokens before it, with ``k1`` or ``k3``, but it ignores a
+    token's effect on the KL of later tokens, and ``beta`` then weighs a per-token mean against whitened
+    advantages (not comparable with ``reward``'s ``beta``)."""
     kl_estimator: Literal["k1", "k3"] = "k1"
-    """``k1 = log p - log q`` or ``k3 = (q/p - 1) - log(q/p)`` (always >= 0, lower variance)."""
+    """Per-token KL estimate from the sampled token: ``k1 = log p - log q`` or ``k3 = (q/p - 1) - log(q/p)``
+    (always >= 0, lower variance), ``p`` the policy and ``q`` the reference. Both have the KL as their
+    expected value, but only ``k1`` in the rewards gives the KL's gradient: ``k3`` in the rewards pulls the
+    policy towards ``E[grad log p * k3]``, which is not it (a warning says so). With ``kl_penalty: loss`` both
+    give the exact per-token gradient."""
     adaptive_kl: bool = False
     """Adapt ``beta`` so that the KL tracks ``kl_target`` (Ziegler et al. 2019)."""
     kl_target: float = 6.0
@@ -100,6 +130,11 @@ class RewardShaping:
             )
         if self.score_clip is not None and self.score_clip <= 0:
             raise ValueError(f"rewards.score_clip must be > 0 (or null), got {self.score_clip}")
+        if self.kl_estimator == "k3" and self.kl_penalty == "reward" and self.kl_coef > 0:
+            rank_zero_warn(
+                "rewards.kl_estimator: k3 in the rewards gives a biased gradient of KL(policy || reference) (its "
+                "value is unbiased, its gradient is not); use k1, or rewards.kl_penalty: loss"
+            )
 
     def kl_controller(self) -> FixedKLController:
         """The controller of ``beta``: fixed, or adaptive towards ``kl_target``."""

@@ -1,6 +1,7 @@
 """The optimizer side of the PPO update under Lightning's manual optimization: the optimizer steps of
 :func:`~rlhf_lightning.modules.ppo.update.ppo_update`, each guarded against non-finite values and with the
-policy's and the value function's gradients clipped separately, and the schedule planned over every step."""
+policy's and the value function's gradients clipped separately, the two as parameter groups with their own
+learning rates, and the schedule planned over every step."""
 
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ class PPOOptimization:
             return self._grad_norms
 
         temperature = self.rollout_config.temperature
+        kl_coef = self.kl_controller.beta if self.shaping.kl_penalty == "loss" else None
         return ppo_update(experience, self.roles["policy"], self.roles["value"], self.ppo, temperature,
-                          self.manual_backward, step, self.logprob_chunk_size, build)  # fmt: skip
+                          self.manual_backward, step, self.logprob_chunk_size, build, kl_coef,
+                          self.shaping.kl_estimator)  # fmt: skip
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Runs inside ``optimizer.step()``, after ``16-mixed`` unscaled the gradients. A NaN/inf loss or
@@ -49,8 +52,15 @@ class PPOOptimization:
             self._groups = gradient_groups(self.named_parameters(), ADAPTERS["policy"])
         self._grad_norms.append(clip_gradients(self._groups, self.ppo.max_grad_norm, self.device))
 
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """One optimizer, two parameter groups: the policy's at ``optim.lr`` first, then the value function's at
+        ``ppo.value_lr_scale`` times it."""
+        if self._groups is None:
+            self._groups = gradient_groups(self.named_parameters(), ADAPTERS["policy"])
+        return build_optimizer(self._groups, self.optim_config, {"value": self.ppo.value_lr_scale})
+
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.parameters(), self.optim_config)
+        optimizer = self.make_optimizer()
         total = planned_optimizer_steps(self.trainer, self.ppo.ppo_epochs * self.ppo.num_minibatches)
         scheduler = build_scheduler(optimizer, total, self.optim_config)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -66,6 +66,7 @@ class Experience(NamedTuple):
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    ref_logprobs: torch.Tensor  # the reference's, for the KL penalty as a loss term (rewards.kl_penalty: loss)
 
 
 class RolloutStats(NamedTuple):
@@ -317,8 +318,10 @@ def build_experience(
     shaping: RewardShaping,
 ) -> tuple[Experience, RolloutStats]:
     """Per-token rewards ``-beta * KL`` plus the shaped score on the last token (Ziegler et al. 2019;
-    InstructGPT), GAE (Schulman et al. 2016) and optionally whitened advantages, from the policy's old
-    log-probs and entropies ``(b, r)`` (no gradient) and the frozen roles' passes."""
+    InstructGPT; with ``shaping.kl_penalty: loss`` the score alone, the update adds the KL to the loss), GAE
+    (Schulman et al. 2016) and optionally whitened advantages, from the policy's old log-probs and entropies
+    ``(b, r)`` (no gradient) and the frozen roles' passes. The logged non-score reward is ``-beta * KL``
+    wherever the penalty goes."""
     logprobs, entropy = logprobs.detach(), entropy.detach()
     ref_logprobs, raw = frozen.ref_logprobs, frozen.raw_scores
     seq_all, mask, ended = rollout.sequences, rollout.mask, rollout.ended
@@ -326,10 +329,11 @@ def build_experience(
     scores = shape_scores(raw, ended, empty_responses(mask, ended), shaping)
     kl = kl_per_token(logprobs, ref_logprobs, shaping.kl_estimator) * mask
     shaped = token_rewards(scores, kl, mask, beta)
-    advantages, returns = gae(shaped.rewards, values, mask, ppo.gamma, ppo.lam)
+    rewards = shaped.rewards if shaping.kl_penalty == "reward" else token_rewards(scores, kl, mask, 0.0).rewards
+    advantages, returns = gae(rewards, values, mask, ppo.gamma, ppo.lam)
     if ppo.whiten_advantages:
         advantages = whiten(advantages, mask, shift_mean=True, all_reduce=True)
-    experience = Experience(seq_all, rollout.attention_mask, mask, logprobs, values, advantages, returns)
+    experience = Experience(seq_all, rollout.attention_mask, mask, logprobs, values, advantages, returns, ref_logprobs)
     seq_kl = ((logprobs - ref_logprobs) * mask).sum(-1)  # k1 per sequence, the logged KL whatever the estimator
     non_score = shaped.non_score.sum(-1)
     responses = seq_all[:, rollout.prompt_length :]

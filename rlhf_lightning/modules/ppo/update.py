@@ -9,21 +9,25 @@ gets them as ``backward(loss)`` and ``step() -> [gradient norms]``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
 from rlhf_lightning.models.adapters import Role, active, response_logprobs, response_values, role_hidden_states
 from rlhf_lightning.modules.ppo.config import PPOConfig
 from rlhf_lightning.modules.ppo.rollout import Experience, Rollout, micro_batches
-from rlhf_lightning.ops import masked_mean, ppo_policy_loss, ppo_value_loss
+from rlhf_lightning.ops import kl_penalty_loss, masked_mean, ppo_policy_loss, ppo_value_loss
 
 
 class UpdateStats(NamedTuple):
     """Means over every micro-batch of the update (0-d tensors), logged under TRL's names (:data:`UPDATE_TAGS`)."""
 
     policy_loss: torch.Tensor
+    """The clipped surrogate alone (a KL loss term is ``kl_loss``)."""
     value_loss: torch.Tensor
+    kl_loss: torch.Tensor | None
+    """``mean((p / p_old) * kl_t)``, the KL penalty as a loss term before ``beta`` (``None``: the KL is in the
+    rewards)."""
     policy_clipfrac: torch.Tensor
     """Fraction of tokens where the clipped policy objective was the binding one."""
     approxkl: torch.Tensor
@@ -49,6 +53,7 @@ class UpdateStats(NamedTuple):
 UPDATE_TAGS = {
     "policy_loss": "loss/policy_avg",
     "value_loss": "loss/value_avg",
+    "kl_loss": "loss/kl_avg",
     "policy_clipfrac": "policy/clipfrac_avg",
     "approxkl": "policy/approxkl_avg",
     "ratio": "val/ratio",
@@ -73,6 +78,8 @@ def ppo_update(
     step: Callable[[], list[dict[str, torch.Tensor]]],
     chunk_size: int = 1024,
     build: Callable[[torch.Tensor, torch.Tensor], Experience] | None = None,
+    kl_coef: float | None = None,
+    kl_estimator: Literal["k1", "k3"] = "k1",
 ) -> UpdateStats:
     """Train on one :class:`Experience`. Each micro-batch's losses are scaled by its share of the minibatch's
     response tokens, so the gradients add up to the minibatch's token mean. The policy's loss is
@@ -87,7 +94,12 @@ def ppo_update(
 
     Micro-batches are trimmed of all-padding columns (:func:`~rlhf_lightning.modules.ppo.rollout.micro_batches`).
     The entropy enters the graph only with ``cfg.entropy_coef > 0``; otherwise it is computed, for logging,
-    on the passes that build the experience only."""
+    on the passes that build the experience only.
+
+    With ``kl_coef`` (``rewards.kl_penalty: loss``; the experience's rewards then hold no KL), the policy loss
+    gets ``kl_coef * kl_penalty_loss`` with ``kl_estimator`` (:func:`~rlhf_lightning.ops.kl_penalty_loss`).
+    The value loss is not weighted: it reaches only the value's parameters, whose step size is their learning
+    rate (``ppo.value_lr_scale``)."""
     source = experience
     exp = None if build is not None else experience
     b, r = source.mask.shape
@@ -122,6 +134,11 @@ def ppo_update(
                     pg = ppo_policy_loss(out.logprobs, mb.take(exp.logprobs), mb.take(exp.advantages), mb.mask,
                                          cfg.clip_eps)  # fmt: skip
                     loss = pg.loss
+                    if kl_coef is not None:
+                        kl_loss = kl_penalty_loss(out.logprobs, mb.take(exp.logprobs), mb.take(exp.ref_logprobs),
+                                                  mb.mask, kl_estimator)  # fmt: skip
+                        record("kl_loss", kl_loss)
+                        loss = loss + kl_coef * kl_loss
                     if out.entropy is not None:
                         entropy_mean = masked_mean(out.entropy, mb.mask)
                         record("entropy", entropy_mean)
@@ -133,7 +150,7 @@ def ppo_update(
                     values = response_values(value.head, hidden, mb.response_length)
                     vf, vf_clipfrac = ppo_value_loss(values, mb.take(exp.values), mb.take(exp.returns), mb.mask,
                                                      cfg.value_clip)  # fmt: skip
-                    backward(weight * cfg.vf_coef * vf)
+                    backward(weight * vf)
                 if "first_ratio" not in totals:  # the first micro-batch of the first epoch
                     record("first_ratio", pg.ratio)
                     record("first_approxkl", pg.approxkl)

@@ -9,7 +9,8 @@ import torch
 from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig
 from rlhf_lightning.modules import PPOModule
 from rlhf_lightning.modules.ppo import PPOConfig, PPOEvalConfig
-from rlhf_lightning.modules.ppo.update import ppo_update
+from rlhf_lightning.modules.ppo.roles import ADAPTERS
+from rlhf_lightning.modules.ppo.update import gradient_groups, ppo_update
 from rlhf_lightning.ops import left_pad
 
 
@@ -38,7 +39,9 @@ def run_update(module, ppo: PPOConfig, fused: bool):
     module.ppo = ppo
     params = [p for p in module.parameters() if p.requires_grad]
     start = [p.detach().clone() for p in params]
-    optimizer = torch.optim.SGD(params, lr=0.5)
+    groups = gradient_groups(module.named_parameters(), ADAPTERS["policy"])
+    # SGD feels the loss scale Adam ignores: the value's smaller rate keeps its steps as small as the policy's
+    optimizer = torch.optim.SGD([{"params": groups["policy"], "lr": 0.5}, {"params": groups["value"], "lr": 0.05}])
 
     def step():
         optimizer.step()
