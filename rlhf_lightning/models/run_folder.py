@@ -51,8 +51,8 @@ class RunInfo:
     """How the run formatted text rows (``data.chat_template``); runs written before the option existed
     joined them as raw text."""
     extra: dict[str, Any] = field(default_factory=dict)
-    """Stage-specific fields (a PPO run's ``reference``, ``reward_model``, ``kl_coef``; a reward run's
-    ``reference_mean_score``, ...)."""
+    """Stage-specific fields (a PPO run's ``reference``, ``reward_model``, ``kl_coef``, ``stop_tokens``; a reward
+    run's ``reference_mean_score``, ...)."""
 
     _KNOWN = ("stage", "base_model", "adapter", "base_model_path", "global_step", "chat_template")
 

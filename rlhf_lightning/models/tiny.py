@@ -24,9 +24,13 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_char_tokenizer(pad_is_eos: bool = False) -> PreTrainedTokenizerFast:
+def build_char_tokenizer(pad_is_eos: bool = False, eos_ends_turns: bool = True) -> PreTrainedTokenizerFast:
     """The character tokenizer. ``pad_is_eos`` builds it GPT-2 style: ``<|endoftext|>`` is its only special
-    token (BOS, EOS and unknown at once), there is no pad token and no chat template."""
+    token (BOS, EOS and unknown at once), there is no pad token and no chat template.
+
+    ``eos_ends_turns=False`` builds it as a base model's whose chat template closes turns with another token:
+    EOS is ``<|endoftext|>``, the template still ends each turn with ``<|im_end|>``, and the pad is a
+    ``<pad>`` token appended to the vocabulary (every other id is unchanged)."""
     if pad_is_eos:
         vocab = {tok: i for i, tok in enumerate(["<|endoftext|>"] + CHARACTERS)}
         core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
@@ -34,16 +38,16 @@ def build_char_tokenizer(pad_is_eos: bool = False) -> PreTrainedTokenizerFast:
         core.decoder = decoders.Fuse()
         special = "<|endoftext|>"
         return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=special, eos_token=special, unk_token=special)
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS + ([] if eos_ends_turns else ["<pad>"]))}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     core.decoder = decoders.Fuse()  # decode("ab") == "ab", not "a b"
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>" if eos_ends_turns else "<|endoftext|>",
+        pad_token="<|endoftext|>" if eos_ends_turns else "<pad>",
         unk_token="<unk>",
-        additional_special_tokens=["<|im_start|>"],
+        additional_special_tokens=["<|im_start|>"] if eos_ends_turns else ["<|im_start|>", "<|im_end|>"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -56,10 +60,13 @@ def build_tiny_model(
     num_layers: int = 2,
     seed: int = 0,
     pad_is_eos: bool = False,
+    eos_ends_turns: bool = True,
 ) -> Path:
     """Write a random-weight causal LM and its char tokenizer to ``folder``; returns the folder.
-    ``pad_is_eos`` gives it the GPT-2 style tokenizer (see :func:`build_char_tokenizer`)."""
-    tokenizer = build_char_tokenizer(pad_is_eos)
+    ``pad_is_eos`` gives it the GPT-2 style tokenizer, ``eos_ends_turns=False`` one whose EOS is not the chat
+    template's end-of-turn token (see :func:`build_char_tokenizer`). The llama's input and output embeddings
+    are tied (``tie_word_embeddings``), as SmolLM2's are."""
+    tokenizer = build_char_tokenizer(pad_is_eos, eos_ends_turns)
     vocab_size = len(tokenizer)
     bos = tokenizer.bos_token_id if pad_is_eos else tokenizer.convert_tokens_to_ids("<|im_start|>")
     common = dict(

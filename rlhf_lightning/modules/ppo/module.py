@@ -293,6 +293,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
             "reference": self.model_config.adapter,
             "reward_model": reward,
             "kl_coef": self.kl_controller.beta,
+            "stop_tokens": list(self.rollout_config.stop_tokens),  # export writes the stop set the run used
         }
         return info
 
