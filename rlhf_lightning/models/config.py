@@ -57,7 +57,8 @@ class LoraConfig:
     alpha: float = 32.0
     """Scaling numerator: the update is ``(alpha / r) * B @ A``."""
     dropout: float = 0.0
-    """Dropout on the adapter input. 0 keeps RLHF log-probs deterministic."""
+    """Dropout on the adapter input. 0 keeps RLHF log-probs deterministic. PPO ignores it (with a warning): every
+    dropout is off there."""
     target_modules: list[str] | str = "all-linear"
     """Module names to adapt, or ``all-linear`` for every linear layer except the LM head."""
     use_rslora: bool = False

@@ -76,6 +76,10 @@ class RewardModule(CausalLMModule):
         super().__init__(optim=optim, **kwargs)
         if head_init_std is not None and head_init_std < 0:
             raise ValueError(f"head_init_std must be >= 0 (or null for 1/sqrt(d+1)), got {head_init_std}")
+        if center_coef < 0:
+            raise ValueError(f"center_coef must be >= 0 (0: off), got {center_coef}")
+        if calibration_batch_size < 1:
+            raise ValueError(f"calibration_batch_size must be >= 1, got {calibration_batch_size}")
         self.center_coef = center_coef
         self.calibration_files = list(calibration_files or [])
         self.calibration_batch_size = calibration_batch_size

@@ -35,6 +35,8 @@ class SFTModule(CausalLMModule):
         logprob_chunk_size: int = 1024,
         **kwargs,
     ) -> None:
+        if logprob_chunk_size < 1:
+            raise ValueError(f"logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
         super().__init__(**kwargs)
         self.samples = samples
         self.logprob_chunk_size = logprob_chunk_size

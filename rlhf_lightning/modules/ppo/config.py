@@ -50,7 +50,9 @@ class PPOConfig:
     max_grad_norm: float | None = 1.0
     """Clip the gradient norm before each optimizer step, the policy's and the value function's separately
     (``null``: off). Use this, not ``trainer.gradient_clip_val``, which Lightning refuses under manual
-    optimization."""
+    optimization. With Adam it damps only the steps whose gradient is large next to the others': a norm below
+    every step's gives about the same updates as any other such norm (Adam undoes a constant scale); for smaller steps
+    lower ``optim.lr``."""
 
     def __post_init__(self) -> None:
         for name in ("ppo_epochs", "num_minibatches"):
@@ -128,6 +130,8 @@ class RewardShaping:
             raise ValueError(
                 f"rewards.kl_target must be > 0 and rewards.kl_horizon >= 1, got {self.kl_target}, {self.kl_horizon}"
             )
+        if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
+            raise ValueError(f"rewards.missing_eos_penalty must be >= 0 (or null: off), got {self.missing_eos_penalty}")
         if self.score_clip is not None and self.score_clip <= 0:
             raise ValueError(f"rewards.score_clip must be > 0 (or null), got {self.score_clip}")
         if self.kl_estimator == "k3" and self.kl_penalty == "reward" and self.kl_coef > 0:
@@ -179,8 +183,8 @@ def check_options(
     reward_function: str | None,
     separate_value: bool,
 ) -> ModelConfig:
-    """Refuse what PPO cannot train with (``ValueError`` naming the option); warn about what biases it. Returns
-    ``model`` with dropout off, whatever it said."""
+    """Refuse what PPO cannot train with (``ValueError`` naming the option); warn about what biases it or is
+    ignored. Returns ``model`` with dropout off, whatever it (or ``lora.dropout``) said."""
     if (reward_model is None) == (reward_function is None):
         raise ValueError("give exactly one of reward_model (a reward run's final folder) and reward_function")
     if separate_value and reward_model is None:
@@ -193,6 +197,8 @@ def check_options(
         rank_zero_warn("rollout top_k/top_p truncate the sampling distribution: the measured KL becomes biased")
     if not model.disable_dropout:
         rank_zero_warn("PPO turns every dropout off (model.disable_dropout: false is ignored)")
+    if lora.dropout > 0:
+        rank_zero_warn(f"PPO turns every dropout off (lora.dropout: {lora.dropout} is ignored)")
     return dataclasses.replace(model, disable_dropout=True)
 
 
