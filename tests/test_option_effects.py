@@ -976,3 +976,13 @@ def test_head_init_std_sets_the_spread_of_the_first_scores(tiny_llama, reward_ba
     assert spread[0.0] == 0.0
     assert spread[0.02] == pytest.approx(0.02, rel=0.3) and spread[0.5] == pytest.approx(0.5, rel=0.3)
     assert spread[None] == pytest.approx(1 / math.sqrt(hidden + 1), rel=0.3)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("every_n_steps", -1), ("num_prompts", -2), ("temperature", -0.5), ("max_new_tokens", 0)]
+)
+def test_a_sample_table_option_out_of_range_is_refused_by_name(field, value):
+    from rlhf_lightning.callbacks import SampleConfig
+
+    with pytest.raises(ValueError, match=f"^samples.{field} must be"):
+        SampleConfig(**{field: value})

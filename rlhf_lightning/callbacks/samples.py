@@ -26,6 +26,13 @@ class SampleConfig:
     """0 is greedy: successive tables then differ only because the model changed. Sampled tables draw from
     their own generator, so they never change the training run."""
 
+    def __post_init__(self) -> None:
+        for name in ("every_n_steps", "num_prompts", "temperature"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"samples.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"samples.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
 
 def samples_markdown(rows: list[tuple[str, str]]) -> str:
     return markdown_table(["prompt", "response"], rows)

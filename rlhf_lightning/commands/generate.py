@@ -139,8 +139,9 @@ def generate_candidates(
     if not todo:
         log.info(f"generate: all {len(examples)} prompts were stored by an earlier run with these options")
         return total
-    role = RoleLoader(ModelConfig(dtype=dtype, quantization=quantization), device).load(policy, "policy")
+    # built first: a bad option is refused before the model loads
     config = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p)
+    role = RoleLoader(ModelConfig(dtype=dtype, quantization=quantization), device).load(policy, "policy")
     stops = stop_token_ids(tokenizer, generation_eos_ids(role.model), stop_tokens or [], "--stop_tokens")
     pad = tokenizer.pad_token_id
     bar = tqdm(total=len(examples), initial=len(examples) - len(todo), desc="generate", unit="prompt",
