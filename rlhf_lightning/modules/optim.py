@@ -39,7 +39,8 @@ class OptimConfig:
     max_nonfinite_steps: int = 10
     """An optimizer step whose loss or gradient norm is NaN or infinite is skipped (weights and optimizer
     state untouched) and counted in ``train/nonfinite_steps``; after more than this many in a row the run
-    stops with an error (0: stop at the first)."""
+    stops with an error (0: stop at the first). Not under ``trainer.precision: 16-mixed``: its gradient scaler
+    skips such steps itself and lowers its scale, uncounted, and this limit does not apply."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0:
