@@ -18,10 +18,11 @@ from pathlib import Path
 
 from jsonargparse import CLI, set_parsing_settings
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from rlhf_lightning.callbacks import ModelCheckpoint
 from rlhf_lightning.commands.evaluate import evaluate_policies
 from rlhf_lightning.commands.export import export_model
 from rlhf_lightning.commands.generate import generate_candidates

@@ -102,6 +102,29 @@ class CausalLMModule(L.LightningModule):
             _set_rng_states(self._pending_rng_states)
             self._pending_rng_states = None
 
+    def on_fit_start(self) -> None:
+        self._rebuild_training_data_after_restore()
+
+    def _rebuild_training_data_after_restore(self) -> None:
+        """Make a resumed run's training loader start at the checkpoint's data position.
+
+        ``configure_optimizers`` sizes the schedule from the number of training batches under ``max_epochs``
+        (``trainer.estimated_stepping_batches``, PPO's ``planned_optimizer_steps``), and Lightning builds the
+        training loader for that, and starts iterating it, before the checkpoint's loop state is restored. The
+        fit loop then keeps that loader and never hands it the saved position (Lightning issue #20550): a run
+        resumed mid-epoch started the epoch's batches over. This hook runs after the optimizers are configured
+        and before the restore; dropping the early loader makes the fit loop build it again after the restore,
+        with the saved position. Nothing changes for a run that does not resume."""
+        trainer = self.trainer
+        resuming = trainer.ckpt_path is not None or trainer.strategy.restore_checkpoint_after_setup
+        fit_loop = trainer.fit_loop
+        if not resuming or fit_loop._combined_loader is None:
+            return
+        if fit_loop._data_fetcher is not None:
+            fit_loop._data_fetcher.teardown()  # stops the early iterator (and its workers)
+            fit_loop._data_fetcher = None
+        fit_loop._combined_loader = None
+
     # --- optimization ----------------------------------------------------------------------------------
     def on_before_backward(self, loss: torch.Tensor) -> None:
         self._step_losses.append(loss.detach())

@@ -258,6 +258,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
 
     # --- run start and end ------------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         self.record_heldout_prompts()
         folders = {"reward model": self.reward_model_path, "SFT adapter": self.model_config.adapter}
         for message in chat_template_mismatches(getattr(self.trainer, "datamodule", None), folders):
