@@ -100,6 +100,9 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         logprob_chunk_size: int = 1024,
     ) -> None:
         model = check_options(model, lora, rollout, reward_model, reward_function, separate_value)
+        if logprob_chunk_size < 1:
+            raise ValueError(f"logprob_chunk_size must be >= 1, got {logprob_chunk_size}")
+        lora = dataclasses.replace(lora, dropout=0.0)  # every dropout is off: the saved adapter config says so too
         super().__init__(model, lora, optim)
         self.automatic_optimization = False
         self.reward_model_path, self.reward_function_path = reward_model, reward_function
@@ -275,6 +278,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
+        self.split_single_group_state(checkpoint)
         if "ppo" in checkpoint:
             self.kl_controller.load_state_dict(checkpoint["ppo"]["kl_controller"])
             self.episodes = checkpoint["ppo"]["episodes"]

@@ -59,6 +59,35 @@ class PPOOptimization:
             self._groups = gradient_groups(self.named_parameters(), ADAPTERS["policy"])
         return build_optimizer(self._groups, self.optim_config, {"value": self.ppo.value_lr_scale})
 
+    def split_single_group_state(self, checkpoint: dict) -> None:
+        """Convert, in place, the optimizer and schedule state of a checkpoint written when PPO had one
+        parameter group (before ``ppo.value_lr_scale``) to today's two, so that such a run resumes: each
+        parameter keeps its AdamW moments, the value group's learning rates are the policy's times
+        ``ppo.value_lr_scale``. Checkpoints with two groups are left alone."""
+        states = checkpoint.get("optimizer_states") or []
+        if len(states) != 1 or len(states[0]["param_groups"]) != 1:
+            return
+        if self._groups is None:
+            self._groups = gradient_groups(self.named_parameters(), ADAPTERS["policy"])
+        old_order = [p for p in self.parameters() if p.requires_grad]  # the one group's order: build_optimizer's
+        position = {id(p): i for i, p in enumerate(old_order)}
+        new_order = [p for group in self._groups.values() for p in group]
+        state, (group,) = states[0]["state"], states[0]["param_groups"]
+        scale = {"policy": 1.0, "value": self.ppo.value_lr_scale}
+        groups, start = [], 0
+        for name, params in self._groups.items():
+            lr_keys = {k: group[k] * scale[name] for k in ("lr", "initial_lr") if k in group}
+            groups.append({**group, **lr_keys, "name": name, "params": list(range(start, start + len(params)))})
+            start += len(params)
+        states[0]["state"] = {
+            new: state[position[id(p)]] for new, p in enumerate(new_order) if position[id(p)] in state
+        }
+        states[0]["param_groups"] = groups
+        for scheduler in checkpoint.get("lr_schedulers") or []:
+            for key in ("base_lrs", "_last_lr"):
+                if len(scheduler.get(key) or []) == 1:
+                    scheduler[key] = [scheduler[key][0] * scale[name] for name in self._groups]
+
     def configure_optimizers(self):
         optimizer = self.make_optimizer()
         total = planned_optimizer_steps(self.trainer, self.ppo.ppo_epochs * self.ppo.num_minibatches)

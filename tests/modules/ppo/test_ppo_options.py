@@ -172,3 +172,38 @@ def test_k3_in_the_rewards_warns_that_its_gradient_is_biased():
         warnings.simplefilter("error")
         RewardShaping(kl_estimator="k3", kl_penalty="loss")
         RewardShaping(kl_estimator="k1")
+
+
+def test_a_checkpoint_with_one_optimizer_group_resumes_with_each_parameters_state(fresh):
+    """A run checkpointed before ``value_lr_scale`` existed had one AdamW group over every trainable weight; its
+    moments must reach the same weights in today's policy and value groups."""
+    from rlhf_lightning.modules.optim import build_optimizer
+
+    module = fresh
+    module.ppo = PPOConfig(ppo_epochs=1, value_lr_scale=0.5)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    old = build_optimizer(trainable, module.optim_config)  # the former layout: one group, parameters() order
+    old_scheduler = build_scheduler(old, 10, module.optim_config)
+    for p in trainable:
+        p.grad = torch.randn_like(p)
+    old.step()
+    old_scheduler.step()
+    checkpoint = {"optimizer_states": [old.state_dict()], "lr_schedulers": [old_scheduler.state_dict()]}
+    module.split_single_group_state(checkpoint)
+    new = module.make_optimizer()  # as configure_optimizers builds them, then Lightning loads their states
+    new_scheduler = build_scheduler(new, 10, module.optim_config)
+    new.load_state_dict(checkpoint["optimizer_states"][0])
+    new_scheduler.load_state_dict(checkpoint["lr_schedulers"][0])
+    for p in trainable:
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(new.state[p][key], old.state[p][key]), key
+    policy, value = new.param_groups
+    assert (policy["name"], value["name"]) == ("policy", "value")
+    assert policy["lr"] == old.param_groups[0]["lr"] and value["lr"] == 0.5 * policy["lr"]
+    assert new_scheduler.base_lrs == [module.optim_config.lr, 0.5 * module.optim_config.lr]
+    for p in trainable:
+        p.grad = None
+    assert (
+        module.split_single_group_state(checkpoint) is None
+        and len(checkpoint["optimizer_states"][0]["param_groups"]) == 2
+    )
