@@ -56,16 +56,28 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def make_run_folder(base: str, folder: Path, stage: str, seed: int, dropout: float = 0.0) -> Path:
-    """A run's ``final`` folder with a LoRA adapter whose weights are random (not the zero-B init), so
-    that the adapter changes the model's outputs; a reward folder also gets a score head. ``dropout`` is
-    the adapter's saved ``lora_dropout``."""
+def make_run_folder(
+    base: str,
+    folder: Path,
+    stage: str,
+    seed: int,
+    dropout: float = 0.0,
+    lora: LoraConfig | None = None,
+    chat_template: str = "never",
+    std: float = 0.3,
+) -> Path:
+    """A run's ``final`` folder with a LoRA adapter whose weights are random (LoRA B drawn with ``std``, not the
+    zero-B init; every ``modules_to_save`` copy moved by noise of that ``std``), so that the adapter changes the
+    model's outputs (``std=0`` keeps it a no-op); a reward folder also gets a score head. ``lora`` defaults to
+    rank 4 with the saved ``lora_dropout`` ``dropout``; ``chat_template`` is what the run info records."""
     torch.manual_seed(seed)
-    model = load_causal_lm(ModelConfig(name_or_path=base), LoraConfig(r=4, alpha=8, dropout=dropout))
+    model = load_causal_lm(ModelConfig(name_or_path=base), lora or LoraConfig(r=4, alpha=8, dropout=dropout))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.normal_(std=0.3)
+                p.normal_(std=std)
+            elif "modules_to_save" in name:
+                p.add_(torch.randn_like(p) * std)
     model.save_pretrained(folder)
     load_tokenizer(base).save_pretrained(folder)
     if stage == "reward":
@@ -73,5 +85,5 @@ def make_run_folder(base: str, folder: Path, stage: str, seed: int, dropout: flo
         with torch.no_grad():
             head.linear.bias.fill_(0.5)
         save_head(head, folder)
-    RunFolder.write_info(folder, RunInfo(stage=stage, base_model=base, adapter=True))
+    RunFolder.write_info(folder, RunInfo(stage=stage, base_model=base, adapter=True, chat_template=chat_template))
     return folder

@@ -14,8 +14,7 @@ from rlhf_lightning.commands.export import SCORE_BIAS_KEY, export_model
 from rlhf_lightning.commands.score import score_file
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.models import LoraConfig, ModelConfig, load_causal_lm, load_tokenizer
-from rlhf_lightning.models.reward import ScalarHead, save_head
-from rlhf_lightning.models.run_folder import EVALUATION_FILE, RunFolder, RunInfo
+from rlhf_lightning.models.run_folder import EVALUATION_FILE, RunFolder
 from rlhf_lightning.models.tiny import build_tiny_model
 from tests.helpers import make_run_folder, write_jsonl
 
@@ -92,23 +91,9 @@ ANSWER = "ok!"
 
 
 def write_run(base: str, folder, stage: str, lora: LoraConfig, chat_template: str = "auto", perturb: float = 0.0):
-    """A run's final folder holding an adapter on ``base``: LoRA B and every ``modules_to_save`` copy moved by
-    ``perturb``-scaled noise (0 keeps the adapter a no-op), a reward run's head, the run info."""
-    torch.manual_seed(3)
-    model = load_causal_lm(ModelConfig(name_or_path=base), lora)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name or "modules_to_save" in name:
-                p.add_(torch.randn_like(p) * perturb)
-    model.save_pretrained(folder)
-    load_tokenizer(base).save_pretrained(folder)
-    if stage == "reward":
-        head = ScalarHead(model.config.hidden_size)
-        with torch.no_grad():
-            head.linear.bias.fill_(0.5)
-        save_head(head, folder)
-    RunFolder.write_info(folder, RunInfo(stage=stage, base_model=base, adapter=True, chat_template=chat_template))
-    return folder
+    """A run's final folder holding an adapter on ``base``, its LoRA B and ``modules_to_save`` copies moved by
+    ``perturb``-scaled noise (0 keeps the adapter a no-op)."""
+    return make_run_folder(base, folder, stage, seed=3, lora=lora, chat_template=chat_template, std=perturb)
 
 
 @pytest.mark.parametrize("trained", [["lm_head"], ["embed_tokens"], ["lm_head", "embed_tokens"]])
