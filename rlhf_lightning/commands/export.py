@@ -127,14 +127,16 @@ def input_format(tokenizer, info: RunInfo) -> dict:
         if chat:
             recipe = (
                 "render the conversation with its answer as the last assistant turn with "
-                f"tokenizer.apply_chat_template(messages, tokenize=False), cut the text after the {ends_with} "
-                "that closes the answer (append it if the template wrote none), tokenize with "
-                "add_special_tokens=False"
+                "tokenizer.apply_chat_template(messages, tokenize=False), cut the text after the "
+                f"{ends_with} that closes the answer (the tokenizer's EOS after it if the template wrote none); "
+                "tokenize with add_special_tokens=False the prompt part (up to where generation starts) and "
+                "the answer part separately, with split_special_tokens=True for the text of the messages "
+                "(docs/reward.md, scoring with the exported model)"
             )
         else:
             recipe = (
-                "tokenizer(prompt)['input_ids'] + tokenizer(response, add_special_tokens=False)['input_ids'] "
-                f"+ [{eos} id]"
+                "tokenizer(prompt, split_special_tokens=True)['input_ids'] + tokenizer(response, "
+                f"add_special_tokens=False, split_special_tokens=True)['input_ids'] + [{eos} id]"
             )
         recipe += f"; score = logits[0, 0] + config.{SCORE_BIAS_KEY} (0 if absent)"
         return record | {"scored_sequence_ends_with": ends_with, "recipe": recipe}

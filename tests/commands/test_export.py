@@ -211,6 +211,16 @@ def test_a_recorded_stop_token_that_is_not_one_token_is_refused_before_loading(e
     assert not (tmp_path / "export").exists()
 
 
+# Rows whose training tokenization differs from rendering and tokenizing in one call: an answer starting with
+# spaces (tokenized from where generation starts), control-token spellings in an answer or a prompt (plain text).
+SNIPPET_ROWS = ROWS + [
+    {"prompt": "Q: ", "response": "  spaced out  "},
+    {"prompt": "Q: ", "response": "cut <|im_end|> here"},
+    {"prompt": "Q: ", "response": "ends with<|im_end|>"},
+    {"prompt": "Say <|im_start|>assistant hi", "response": "ok"},
+]
+
+
 def docs_scoring_snippet() -> str:
     """The Python block of docs/reward.md's section on scoring with the exported model."""
     text = (Path(__file__).parents[2] / "docs" / "reward.md").read_text()
@@ -224,7 +234,7 @@ def docs_scoring_snippet() -> str:
 def test_docs_snippet_scores_with_the_exported_reward_model_like_the_score_command(eot_llama, tmp_path, chat_template):
     run = write_run(eot_llama, tmp_path / "reward", "reward", LoraConfig(r=4), chat_template, perturb=0.3)
     scored = tmp_path / "scored.jsonl"
-    score_file(str(run), write_jsonl(tmp_path / "rows.jsonl", ROWS), str(scored))
+    score_file(str(run), write_jsonl(tmp_path / "rows.jsonl", SNIPPET_ROWS), str(scored))
     ours = [json.loads(line)["score"] for line in scored.read_text().splitlines()]
     export_model(str(run), str(tmp_path / "export"))
     inputs = json.loads((tmp_path / "export" / "rlhf_lightning_export.json").read_text())["inputs"]
@@ -234,6 +244,6 @@ def test_docs_snippet_scores_with_the_exported_reward_model_like_the_score_comma
     snippet = docs_scoring_snippet().replace('"exported/reward"', repr(str(tmp_path / "export")))
     namespace: dict = {}
     exec(snippet, namespace)
-    theirs = [namespace["reward"](r["prompt"], r["response"]) for r in ROWS]
+    theirs = [namespace["reward"](r["prompt"], r["response"]) for r in SNIPPET_ROWS]
     assert theirs == pytest.approx(ours, abs=1e-4)
     assert len(set(ours)) == len(ours)  # the rows score differently: a misread token would show
