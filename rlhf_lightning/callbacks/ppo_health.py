@@ -40,12 +40,13 @@ class PPOHealthCheck(L.Callback):
         stop_tokens: list[str],
     ) -> None:
         """Warn about what ``stats`` (one iteration's ``last_stats``) show."""
-        if stats["objective/kl"] < -0.1:
+        kl, stderr = stats["objective/kl"], stats.get("objective/kl_stderr", 0.0)
+        if kl < -0.1 and kl < -3 * stderr:  # beyond sampling noise: a mean of few responses can dip below 0
             self._warn(
                 "kl",
-                f"objective/kl is negative ({stats['objective/kl']:.3f}): the rollout's sampling does not match "
-                "the log-prob computation (top_k/top_p, temperature, or a model that differs between generation "
-                "and scoring). See docs/troubleshooting.md.",
+                f"objective/kl is negative ({kl:.3f}, standard error {stderr:.3f}): the rollout's sampling does "
+                "not match the log-prob computation (top_k/top_p, temperature, or a model that differs between "
+                "generation and scoring). See docs/troubleshooting.md.",
                 iteration,
             )
         if abs(stats["policy/first_ratio"] - 1.0) > 1e-3:

@@ -2,7 +2,7 @@
 
 from rlhf_lightning.ops.diversity import content_mask, distinct_n, empty_fraction, empty_responses, pearson
 from rlhf_lightning.ops.logprobs import TokenLogProbs, logprobs_from_logits, token_logprobs_from_hidden
-from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, whiten
+from rlhf_lightning.ops.masked import masked_mean, masked_sum, masked_var, standard_error, whiten
 from rlhf_lightning.ops.padding import (
     SharedPrefixBatch,
     left_pad,
@@ -53,6 +53,7 @@ __all__ = [
     "masked_mean",
     "masked_sum",
     "masked_var",
+    "standard_error",
     "pair_weights",
     "preference_loss",
     "right_pad",

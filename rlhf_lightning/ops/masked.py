@@ -48,6 +48,16 @@ def masked_var(
     return sq_sum / count.clamp(min=1)
 
 
+def standard_error(values: torch.Tensor, mask: torch.Tensor, all_reduce: bool = False) -> torch.Tensor:
+    """Standard error of the mean of ``values`` over the entries where ``mask`` is True: the sample (Bessel)
+    standard deviation over ``sqrt(n)``; ``inf`` with fewer than 2 entries (over all ranks), where the mean
+    says nothing of its own noise."""
+    count = _all_reduce_sum(mask.sum().to(values.dtype), all_reduce)
+    if count < 2:
+        return values.new_tensor(float("inf"))
+    return (masked_var(values, mask, unbiased=True, all_reduce=all_reduce) / count).sqrt()
+
+
 def whiten(
     values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8, all_reduce: bool = False
 ) -> torch.Tensor:

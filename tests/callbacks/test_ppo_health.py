@@ -51,6 +51,16 @@ def test_no_warning_without_a_problem():
         checked([HEALTHY, HEALTHY, HEALTHY])
 
 
+def test_a_negative_kl_warns_only_beyond_its_sampling_noise():
+    # four responses whose KL scatter widely: a mean of -0.12 is 1.5 standard errors below 0, noise
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        checked([HEALTHY | {"objective/kl": -0.12, "objective/kl_stderr": 0.08}])
+        checked([HEALTHY | {"objective/kl": -0.3, "objective/kl_stderr": float("inf")}])  # one response
+    with pytest.warns(UserWarning, match=r"objective/kl is negative \(-0\.300, standard error 0\.050\)"):
+        checked([HEALTHY | {"objective/kl": -0.3, "objective/kl_stderr": 0.05}])
+
+
 def test_a_warning_repeats_only_every_n_iterations():
     with pytest.warns(UserWarning) as caught:
         checked([HEALTHY | {"objective/kl": -0.5}] * 12)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf_lightning.ops import masked_mean, masked_sum, masked_var, whiten
+from rlhf_lightning.ops import masked_mean, masked_sum, masked_var, standard_error, whiten
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, -7.0, -7.0]])
 MASK = torch.tensor([[True, True, True, False], [True, True, False, False]])
@@ -54,3 +54,11 @@ def test_whiten_of_a_single_valid_entry_returns_it_unchanged(shift_mean):
     mask = torch.tensor([[True, False, False]])
     assert whiten(values, mask, shift_mean=shift_mean).tolist() == [[pytest.approx(0.7), 0.0, 0.0]]
     assert whiten(values, torch.zeros_like(mask), shift_mean=shift_mean).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_standard_error_of_the_mean_by_hand():
+    # valid 1, 2, 6: mean 3, squared deviations 4 + 1 + 9 = 14, Bessel variance 7, standard error sqrt(7 / 3)
+    values = torch.tensor([1.0, 2.0, 6.0, 100.0])
+    mask = torch.tensor([True, True, True, False])
+    assert standard_error(values, mask).item() == pytest.approx((7 / 3) ** 0.5)
+    assert standard_error(values, torch.tensor([True, False, False, False])).item() == float("inf")  # one value

@@ -35,6 +35,7 @@ from rlhf_lightning.ops import (
     masked_mean,
     nonpad_columns,
     pearson,
+    standard_error,
     token_rewards,
     whiten,
 )
@@ -74,6 +75,9 @@ class RolloutStats(NamedTuple):
 
     kl: torch.Tensor
     """Mean summed k1 KL of a response to the reference, nats (all ranks, whatever the estimator)."""
+    kl_stderr: torch.Tensor
+    """Standard error of ``kl`` (sample standard deviation of the responses' KL over the square root of their
+    number, all ranks; ``inf`` with one response): how far below 0 sampling noise alone takes ``kl``."""
     entropy: torch.Tensor
     non_score_reward: torch.Tensor
     rlhf_reward: torch.Tensor
@@ -97,6 +101,7 @@ class RolloutStats(NamedTuple):
 
 ROLLOUT_TAGS = {
     "kl": "objective/kl",
+    "kl_stderr": "objective/kl_stderr",
     "entropy": "objective/entropy",
     "non_score_reward": "objective/non_score_reward",
     "rlhf_reward": "objective/rlhf_reward",
@@ -338,9 +343,11 @@ def build_experience(
     non_score = shaped.non_score.sum(-1)
     responses = seq_all[:, rollout.prompt_length :]
     content = content_mask(mask, ended)
+    every = torch.ones_like(seq_kl, dtype=torch.bool)
     stats = RolloutStats(
         # all ranks: the adaptive KL controller must see the same KL everywhere
-        kl=masked_mean(seq_kl, torch.ones_like(seq_kl, dtype=torch.bool), all_reduce=True),
+        kl=masked_mean(seq_kl, every, all_reduce=True),
+        kl_stderr=standard_error(seq_kl, every, all_reduce=True),
         entropy=(entropy * mask).sum(-1).mean(),
         non_score_reward=non_score.mean(),
         rlhf_reward=(scores + non_score).mean(),

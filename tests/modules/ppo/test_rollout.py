@@ -1,5 +1,6 @@
 """The rollout half of a PPO iteration, by hand: score shaping and what a reward function is given."""
 
+import pytest
 import torch
 
 from rlhf_lightning.models.score_function import ScoreFunction
@@ -48,3 +49,22 @@ def test_a_reward_function_gets_the_prompts_as_written_and_the_responses_without
 def test_micro_slices_cover_every_row_once():
     assert micro_slices(5, 2) == [slice(0, 2), slice(2, 4), slice(4, 5)]
     assert micro_slices(5, None) == [slice(0, 5)]
+
+
+def test_the_logged_kl_and_its_standard_error_are_the_responses_summed_k1():
+    from rlhf_lightning.modules.ppo import PPOConfig
+    from rlhf_lightning.modules.ppo.rollout import FrozenPasses, Rollout, build_experience
+
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.bool)
+    sequences = torch.tensor([[5, 6, 7, 8, 2], [5, 6, 7, 2, 0], [5, 6, 2, 0, 0]])
+    rollout = Rollout(sequences, torch.cat([torch.ones(3, 2, dtype=torch.long), mask.long()], 1), mask,
+                      torch.ones(3, dtype=torch.bool), 2)  # fmt: skip
+    logprobs = torch.tensor([[-1.0, -0.5, -0.2], [-0.3, -0.1, 0.0], [-2.0, 0.0, 0.0]])
+    ref = torch.tensor([[-1.5, -0.5, -0.2], [-0.3, -0.6, 0.0], [-0.5, 0.0, 0.0]])
+    frozen = FrozenPasses(ref * mask, torch.zeros(3, 3), torch.zeros(3))
+    shaping = RewardShaping(kl_coef=0.1, kl_estimator="k3")  # the logged KL is k1 whatever the estimator
+    _, stats = build_experience(rollout, frozen, logprobs * mask, torch.zeros(3, 3), 0.1, PPOConfig(), shaping)
+    # per response: 0.5, 0.5, -1.5; mean -1/6; deviations 2/3, 2/3, -4/3: Bessel variance 4/3, error sqrt(4/9)
+    assert stats.kl.item() == pytest.approx(-1 / 6)
+    assert stats.kl_stderr.item() == pytest.approx(2 / 3)
+    assert stats.tags()["objective/kl_stderr"] is stats.kl_stderr
