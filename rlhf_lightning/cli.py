@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from jsonargparse import CLI, set_parsing_settings
@@ -32,7 +33,7 @@ from rlhf_lightning.commands.pipeline import run_pipeline
 from rlhf_lightning.commands.score import score_file
 from rlhf_lightning.data.errors import DataFormatError, OptionError
 from rlhf_lightning.data.labels import LabelError
-from rlhf_lightning.models.loading import quiet_transformers
+from rlhf_lightning.models.loading import UnsupportedModel, quiet_transformers
 from rlhf_lightning.models.run_folder import ModelNotFound
 from rlhf_lightning.models.score_function import ScoreError
 from rlhf_lightning.modules.guard import NonFiniteStepsError
@@ -79,6 +80,17 @@ class RLHFLightningCLI(LightningCLI):
         configuration comes from ``--config`` and the command line (the run folder's ``config.yaml``), and a
         checkpoint supplies weights and training state only."""
 
+    def instantiate_classes(self) -> None:
+        """jsonargparse reports a constructor's refusal of an option (``optim.betas must be ...``) wrapped in
+        a union-type error with the whole parsed namespace; the user gets the refusal's own line."""
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            refusal = option_refusal(error)
+            if refusal is None:
+                raise
+            raise refusal from None
+
     def _instantiate_trainer(self, config: dict, callbacks: list) -> Trainer:
         root = config.get("default_root_dir") or DEFAULT_RUN_DIR
         config["default_root_dir"] = root
@@ -97,6 +109,22 @@ class RLHFLightningCLI(LightningCLI):
                 f"error: {self.trainer.default_root_dir} already holds a run ({last}).\n"
                 "Resume it with --ckpt_path last, or start a new run with --trainer.default_root_dir OTHER_DIR."
             )
+
+
+def option_refusal(error: BaseException) -> Exception | None:
+    """The error a stage's constructor raised, as :class:`OptionError` (a :data:`USER_ERRORS` kept as it is),
+    when ``error`` is jsonargparse's wrapper of one raised by this package's own checks (a ``ValueError``, or
+    :class:`UnsupportedModel`); ``None`` for anything else."""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is error:
+        return None
+    if isinstance(cause, USER_ERRORS):
+        return cause
+    frames = traceback.extract_tb(cause.__traceback__)
+    ours = bool(frames) and Path(frames[-1].filename).resolve().is_relative_to(PACKAGE)
+    return OptionError(str(cause)) if ours and isinstance(cause, ValueError) else None
 
 
 TRAINER_COMMANDS = {
@@ -123,10 +151,12 @@ USER_ERRORS = (
     NonFiniteStepsError,
     LabelError,
     ModelNotFound,
+    UnsupportedModel,
     FileNotFoundError,
 )
 """Errors whose message says everything (file, row, field; option and value; function and value; the step):
 printed without a traceback."""
+PACKAGE = Path(__file__).resolve().parent
 
 
 def usage() -> str:

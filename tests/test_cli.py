@@ -47,3 +47,45 @@ def test_a_nested_null_reaches_the_model_as_none(capsys):
               "--print_config"])  # fmt: skip
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["init_args"]["model"]["adapter"] is None
+
+
+@pytest.mark.parametrize(
+    ("config", "option", "message"),
+    [
+        (
+            "sft_quick",
+            "--model.optim.betas=[2,0.9]",
+            "error: optim.betas must be two numbers in [0, 1), got [2.0, 0.9]",
+        ),
+        ("ppo_quick", "--model.ppo.vf_coef=0.5", "error: give ppo.value_lr_scale alone: ppo.vf_coef is its"),
+        ("reward_quick", "--data.batch_size=0", "error: batch_size and val_batch_size must be >= 1, got 0 and None"),
+    ],
+)
+def test_a_refused_option_is_one_line_naming_it(config, option, message, tmp_path):
+    """A stage's constructor refuses the value; jsonargparse's wrapper (the union type, the whole namespace)
+    is not what the user reads."""
+    extra = ["--model.ppo.value_lr_scale=2"] if "vf_coef" in option else []
+    argv = ["fit", "--config", str(ROOT / f"configs/{config}.yaml"), option, *extra,
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert str(exit_info.value).startswith(message) and "\n" not in str(exit_info.value)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_model_the_log_prob_path_cannot_reproduce_is_refused_in_one_line_before_weights_load(tmp_path):
+    from transformers import Gemma2Config
+
+    Gemma2Config(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+    ).save_pretrained(tmp_path / "gemma2")  # config only, no weights
+    argv = ["fit", "--config", str(ROOT / "configs/sft_quick.yaml"), f"--model.model.name_or_path={tmp_path}/gemma2",
+            "--data.tokenizer=embedded", f"--trainer.default_root_dir={tmp_path}/run"]  # fmt: skip
+    with pytest.raises(SystemExit, match=r"^error: gemma2 models soft-cap their logits \(final_logit_softcapping"):
+        main(argv)

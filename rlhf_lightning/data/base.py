@@ -98,6 +98,10 @@ class RowsDataModule(L.LightningDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
+        if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
+            raise ValueError(f"batch_size and val_batch_size must be >= 1, got {batch_size} and {val_batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         self.train_files = as_list(train_files)
         if not self.train_files:
             raise ValueError("train_files is empty")

@@ -12,7 +12,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, GenerationConfig
 
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.loading import torch_dtype
+from rlhf_lightning.models.loading import UnsupportedModel, torch_dtype
 from rlhf_lightning.models.run_folder import EVALUATION_FILE, RunInfo
 
 SCORE_BIAS_KEY = "rlhf_lightning_score_bias"
@@ -94,7 +94,7 @@ def classification_model(causal_lm: nn.Module, head, pad_token_id: int) -> nn.Mo
         model = AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     scorers = [(n, m) for n, m in model.named_children() if n != prefix]
     if len(scorers) != 1 or not isinstance(scorers[0][1], nn.Linear) or scorers[0][1].out_features != 1:
-        raise NotImplementedError(f"{type(model).__name__} has no single linear score layer to export the head into")
+        raise UnsupportedModel(f"{type(model).__name__} has no single linear score layer to export the head into")
     name, linear = scorers[0]
     state = {f"{prefix}.{k}": v for k, v in getattr(causal_lm, prefix).state_dict().items()}
     state[f"{name}.weight"] = head.linear.weight.detach().to(torch.float32)

@@ -224,6 +224,11 @@ def save_model_folder(model: nn.Module, tokenizer: PreTrainedTokenizerBase, fold
     return folder
 
 
+class UnsupportedModel(NotImplementedError):
+    """A model whose computation the project cannot reproduce (its head or logit transform); the message names
+    the model type and why."""
+
+
 class OutputHead(NamedTuple):
     """What a causal LM's output layer computes from a final hidden state ``h (d,)``:
     ``logits = logit_scale * (h @ weight.T + bias)``, ``weight (v, d)``, ``bias (v,)`` or ``None``."""
@@ -242,7 +247,7 @@ def output_head(model: nn.Module) -> OutputHead:
 
     Raises ``ValueError`` for an adapter layer on the head other than ``modules_to_save`` (LoRA or trainable
     tokens on the head: the chunked log-prob path multiplies by one plain weight matrix), and
-    ``NotImplementedError`` for a head the path cannot reproduce (:func:`logit_scale`; an output embedding inside a
+    ``UnsupportedModel`` for a head the path cannot reproduce (:func:`logit_scale`; an output embedding inside a
     larger head module, as in remote-code models of that shape).
     """
     causal_lm = unwrap_causal_lm(model)
@@ -251,7 +256,7 @@ def output_head(model: nn.Module) -> OutputHead:
         raise ValueError(f"{type(causal_lm).__name__} has no output embeddings (LM head)")
     scale = logit_scale(causal_lm.config)
     if not any(module is head for module in causal_lm.children()):  # e.g. lm_head.decoder after a dense + norm
-        raise NotImplementedError(
+        raise UnsupportedModel(
             f"{type(causal_lm).__name__}'s output embedding sits inside a larger head, which the chunked log-prob "
             "path does not reproduce; this model is not supported"
         )
@@ -326,12 +331,12 @@ def logit_scale(config: PretrainedConfig) -> float:
 
     The log-prob path applies ``decoder -> linear head`` itself, chunk by chunk (``ops.token_logprobs_from_hidden``),
     so every transform the model's own forward applies after the head must be known here. Raises
-    ``NotImplementedError`` naming the model type for one it cannot reproduce (soft-capped logits: Gemma 2/3,
+    ``UnsupportedModel`` naming the model type for one it cannot reproduce (soft-capped logits: Gemma 2/3,
     RecurrentGemma, xLSTM; heads of another shape): called on the config, before any weight loads.
     """
     model_type = getattr(config, "model_type", "")
     if model_type in UNSUPPORTED_HEADS:
-        raise NotImplementedError(
+        raise UnsupportedModel(
             f"{model_type} models are not supported: the model {UNSUPPORTED_HEADS[model_type]}, which the chunked "
             "log-prob path does not reproduce"
         )
@@ -342,7 +347,7 @@ def logit_scale(config: PretrainedConfig) -> float:
     for field in SOFT_CAPS:
         cap = next((getattr(c, field) for c in configs if getattr(c, field, None)), None)
         if cap:
-            raise NotImplementedError(
+            raise UnsupportedModel(
                 f"{model_type} models soft-cap their logits ({field}: {cap}), which the chunked log-prob path does "
                 "not reproduce; this model type is not supported yet"
             )
