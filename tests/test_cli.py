@@ -89,3 +89,14 @@ def test_a_model_the_log_prob_path_cannot_reproduce_is_refused_in_one_line_befor
             "--data.tokenizer=embedded", f"--trainer.default_root_dir={tmp_path}/run"]  # fmt: skip
     with pytest.raises(SystemExit, match=r"^error: gemma2 models soft-cap their logits \(final_logit_softcapping"):
         main(argv)
+
+
+def test_data_that_every_row_is_dropped_from_is_one_line_before_anything_trains(tmp_path):
+    argv = ["fit", "--config", str(ROOT / "configs/sft_quick.yaml"), "--data.max_length=4", "--data.overlong=drop",
+            f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    message = str(exit_info.value)
+    assert message.startswith("error: demonstrations: no usable rows in train_files ['builtin:demonstrations.jsonl']")
+    assert "longer than max_length 4" in message and "\n" not in message
+    assert not (tmp_path / "checkpoints").exists()

@@ -123,6 +123,7 @@ class RowsDataModule(L.LightningDataModule):
         self.train_examples: list = []
         self.val_examples: list = []
         self.stats: Counter = Counter()
+        self.longest: tuple[int, str] = (0, "")  # the longest overlong row read: (length, "file, row N")
 
     # --- to implement ------------------------------------------------------------------------------------
     def tokenize_row(self, row: object, where: RowLocation) -> Any:
@@ -168,7 +169,9 @@ class RowsDataModule(L.LightningDataModule):
                     self.stats["text rows spelling control tokens (trained as text)"] += 1
                 try:
                     example = self.tokenize_row(row, RowLocation(name, row_number))
-                    if self.example_length(example) > self.max_length:
+                    length = self.example_length(example)
+                    if length > self.max_length:
+                        self.longest = max(self.longest, (length, f"{name}, row {row_number}"))
                         if self.overlong == "drop":
                             raise Dropped("overlong")
                         example = self.truncate(example)
@@ -183,19 +186,16 @@ class RowsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_examples:
             return
-        self.stats = Counter()
+        self.stats, self.longest = Counter(), (0, "")
         examples, positions = self._load_rows(self.train_files)
         if not examples:
-            raise ValueError(
-                f"{self.kind}: no usable rows in train_files {self.train_files} (counts: {dict(self.stats)})"
-            )
+            raise self._no_usable_rows("train_files", self.train_files, "fix the files")
         if self.val_files:
+            before, self.longest = Counter(self.stats), (0, "")
             self.train_examples, self.val_examples = examples, self.load_examples(self.val_files)
             if not self.val_examples:
-                raise ValueError(
-                    f"{self.kind}: no usable rows in val_files {self.val_files} (counts: {dict(self.stats)}); "
-                    "fix the files, or leave val_files empty"
-                )
+                self.stats.subtract(before)  # the validation files' own counts
+                raise self._no_usable_rows("val_files", self.val_files, "fix the files, or leave val_files empty")
         elif self.val_fraction > 0:
             self.train_examples, self.val_examples = self._split(examples, positions)
         else:
@@ -234,6 +234,21 @@ class RowsDataModule(L.LightningDataModule):
                 "validating at the end of each epoch"
             )
 
+    def _no_usable_rows(self, option: str, files: list[str], fix: str) -> OptionError:
+        """One line for files none of whose rows can be used: the counts (``self.stats``, of these files) and,
+        when rows were dropped as overlong, ``max_length``, the longest row and the fixes."""
+        counts = ", ".join(f"{k} {v}" for k, v in self.stats.items() if v) or "no rows"
+        message = f"{self.kind}: no usable rows in {option} {files} ({counts})"
+        dropped = self.stats["dropped overlong"]
+        if dropped:
+            length, where = self.longest
+            message += (
+                f": {dropped} longer than max_length {self.max_length} (the longest, {where}, has {length} tokens)."
+                f" To fix: raise max_length to {length}, or set overlong: truncate, or {fix}"
+            )
+            return OptionError(message)
+        return OptionError(f"{message}. To fix: {fix}")
+
     def _split(self, examples: list, positions: list[int]) -> tuple[list, list]:
         """``(train, val)``: the held-out rows are drawn from all the rows read (by position, with
         ``split_seed``), before any is dropped or truncated, so a row lands on the same side whatever the
@@ -251,7 +266,7 @@ class RowsDataModule(L.LightningDataModule):
             if dropped:
                 fixes.insert(0, f"raise max_length ({self.max_length}) or set overlong: truncate to keep the {dropped} "
                              "overlong rows")  # fmt: skip
-            raise ValueError(
+            raise OptionError(
                 f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the {rows} rows in "
                 f"{self.train_files}, leaving {len(train)} usable rows to train on and {len(val)} to validate "
                 f"on (counts: {dict(self.stats)}). To fix: {'; or '.join(fixes)}"

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from rlhf_lightning.data import DataFormatError, DemonstrationsDataModule, read_rows
+from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.formats import TokenizedExample
 from rlhf_lightning.data.loading import ResumableSampler, collate_right_padded
 
@@ -122,6 +123,25 @@ def test_files_without_usable_rows_are_named(tmp_path, tiny_llama):
     path = write_jsonl(tmp_path / "d.jsonl", ROWS)
     with pytest.raises(ValueError, match=r"no usable rows in val_files .*empty\.jsonl"):
         _datamodule(path, tiny_llama, val_files=str(empty))
+
+
+def test_rows_all_dropped_as_overlong_are_one_line_naming_max_length_the_longest_row_and_the_fixes(
+    tmp_path, tiny_llama
+):
+    rows = [{"prompt": "Say hi. ", "completion": "hello there " * n} for n in (2, 9, 4)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    longest = len(_datamodule(path, tiny_llama, val_fraction=0.0).train_examples[1].input_ids)
+    with pytest.raises(OptionError) as info:
+        _datamodule(path, tiny_llama, max_length=4, overlong="drop")
+    message = str(info.value)
+    assert message.startswith(f"demonstrations: no usable rows in train_files ['{path}'] (rows 3, dropped overlong 3)")
+    assert f"3 longer than max_length 4 (the longest, {path}, row 2, has {longest} tokens)" in message
+    assert f"raise max_length to {longest}, or set overlong: truncate" in message and "\n" not in message
+    # the validation files' own counts, not the training files'
+    short = write_jsonl(tmp_path / "short.jsonl", [{"prompt": "a", "completion": "b"}])
+    fits = len(_datamodule(short, tiny_llama, val_fraction=0.0).train_examples[0].input_ids)
+    with pytest.raises(OptionError, match=r"no usable rows in val_files .* \(rows 3, dropped overlong 3\)"):
+        _datamodule(short, tiny_llama, max_length=fits, overlong="drop", val_files=path)
 
 
 def _datamodule(path, tiny_llama, **kwargs):
