@@ -55,6 +55,35 @@ def builtin_path(name: str) -> Path:
     return path
 
 
+SHIPPED_TASKS = {
+    "quickstart": ("builtin:comparisons.jsonl", "builtin:demonstrations.jsonl", "builtin:prompts.jsonl",
+                   "rlhf_lightning.data.synthetic:"),
+    "development task": ("builtin:everyday_", "rlhf_lightning.data.everyday:"),
+}  # fmt: skip
+"""The tasks shipped with the package: the prefixes of their data files and of their functions."""
+
+
+def shipped_task(source: str) -> str | None:
+    """The shipped task (:data:`SHIPPED_TASKS`) that a data source (``builtin:NAME``) or a function path
+    (``module:name``) belongs to; ``None`` for the user's own."""
+    return next((task for task, prefixes in SHIPPED_TASKS.items() if source.startswith(prefixes)), None)
+
+
+def shipped_default_warning(option: str, value: str, train_files: list[str], what: str) -> str | None:
+    """A warning when ``option`` names a shipped task's file or function (``value``, ``what`` it does) while the
+    run trains on other data (``train_files``: the user's own, or another task's); ``None`` otherwise. A config
+    copied from a shipped one keeps such a default when only its ``train_files`` are changed. Label databases
+    (``.sqlite``) do not record which task their prompts came from, so they are not counted either way."""
+    task = shipped_task(value)
+    files = [f for f in train_files if not f.endswith(DATABASE_SUFFIXES)]
+    if task is None or all(shipped_task(f) == task for f in files):
+        return None
+    return (
+        f"{option}: {value} is the {task}'s, shipped with the package, while train_files {train_files} are not: "
+        f"{what}. Give your own, or leave {option} out"
+    )
+
+
 def describe(source: str) -> str:
     return str(builtin_path(source[len("builtin:") :])) if source.startswith("builtin:") else source
 

@@ -12,7 +12,7 @@ from rlhf_lightning.callbacks import ThroughputMonitor
 from rlhf_lightning.data.chat import text_rows_as_chat
 from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, best_response, degenerate_answers, has_prompt
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
-from rlhf_lightning.data.readers import describe, read_rows
+from rlhf_lightning.data.readers import describe, read_rows, shipped_default_warning
 from rlhf_lightning.evaluation.report import markdown_table
 from rlhf_lightning.models.reward import (
     ScalarHead,
@@ -170,6 +170,12 @@ class RewardModule(CausalLMModule):
         the run now rather than after training."""
         if self.calibration_files and not self.calibration_sequences:
             self.calibration_sequences = self.read_calibration_sequences()
+        train_files = getattr(getattr(self._trainer, "datamodule", None), "train_files", None)
+        for source in self.calibration_files if train_files else []:
+            what = "the score is calibrated to mean 0 on that task's answers, not on answers to your prompts"
+            message = shipped_default_warning("calibration_files", source, train_files, what)
+            if message:
+                rank_zero_warn(message)
 
     def read_calibration_sequences(self) -> list[list[int]]:
         """Prompt + response ids of every calibration row, each ending at its EOS (the scored position); text

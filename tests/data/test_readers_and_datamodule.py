@@ -235,3 +235,24 @@ def test_hand_rendered_chat_text_is_counted_and_warned_about(tmp_path, tiny_llam
     with pytest.warns(UserWarning, match=r"2 text row\(s\) spell the tokenizer's control tokens"):
         dm = _datamodule(write_jsonl(tmp_path / "d.jsonl", rows + ROWS), tiny_llama, val_fraction=0.0)
     assert dm.stats["text rows spelling control tokens (trained as text)"] == 2
+
+
+def test_a_shipped_tasks_file_or_function_with_other_training_data_is_named():
+    from rlhf_lightning.data.readers import shipped_default_warning
+
+    def warned(value: str, train_files: list[str]) -> bool:
+        return shipped_default_warning("opt", value, train_files, "why") is not None
+
+    assert warned("builtin:demonstrations.jsonl", ["mine.jsonl"])  # the user's own comparisons
+    assert warned("rlhf_lightning.data.synthetic:gold_reward", ["builtin:everyday_prompts.jsonl"])  # another task
+    assert warned("builtin:demonstrations.jsonl", ["builtin:comparisons.jsonl", "mine.jsonl"])  # mixed
+    assert not warned("builtin:demonstrations.jsonl", ["builtin:comparisons.jsonl"])  # the quickstart
+    assert not warned("builtin:everyday_demonstrations.jsonl", ["builtin:everyday_comparisons.jsonl"])
+    assert not warned("rlhf_lightning.data.everyday:gold_reward", ["builtin:everyday_prompts.jsonl"])
+    assert not warned("mine.jsonl", ["builtin:comparisons.jsonl"])  # the user's own file is theirs to choose
+    assert not warned("builtin:demonstrations.jsonl", ["runs/labels.sqlite"])  # no record of its prompts' task
+    message = shipped_default_warning("opt", "builtin:prompts.jsonl", ["a.jsonl"], "why")
+    assert message == (
+        "opt: builtin:prompts.jsonl is the quickstart's, shipped with the package, while train_files ['a.jsonl'] "
+        "are not: why. Give your own, or leave opt out"
+    )

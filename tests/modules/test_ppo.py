@@ -333,3 +333,17 @@ def test_text_prompts_formatted_unlike_the_reward_models_rows_are_warned_about(f
     assert expected in reward_message and f"the SFT adapter {sft} was trained with chat_template: never" in sft_message
     assert check([{"prompt": "q1"}], "never") == []  # formatted as the reward model's rows were
     assert check([{"prompt": [{"role": "user", "content": "q1"}]}], "auto") == []  # messages: the option is moot
+
+
+def test_the_quickstarts_gold_function_on_the_users_prompts_is_said_at_the_start(tiny_llama, prompts_file, tmp_path):
+    """ppo_quick.yaml names the quickstart's gold rule; with a user's prompts its eval/gold_* figures would judge
+    their answers by a rule written for other prompts."""
+    gold = "--model.evaluation.gold_function=rlhf_lightning.data.synthetic:gold_reward"
+    quick = ["--trainer.max_steps=4", "--model.evaluation.at_end=false", "--trainer.limit_val_batches=0"]
+    args = ppo_args(tiny_llama, prompts_file, tmp_path / "run", *quick, gold)
+    expected = (
+        r"^evaluation.gold_function: rlhf_lightning.data.synthetic:gold_reward is the quickstart's, "
+        r".* the eval/gold_\* figures judge answers to your prompts"
+    )
+    with pytest.warns(UserWarning, match=expected):
+        run_cli(args)

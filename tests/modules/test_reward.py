@@ -349,3 +349,16 @@ def test_packing_is_turned_off_for_an_attention_that_cannot_take_it(tiny_llama, 
         scores = module.batch_scores(batch)
     assert module.packing is False
     torch.testing.assert_close(scores, module.scores(batch["input_ids"], batch["attention_mask"]))
+
+
+def test_a_shipped_calibration_file_with_the_users_comparisons_is_said_at_setup(tiny_llama, tmp_path):
+    """A config copied from reward_quick.yaml keeps calibration_files: [builtin:demonstrations.jsonl] when only
+    train_files are swapped: the score would be centred on the quickstart's answers, silently."""
+    train = write_jsonl(tmp_path / "train.jsonl", z_rule_rows(16, seed=0))
+    args = reward_args(
+        tiny_llama, train, train, tmp_path / "run", "--model.calibration_files=[builtin:demonstrations.jsonl]"
+    )
+    args = [a for a in args if not a.startswith("--trainer.max_steps")] + ["--trainer.max_steps=1"]
+    with pytest.warns(UserWarning, match=r"^calibration_files: builtin:demonstrations.jsonl is the quickstart's, .*"
+                                         r"while train_files \[.*train\.jsonl'\] are not"):  # fmt: skip
+        run_cli(args)

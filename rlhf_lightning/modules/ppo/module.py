@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from rlhf_lightning.callbacks import PhaseTimer, PPOHealthCheck
 from rlhf_lightning.data.chat import stop_token_ids
+from rlhf_lightning.data.readers import shipped_default_warning
 from rlhf_lightning.models import GenerationConfig, LoraConfig, ModelConfig
 from rlhf_lightning.models.generation import generation_eos_ids
 from rlhf_lightning.models.run_folder import EVALUATION_FILE, RunInfo
@@ -264,8 +265,15 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         super().on_fit_start()
         self.record_heldout_prompts()
         folders = {"reward model": self.reward_model_path, "SFT adapter": self.model_config.adapter}
-        for message in chat_template_mismatches(getattr(self.trainer, "datamodule", None), folders):
+        datamodule = getattr(self.trainer, "datamodule", None)
+        for message in chat_template_mismatches(datamodule, folders):
             rank_zero_warn(message)
+        gold, train_files = self.eval_config.gold_function, getattr(datamodule, "train_files", None)
+        if gold and train_files:
+            what = "the eval/gold_* figures judge answers to your prompts by that task's rule"
+            message = shipped_default_warning("evaluation.gold_function", gold, train_files, what)
+            if message:
+                rank_zero_warn(message)
         check_strategy(self.trainer.strategy)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
