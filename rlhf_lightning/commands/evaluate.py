@@ -21,6 +21,7 @@ from typing import Literal
 from rlhf_lightning.data.chat import ChatTemplateMode, stop_token_ids, text_rows_as_chat
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.prompts import PromptsDataModule
+from rlhf_lightning.data.readers import shipped_default_warning, shipped_task
 from rlhf_lightning.evaluation.compare import Sampler, compare_batch, eos_penalty, kl_temperature, summarize
 from rlhf_lightning.evaluation.config import EvalConfig
 from rlhf_lightning.evaluation.report import markdown_table, overoptimization_point, report_markdown
@@ -73,6 +74,10 @@ def load_prompts(
     )
     data.tokenizer = tokenizer
     data.setup("fit")
+    for source in data.train_files:
+        if shipped_task(source):
+            log.info(f"prompts: {source} are the {shipped_task(source)}'s prompts, shipped with the package "
+                     "(--prompts for your own)")  # fmt: skip
     examples = data.val_examples if val_fraction > 0 and split == "heldout" else data.train_examples
     return examples[:max_prompts]
 
@@ -155,6 +160,12 @@ def evaluate_policies(
     earlier = {"temperature": temperature, "seed": seed, "gold_function": gold_function, "num_samples": num_samples}
     evaluation = dataclasses.replace(evaluation, **{k: v for k, v in earlier.items() if v is not None})
     gold_fn = ScoreFunction(evaluation.gold_function, "gold_function") if evaluation.gold_function else None
+    if evaluation.gold_function:
+        what = "the gold figures judge answers to your prompts by that task's rule"
+        files = [prompts] if isinstance(prompts, str) else list(prompts)
+        message = shipped_default_warning("--gold_function", evaluation.gold_function, files, what, "--prompts")
+        if message:
+            log.warning(message)
     temperature = DEFAULT_TEMPERATURE if evaluation.temperature is None else evaluation.temperature
     chat_template = chat_template or RunFolder(policy).chat_template
     text_rows_as_chat(tokenizer, chat_template, "--chat_template")  # refused here, naming this command's option

@@ -69,17 +69,20 @@ def shipped_task(source: str) -> str | None:
     return next((task for task, prefixes in SHIPPED_TASKS.items() if source.startswith(prefixes)), None)
 
 
-def shipped_default_warning(option: str, value: str, train_files: list[str], what: str) -> str | None:
+def shipped_default_warning(
+    option: str, value: str, train_files: list[str], what: str, data_option: str = "train_files"
+) -> str | None:
     """A warning when ``option`` names a shipped task's file or function (``value``, ``what`` it does) while the
-    run trains on other data (``train_files``: the user's own, or another task's); ``None`` otherwise. A config
-    copied from a shipped one keeps such a default when only its ``train_files`` are changed. Label databases
-    (``.sqlite``) do not record which task their prompts came from, so they are not counted either way."""
+    run's data (``train_files``, given as ``data_option``) are not that task's: the user's own, or another
+    task's; ``None`` otherwise. A config copied from a shipped one keeps such a default when only its data are
+    changed. Label databases (``.sqlite``) do not record which task their prompts came from, so they are not
+    counted either way."""
     task = shipped_task(value)
     files = [f for f in train_files if not f.endswith(DATABASE_SUFFIXES)]
     if task is None or all(shipped_task(f) == task for f in files):
         return None
     return (
-        f"{option}: {value} is the {task}'s, shipped with the package, while train_files {train_files} are not: "
+        f"{option}: {value} is the {task}'s, shipped with the package, while {data_option} {train_files} are not: "
         f"{what}. Give your own, or leave {option} out"
     )
 

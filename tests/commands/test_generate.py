@@ -130,3 +130,18 @@ def test_a_policy_folder_that_does_not_exist_is_named(prompts, tmp_path):
             ]
         )
     assert not (tmp_path / "l.sqlite").exists()
+
+
+def test_the_shipped_prompts_are_said_to_be_the_quickstarts(tiny_llama, prompts, tmp_path, caplog):
+    """generate and evaluate default to builtin:prompts.jsonl: the log says whose prompts they are."""
+    from rlhf_lightning.commands.evaluate import load_prompts
+    from rlhf_lightning.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_llama)
+    with caplog.at_level("INFO", logger="rlhf_lightning.commands.evaluate"):
+        load_prompts(tokenizer, "builtin:prompts.jsonl", 0.0, 0, 256, 2, chat_template="never")
+        load_prompts(tokenizer, prompts, 0.0, 0, 256, 2, chat_template="never")
+    said = [r.getMessage() for r in caplog.records if "shipped" in r.getMessage()]
+    assert said == [
+        "prompts: builtin:prompts.jsonl are the quickstart's prompts, shipped with the package (--prompts for your own)"
+    ]
