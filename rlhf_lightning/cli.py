@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -31,8 +32,10 @@ from rlhf_lightning.commands.label import export_labels, judge_labels
 from rlhf_lightning.commands.label_app import serve
 from rlhf_lightning.commands.pipeline import run_pipeline
 from rlhf_lightning.commands.score import score_file
+from rlhf_lightning.data.base import RowsDataModule
 from rlhf_lightning.data.errors import DataFormatError, OptionError
 from rlhf_lightning.data.labels import LabelError
+from rlhf_lightning.data.prompts import PromptsDataModule
 from rlhf_lightning.models.loading import UnsupportedModel, quiet_transformers
 from rlhf_lightning.models.run_folder import ModelNotFound
 from rlhf_lightning.models.score_function import ScoreError
@@ -131,6 +134,11 @@ TRAINER_COMMANDS = {
     "fit": "train a stage (SFT, reward model or PPO) from its YAML config: fit --config configs/sft.yaml",
     "validate": "run a stage's validation (PPO: its held-out evaluation), e.g. from a checkpoint (--ckpt_path)",
 }
+CHECK_COMMAND = "check"
+"""``rlhf-lightning check`` takes a stage's ``fit`` arguments: it reads and checks every file and function
+they name, with no weight loaded (:func:`check_stage`)."""
+CHECK_PROMPTS = "--check.prompts="
+CHECK_SKIP_DATA = "--check.skip_data"
 COMMANDS = {  # name: (function, required arguments are positional, one line for --help)
     "pipeline": (run_pipeline, False, "SFT -> reward model -> PPO -> evaluation -> export in one root folder"),
     "evaluate": (evaluate_policies, False,
@@ -159,9 +167,55 @@ printed without a traceback."""
 PACKAGE = Path(__file__).resolve().parent
 
 
+def check_stage(args: list[str]) -> None:
+    """``rlhf-lightning check --config STAGE.yaml [fit options]``: build the stage as ``fit`` would (options
+    checked by its constructors), read, validate and tokenize every row of its DataModule
+    (``RowsDataModule.setup``) and the files and functions the stage itself names (``check_inputs``: the reward
+    stage's calibration files, PPO's stop tokens and score functions), then print one line of counts. No model
+    weight is loaded and nothing is written.
+
+    Two options of its own, used by the pipeline: ``--check.prompts=JSON_LIST`` also reads those prompt files
+    with the stage's data settings (its evaluation and labelling prompts), and ``--check.skip_data`` leaves the
+    DataModule's rows out (a labelling database that the pipeline has not created yet)."""
+    prompts: list[str] = []
+    skip_data = CHECK_SKIP_DATA in args
+    rest = []
+    for arg in args:
+        if arg.startswith(CHECK_PROMPTS):
+            prompts += json.loads(arg.removeprefix(CHECK_PROMPTS))
+        elif arg != CHECK_SKIP_DATA:
+            rest.append(arg)
+    with tempfile.TemporaryDirectory() as scratch:  # the trainer's run folder: nothing is written to the real one
+        cli = RLHFLightningCLI(args=[*nested_nulls(rest), f"--trainer.default_root_dir={scratch}"], run=False)
+    model, data = cli.model, cli.datamodule
+    if isinstance(data, RowsDataModule) and data.tokenizer_name is None:
+        data.tokenizer = model.tokenizer
+    checked = []
+    if not skip_data:
+        data.setup("fit")
+        checked.append(f"{type(data).__name__}: {data.stats['train examples']} training and "
+                       f"{data.stats['val examples']} validation rows")  # fmt: skip
+    check_inputs = getattr(model, "check_inputs", None)
+    if check_inputs is not None:
+        check_inputs(data)
+    for source in prompts:
+        extra = PromptsDataModule(
+            train_files=source,
+            val_fraction=0.0,
+            max_length=getattr(data, "max_length", 1024),
+            overlong=getattr(data, "overlong", "drop"),
+            chat_template=getattr(data, "chat_template", "auto"),
+        )
+        extra.tokenizer = model.tokenizer
+        extra.setup("fit")
+        checked.append(f"{source}: {extra.stats['train examples']} prompts")
+    print(f"checked: {'; '.join(checked) or 'the options'}", flush=True)
+
+
 def usage() -> str:
     lines = ["usage: rlhf-lightning COMMAND [OPTIONS]", "", "commands:"]
-    every = {**TRAINER_COMMANDS, **{name: spec[2] for name, spec in COMMANDS.items()}}
+    every = {**TRAINER_COMMANDS, CHECK_COMMAND: "read and check every file a stage's config names (no training): "
+             "check --config configs/reward.yaml", **{name: spec[2] for name, spec in COMMANDS.items()}}  # fmt: skip
     lines += [f"  {name:<10} {text}" for name, text in every.items()]
     lines += ["", "rlhf-lightning COMMAND --help shows a command's options. The README starts with a full run."]
     return "\n".join(lines)
@@ -173,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(usage())
         return
-    if args[0] not in TRAINER_COMMANDS and args[0] not in COMMANDS:
+    if args[0] not in TRAINER_COMMANDS and args[0] not in COMMANDS and args[0] != CHECK_COMMAND:
         sys.exit(f"error: unknown command {args[0]!r}\n\n{usage()}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     quiet_transformers()
@@ -186,6 +240,11 @@ def main(argv: list[str] | None = None) -> None:
 def _run(args: list[str], from_command_line: bool) -> None:
     if args[0] == "label" and len(args) > 1 and args[1] in LABEL_COMMANDS:
         CLI(LABEL_COMMANDS[args[1]], args=args[2:], prog=f"rlhf-lightning label {args[1]}", as_positional=True)
+        return
+    if args[0] == CHECK_COMMAND:
+        if from_command_line:
+            sys.argv[1:] = []  # the arguments go to LightningCLI (which warns when the command line has others)
+        check_stage(args[1:])
         return
     if args[0] in COMMANDS:
         function, positional, _ = COMMANDS[args[0]]

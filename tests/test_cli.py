@@ -13,7 +13,7 @@ from tests.helpers import ROOT
 def test_help_lists_every_command_on_one_line(capsys):
     main(["--help"])
     out = capsys.readouterr().out
-    for name in [*TRAINER_COMMANDS, *COMMANDS]:
+    for name in [*TRAINER_COMMANDS, "check", *COMMANDS]:
         assert sum(line.startswith(f"  {name} ") for line in out.splitlines()) == 1, name
     main([])
     assert capsys.readouterr().out == out
@@ -100,3 +100,21 @@ def test_data_that_every_row_is_dropped_from_is_one_line_before_anything_trains(
     assert message.startswith("error: demonstrations: no usable rows in train_files ['builtin:demonstrations.jsonl']")
     assert "longer than max_length 4" in message and "\n" not in message
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_check_reads_every_file_a_stage_names_without_training_or_writing(tmp_path, capsys):
+    calibration = tmp_path / "calibration.jsonl"
+    calibration.write_text('{"prompt": "Hi.", "response": "Hello."}\n{"prompt": "Hi."}\n')
+    folder = tmp_path / "run"
+    argv = ["check", "--config", str(ROOT / "configs/reward_quick.yaml"), f"--trainer.default_root_dir={folder}",
+            "--model.init_args.model.adapter=null"]  # fmt: skip
+    main(argv)
+    assert "checked: ComparisonsDataModule: 534 training and 66 validation rows" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:  # the stage's own files: a calibration row without its response
+        main([*argv, f"--model.init_args.calibration_files=[{calibration}]"])
+    assert str(exit_info.value).startswith(f"error: {calibration}, row 2, field 'response': missing")
+    with pytest.raises(SystemExit, match=r"error: .*bad\.jsonl, row 1, field 'prompt': missing"):
+        bad = tmp_path / "bad.jsonl"
+        bad.write_text('{"question": "Hi?"}\n')
+        main(["check", "--config", str(ROOT / "configs/ppo_quick.yaml"), f"--check.prompts=[\"{bad}\"]"])
+    assert not folder.exists()

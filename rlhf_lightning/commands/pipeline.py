@@ -436,10 +436,39 @@ class Pipeline:
             export_model(str(self.stage_folder(stage) / FINAL_FOLDER), str(self.root / "export" / name), overwrite=True)
         self._mark("export", time.perf_counter() - start)
 
+    def check_inputs(self) -> None:
+        """Read and check every file of every stage still to run, before the first trains: each stage's data,
+        calibration files, stop tokens and score functions (``rlhf-lightning check`` on its arguments), and the
+        evaluation's and the labelling's prompts with the PPO stage's data settings. A bad row or option stops
+        the pipeline here, with the stage named, rather than after the stages before it have trained."""
+        todo = [s for s in self.steps() if not self.done(s)]
+        prompts = [p for p in (self.evaluation.prompts, self.labelling.prompts if self.labelling else None) if p]
+        wanted = {s.rsplit("/", 1)[-1] for s in todo}
+        if prompts and wanted & {"evaluation", "generate"}:
+            wanted.add("ppo")
+        for stage in (s for s in STAGES if s in wanted):
+            args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume=False)
+            args[0] = "check"
+            if stage == "reward" and self.labelling:
+                if self.database.exists():
+                    args.append(f"--data.init_args.train_files={json.dumps([str(self.database)])}")
+                else:  # the rankings come later, from the rounds
+                    args.append("--check.skip_data")
+            if stage == "ppo" and prompts:
+                args.append(f"--check.prompts={json.dumps(prompts)}")
+            print(f"=== check: the {stage} stage's files and options ===", flush=True)
+            code = subprocess.call([sys.executable, "-m", "rlhf_lightning.cli", *args])
+            if code != 0:
+                raise SystemExit(
+                    f"error: the {stage} stage's check failed (above); nothing has trained. Fix it and run the "
+                    "same pipeline command again."
+                )
+
     def run(self) -> dict:
-        """Run every step not done yet and return the summary. Exits with :data:`WAITING_FOR_LABELS` when a round
-        waits for people's rankings."""
+        """Check every stage's inputs (:meth:`check_inputs`), then run every step not done yet and return the
+        summary. Exits with :data:`WAITING_FOR_LABELS` when a round waits for people's rankings."""
         self._check_not_stale()
+        self.check_inputs()
         ran = False  # once a step runs, every later one runs again: its results would be built on the old output
         for step in self.steps():
             name = step.rsplit("/", 1)[-1]

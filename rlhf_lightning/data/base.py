@@ -4,7 +4,6 @@ the length policy with its counts, the tokenizer, and resumable training loaders
 from __future__ import annotations
 
 import logging
-import random
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -24,6 +23,7 @@ from rlhf_lightning.data.chat import (
 from rlhf_lightning.data.errors import OptionError, RowLocation
 from rlhf_lightning.data.loading import ListDataset, ResumableDataLoader, ResumableSampler
 from rlhf_lightning.data.readers import describe, read_rows
+from rlhf_lightning.data.split import prompt_group, split_groups
 from rlhf_lightning.models import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,9 @@ class RowsDataModule(L.LightningDataModule):
             ``hf:OWNER/NAME[:SPLIT]``.
         val_files: Validation rows in the same forms. When empty, ``val_fraction`` of the training rows is held
             out.
-        val_fraction: Fraction of training rows held out for validation when ``val_files`` is empty (at least
-            one row); 0 disables validation.
+        val_fraction: Fraction of the training rows' distinct prompts held out for validation when ``val_files``
+            is empty (at least one prompt); every row of a held-out prompt is held out with it
+            (:mod:`rlhf_lightning.data.split`). 0 disables validation.
         split_seed: Seed of the held-out split.
         max_length: Longest sequence in tokens.
         overlong: What happens to a longer row: ``truncate`` or ``drop``; either way the rows affected are
@@ -124,6 +125,9 @@ class RowsDataModule(L.LightningDataModule):
         self.val_examples: list = []
         self.stats: Counter = Counter()
         self.longest: tuple[int, str] = (0, "")  # the longest overlong row read: (length, "file, row N")
+        self.row_groups: list[str] = []
+        """The prompt group (:func:`~rlhf_lightning.data.split.prompt_group`) of every row the last read went
+        through, dropped ones included, by position."""
 
     # --- to implement ------------------------------------------------------------------------------------
     def tokenize_row(self, row: object, where: RowLocation) -> Any:
@@ -160,11 +164,13 @@ class RowsDataModule(L.LightningDataModule):
         self.resolve_tokenizer()
         self.chat = text_rows_as_chat(self.tokenizer, self.chat_template, "data.chat_template")
         examples, positions, position = [], [], -1
+        self.row_groups = []
         for source in sources:
             name = describe(source)
             for row_number, row in read_rows(source):
                 self.stats["rows"] += 1
                 position += 1
+                self.row_groups.append(prompt_group(row))
                 if text_fields_spell_control_tokens(self.tokenizer, row):
                     self.stats["text rows spelling control tokens (trained as text)"] += 1
                 try:
@@ -190,19 +196,25 @@ class RowsDataModule(L.LightningDataModule):
         examples, positions = self._load_rows(self.train_files)
         if not examples:
             raise self._no_usable_rows("train_files", self.train_files, "fix the files")
+        train_groups = {self.row_groups[p] for p in positions}
         if self.val_files:
             before, self.longest = Counter(self.stats), (0, "")
-            self.train_examples, self.val_examples = examples, self.load_examples(self.val_files)
+            self.train_examples = examples
+            self.val_examples, val_positions = self._load_rows(self.val_files)
             if not self.val_examples:
                 self.stats.subtract(before)  # the validation files' own counts
                 raise self._no_usable_rows("val_files", self.val_files, "fix the files, or leave val_files empty")
+            val_groups = {self.row_groups[p] for p in val_positions}
+            self._warn_shared_prompts(train_groups, val_groups)
+            train_prompts, val_prompts = len(train_groups), len(val_groups)
         elif self.val_fraction > 0:
-            self.train_examples, self.val_examples = self._split(examples, positions)
+            self.train_examples, self.val_examples, train_prompts, val_prompts = self._split(examples, positions)
         else:
-            self.train_examples = examples
+            self.train_examples, train_prompts, val_prompts = examples, len(train_groups), 0
         self._fit_validation_interval()
         self.stats["train examples"] = len(self.train_examples)
         self.stats["val examples"] = len(self.val_examples)
+        self.stats["train prompts"], self.stats["val prompts"] = train_prompts, val_prompts
         counts = ", ".join(f"{k} {v}" for k, v in self.stats.items())
         rank_zero_info(
             f"{self.kind}: {counts} (max_length {self.max_length}, overlong: {self.overlong}; "
@@ -249,17 +261,27 @@ class RowsDataModule(L.LightningDataModule):
             return OptionError(message)
         return OptionError(f"{message}. To fix: {fix}")
 
-    def _split(self, examples: list, positions: list[int]) -> tuple[list, list]:
-        """``(train, val)``: the held-out rows are drawn from all the rows read (by position, with
-        ``split_seed``), before any is dropped or truncated, so a row lands on the same side whatever the
-        length policy; a dropped row is simply missing from its side."""
+    def _warn_shared_prompts(self, train_groups: set[str], val_groups: set[str]) -> None:
+        shared = len(train_groups & val_groups)
+        if shared:
+            rank_zero_warn(
+                f"{self.kind}: {shared} of the {len(val_groups)} prompts in val_files {self.val_files} also appear "
+                f"in train_files; validation on them measures what was seen in training. Leave val_files empty to "
+                "hold out whole prompts (val_fraction), or remove them from one side"
+            )
+
+    def _split(self, examples: list, positions: list[int]) -> tuple[list, list, int, int]:
+        """``(train, val, train prompts, val prompts)``: whole prompts are held out, drawn from the distinct
+        prompts of all the rows read (with ``split_seed``, :func:`~rlhf_lightning.data.split.split_groups`),
+        before any row is dropped or truncated, so a row lands on the same side whatever the length policy; a
+        dropped row is simply missing from its side."""
         rows = self.stats["rows"]
-        held_out = max(1, round(self.val_fraction * rows))
-        order = list(range(rows))
-        random.Random(self.split_seed).shuffle(order)
-        val_rows = set(order[:held_out])
-        val = [e for e, p in zip(examples, positions) if p in val_rows]
-        train = [e for e, p in zip(examples, positions) if p not in val_rows]
+        val_groups = split_groups(self.row_groups, self.val_fraction, self.split_seed)
+        held_out = len(val_groups)
+        side = [self.row_groups[p] in val_groups for p in positions]
+        val = [e for e, held in zip(examples, side) if held]
+        train = [e for e, held in zip(examples, side) if not held]
+        prompts = [{self.row_groups[p] for p, held in zip(positions, side) if held == h} for h in (False, True)]
         if not train or not val:
             fixes = ["set val_fraction: 0 (no validation)", "give more rows", "put validation rows in val_files"]
             dropped = self.stats["dropped overlong"]
@@ -267,11 +289,12 @@ class RowsDataModule(L.LightningDataModule):
                 fixes.insert(0, f"raise max_length ({self.max_length}) or set overlong: truncate to keep the {dropped} "
                              "overlong rows")  # fmt: skip
             raise OptionError(
-                f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the {rows} rows in "
-                f"{self.train_files}, leaving {len(train)} usable rows to train on and {len(val)} to validate "
-                f"on (counts: {dict(self.stats)}). To fix: {'; or '.join(fixes)}"
+                f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the "
+                f"{len(set(self.row_groups))} prompts of the {rows} rows in {self.train_files}, leaving {len(train)} "
+                f"usable rows to train on and {len(val)} to validate on (counts: {dict(self.stats)}). To fix: "
+                f"{'; or '.join(fixes)}"
             )
-        return train, val
+        return train, val, len(prompts[0]), len(prompts[1])
 
     def _batches_done(self) -> int:
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed if self.trainer else 0

@@ -20,8 +20,8 @@ class DemonstrationsDataModule(RowsDataModule):
     Args:
         train_files: Training demonstrations: local jsonl/json/parquet/csv paths, ``builtin:NAME``, or
             ``hf:OWNER/NAME[:SPLIT]``.
-        val_fraction: Fraction of training rows held out for validation when ``val_files`` is empty (at
-            least one row); 0 disables validation.
+        val_fraction: Fraction of the training prompts held out (with all their rows) when ``val_files`` is
+            empty (at least one prompt); 0 disables validation.
         max_length: Longest sequence in tokens (prompt + completion).
         overlong: ``truncate`` keeps the first ``max_length`` tokens; ``drop`` removes the row. Either way
             the rows affected are counted and logged. A row left with no trained token is dropped.

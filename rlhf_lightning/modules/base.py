@@ -67,6 +67,11 @@ class CausalLMModule(L.LightningModule):
     def configure_heads(self) -> None:
         """Create any head on top of the model (called once, right after the model is loaded)."""
 
+    def check_inputs(self, datamodule) -> None:
+        """Read and check every file and function the stage itself names (beyond its DataModule's rows), with
+        no weight loaded; raises the error the run would stop with. ``rlhf-lightning check`` and the pipeline's
+        check of every stage before the first trains call it after ``datamodule.setup``."""
+
     def _target_device(self) -> torch.device:
         return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
 

@@ -168,20 +168,25 @@ class RewardModule(CausalLMModule):
     def setup(self, stage: str) -> None:
         """Read and check the calibration files before any weight is loaded, so that a bad row in them stops
         the run now rather than after training."""
+        self.check_inputs(getattr(self._trainer, "datamodule", None))
+
+    def check_inputs(self, datamodule) -> None:
+        """The calibration files, read and tokenized as the comparisons (their ``chat_template``)."""
         if self.calibration_files and not self.calibration_sequences:
-            self.calibration_sequences = self.read_calibration_sequences()
-        train_files = getattr(getattr(self._trainer, "datamodule", None), "train_files", None)
+            self.calibration_sequences = self.read_calibration_sequences(getattr(datamodule, "chat_template", None))
+        train_files = getattr(datamodule, "train_files", None)
         for source in self.calibration_files if train_files else []:
             what = "the score is calibrated to mean 0 on that task's answers, not on answers to your prompts"
             message = shipped_default_warning("calibration_files", source, train_files, what)
             if message:
                 rank_zero_warn(message)
 
-    def read_calibration_sequences(self) -> list[list[int]]:
+    def read_calibration_sequences(self, chat_template: str | None = None) -> list[list[int]]:
         """Prompt + response ids of every calibration row, each ending at its EOS (the scored position); text
-        rows are formatted as the comparisons are (``data.chat_template``)."""
+        rows are formatted as the comparisons are (``chat_template``, by default the run's
+        ``data.chat_template``)."""
         sequences = []
-        chat = text_rows_as_chat(self.tokenizer, self.data_chat_template(), "data.chat_template")
+        chat = text_rows_as_chat(self.tokenizer, chat_template or self.data_chat_template(), "data.chat_template")
         for source in self.calibration_files:
             name = describe(source)
             for row_number, row in read_rows(source):

@@ -145,7 +145,10 @@ def test_shipped_comparisons_are_valid_match_their_generator_and_the_gold_rule(t
 
     module = ComparisonsDataModule(tokenizer=tiny_llama)
     module.setup()
-    assert module.stats["rows"] == 600 and len(module.val_examples) == 60
+    assert module.stats["rows"] == 600  # 104 prompts, about six pairs each: 10 prompts held out whole
+    assert (module.stats["train prompts"], module.stats["val prompts"]) == (94, 10)
+    train, val = ({str(e.prompt) for e in examples} for examples in (module.train_examples, module.val_examples))
+    assert not train & val and len(module.val_examples) == 66
     synthetic.write_assets(tmp_path)
     shipped = [row for _, row in read_rows("builtin:comparisons.jsonl")]
     assert shipped == [row for _, row in read_rows(str(tmp_path / "comparisons.jsonl"))]

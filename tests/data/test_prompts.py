@@ -176,9 +176,9 @@ def test_written_held_out_prompts_read_back_as_the_same_prompts(tmp_path, char_t
     conversation = [*USER, *ANSWER, {"role": "user", "content": "And the tea?"}, *ANSWER]
     rows = [{"prompt": f"text {i}", "score": i} for i in range(6)] + [{"messages": conversation}] * 4
     rows += [{"prompt": USER, "chosen": "x", "rejected": "y"}] * 4
-    dm = setup_prompts(tmp_path, char_tokenizer, rows, val_fraction=0.5, split_seed=2)
-    count = dm.write_heldout(tmp_path / "heldout.jsonl")
-    assert count == len(dm.val_examples) == 7
+    dm = setup_prompts(tmp_path, char_tokenizer, rows, val_fraction=0.5, split_seed=1)
+    count = dm.write_heldout(tmp_path / "heldout.jsonl")  # 4 of the 7 prompts: the 8 rows asking USER and 3 texts
+    assert count == len(dm.val_examples) == 11 and dm.stats["val prompts"] == 4
     again = PromptsDataModule(train_files=str(tmp_path / "heldout.jsonl"), val_fraction=0.0)
     again.tokenizer = char_tokenizer
     again.setup("fit")

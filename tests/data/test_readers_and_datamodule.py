@@ -110,7 +110,7 @@ def test_val_fraction_leaving_nothing_to_train_names_the_option_counts_and_fix(t
     with pytest.raises(ValueError) as info:
         _datamodule(path, tiny_llama, val_fraction=fraction)
     message = str(info.value)
-    assert f"val_fraction {fraction} holds out {rows} of the {rows} rows" in message
+    assert f"val_fraction {fraction} holds out {rows} of the {rows} prompts of the {rows} rows" in message
     assert "leaving 0 usable rows to train on" in message
     assert "val_fraction: 0" in message and "val_files" in message
 
@@ -210,7 +210,7 @@ def test_builtin_demonstrations_are_valid_and_match_their_generator(tiny_llama, 
     from rlhf_lightning.data import synthetic
 
     dm = _datamodule("builtin:demonstrations.jsonl", tiny_llama)
-    assert dm.stats["rows"] == 400 and len(dm.val_examples) == 20
+    assert dm.stats["rows"] == 400 and (dm.stats["train prompts"], dm.stats["val prompts"]) == (99, 5)
     synthetic.write_assets(tmp_path)
     shipped = [row for _, row in read_rows("builtin:demonstrations.jsonl")]
     assert shipped == [row for _, row in read_rows(str(tmp_path / "demonstrations.jsonl"))]

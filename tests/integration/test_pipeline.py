@@ -272,3 +272,25 @@ def test_export_refuses_to_overwrite_and_names_the_folder(pipeline_run):
     out = pipeline_run / "out"
     with pytest.raises(FileExistsError, match="export/policy is not empty"):
         main(["export", str(out / "ppo" / "final"), str(out / "export" / "policy")])
+
+
+@pytest.mark.parametrize("where", ["evaluation prompts", "reward data"])
+def test_a_bad_file_of_any_stage_stops_the_pipeline_before_anything_trains(tiny_llama, tmp_path, capfd, where):
+    paths = stage_configs(tmp_path, tiny_llama)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "Say hi."}, {"prompt": ""}])  # row 2: empty prompt
+    config = {
+        "root_dir": str(tmp_path / "out"),
+        "sft": {"config": paths["sft"]},
+        "reward": {"config": paths["reward"]},
+        "ppo": {"config": paths["ppo"]},
+        "evaluation": {"prompts": bad} if where == "evaluation prompts" else {},
+    }
+    if where == "reward data":
+        config["reward"]["overrides"] = {"data.init_args.train_files": [bad]}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit, match="check failed .* nothing has trained"):
+        main(["pipeline", "--config", str(tmp_path / "pipeline.yaml")])
+    err = capfd.readouterr().err
+    found = f"{bad}, row 2, field 'prompt': is empty" if where == "evaluation prompts" else f"{bad}, row 1: no recognised"
+    assert found in err
+    assert not (tmp_path / "out" / "sft").exists()

@@ -268,13 +268,19 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         for message in chat_template_mismatches(datamodule, folders):
             rank_zero_warn(message)
+        self.check_inputs(datamodule)
+        check_strategy(self.trainer.strategy)
+
+    def check_inputs(self, datamodule) -> None:
+        """The stop tokens (the reward and gold functions are imported when the module is built), and a
+        shipped task's gold rule kept with other prompts."""
+        stop_token_ids(self.tokenizer, (), self.rollout_config.stop_tokens, "model.rollout.stop_tokens")
         gold, train_files = self.eval_config.gold_function, getattr(datamodule, "train_files", None)
         if gold and train_files:
             what = "the eval/gold_* figures judge answers to your prompts by that task's rule"
             message = shipped_default_warning("evaluation.gold_function", gold, train_files, what)
             if message:
                 rank_zero_warn(message)
-        check_strategy(self.trainer.strategy)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
