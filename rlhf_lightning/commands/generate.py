@@ -150,11 +150,11 @@ def generate_candidates(
         chunk = todo[start : start + batch_size]
         ids, mask = left_pad([e.input_ids for _, e in chunk for _ in range(num_candidates)], pad, device)
         with seeded(seed + chunk[0][0], device):  # by the first prompt's place in the file: resumes reproduce
-            sequences, _, response_mask, _ = sample_from_role(role, ids, mask, config, stops, pad)
+            sequences, _, response_mask, ended = sample_from_role(role, ids, mask, config, stops, pad)
         responses = sequences[:, ids.shape[1] :]
-        texts = [
-            tokenizer.decode(row[keep].tolist(), skip_special_tokens=True).strip()
-            for row, keep in zip(responses, response_mask)
+        texts = [  # each with whether it ended with a stop token: a cut-off answer is stored as one
+            (tokenizer.decode(row[keep].tolist(), skip_special_tokens=True).strip(), bool(end))
+            for row, keep, end in zip(responses, response_mask, ended)
         ]
         rows = []
         for i, (_, example) in enumerate(chunk):

@@ -9,7 +9,10 @@ Accepted rows (TRL's preference formats, plus rankings):
 - rankings: ``{"prompt": ..., "responses": [r1, r2, ...], "ranking": [2, 1, ...]}`` where ``ranking``
   gives each response's rank (1 = best; equal ranks are ties), or without ``ranking`` when the responses
   are already ordered best to worst. A ranking of K responses yields up to K(K-1)/2 pairs, kept together
-  in one batch element and averaged within it.
+  in one batch element and averaged within it;
+- optional ``"ended": [true, false, null, ...]`` on a ranking: whether each response ended with a stop token
+  (``false``: cut off at the length limit; ``null``: not known). ``label export`` and a labelling database
+  in ``train_files`` give it. A cut-off response is left out by default (``cut_off``).
 
 Each response is tokenized as a full sequence (prompt + response) that ends with EOS, the token at which
 the reward model reads its score. Identical chosen/rejected pairs and tied or identical pairs within
@@ -21,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -152,6 +155,10 @@ class ComparisonsDataModule(RowsDataModule):
             response (``packed_*`` keys, :func:`~rlhf_lightning.ops.pack_shared_prefix`): the reward model
             then computes a prompt once per comparison instead of once per response, with the same scores
             (docs/reward.md#one-prompt-one-pass). ``false``: every sequence separately, as before.
+        cut_off: What becomes of a ranking's response marked ``ended: false`` (cut off at the length limit
+            when it was generated): ``drop`` (default) leaves it and its pairs out, counted; ``keep`` trains it
+            without the end token every finished response is scored at, so the reward model never sees a
+            cut answer as one that stopped there (docs/human-feedback.md, "Cut-off answers").
         **kwargs: The options every DataModule shares (:class:`~rlhf_lightning.data.base.RowsDataModule`).
     """
 
@@ -163,10 +170,14 @@ class ComparisonsDataModule(RowsDataModule):
         *,
         rejected_variants: list[DegenerateKind] | None = None,
         share_prompts: bool = True,
+        cut_off: Literal["drop", "keep"] = "drop",
         **kwargs,
     ) -> None:
         super().__init__(train_files, **kwargs)
+        if cut_off not in ("drop", "keep"):
+            raise ValueError(f"data.cut_off: expected drop or keep, got {cut_off!r}")
         self.share_prompts = share_prompts
+        self.cut_off = cut_off
         self.rejected_variants = list(dict.fromkeys(rejected_variants or []))
         unknown = [k for k in self.rejected_variants if k not in DEGENERATE_KINDS]
         if unknown:
@@ -275,6 +286,12 @@ class ComparisonsDataModule(RowsDataModule):
                 )
         tools = validate_tools(row, where, conversational=isinstance(prompt, list))
         conversational = isinstance(prompt, list)
+        cut = self._cut_off(row, len(responses), where)
+        if cut and self.cut_off == "drop":
+            self.stats["cut-off responses left out"] += len(cut)
+            keep = [i for i in range(len(responses)) if i not in cut]
+            responses, ranks = [responses[i] for i in keep], [ranks[i] for i in keep]
+            cut = set()
         items = []
         for i, response in enumerate(responses):
             field = f"responses[{i}]"
@@ -297,12 +314,29 @@ class ComparisonsDataModule(RowsDataModule):
                 elif i < j and ranks[i] == ranks[j]:
                     self.stats["ranking pairs skipped (tied ranks)"] += 1
         if not pairs:
-            raise Dropped("ranking without a strict preference")
+            raise Dropped("ranking without a strict preference" + (" among finished answers" if len(items) <
+                                                                    len(row["responses"]) else ""))  # fmt: skip
         sequences = [
             tokenize_response(self.tokenizer, prompt, r, where, f"responses[{i}]", tools, self.chat)
             for i, r in enumerate(items)
         ]
+        if cut:  # kept without the end token: scored where the answer was cut, not as if it stopped there
+            self.stats["cut-off responses kept without their end token"] += len(cut)
+            sequences = [s[:-1] if i in cut else s for i, s in enumerate(sequences)]
         return ComparisonExample(sequences, pairs, 0.0, prompt, items, tools)
+
+    @staticmethod
+    def _cut_off(row: dict, count: int, where: RowLocation) -> set[int]:
+        """Indices of the responses a ranking row marks ``ended: false``; the field is checked."""
+        ended = row.get("ended")
+        if ended is None:
+            return set()
+        if not isinstance(ended, list) or len(ended) != count:
+            raise where.error("ended", f"expected a list of {count} values (true, false or null), one per response")
+        for i, value in enumerate(ended):
+            if value is not None and not isinstance(value, bool):
+                raise where.error(f"ended[{i}]", f"expected true, false or null, got {type_name(value)}")
+        return {i for i, value in enumerate(ended) if value is False}
 
     # --- lengths and batches ---------------------------------------------------------------------------------
     def example_length(self, example: ComparisonExample) -> int:

@@ -42,7 +42,8 @@ from rlhf_lightning.ops.agreement import kendall_tau_b, pairwise_agreement, rank
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".sqlite", ".sqlite3", ".db")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: ``candidates.ended`` (whether the answer ended with a stop token; NULL in databases from version 1)."""
 LEASE_MINUTES = 30
 """An item opened by an annotator is held for them this long; after that, others may be given it."""
 SOURCES = ("human", "judge")
@@ -69,6 +70,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     policy TEXT NOT NULL,
     settings TEXT NOT NULL,
     created_at TEXT NOT NULL,
+    ended INTEGER,
     UNIQUE (item_id, response)
 );
 CREATE TABLE IF NOT EXISTS generated (
@@ -142,6 +144,9 @@ class Candidate:
     response: str
     policy: str
     settings: dict
+    ended: bool | None = None
+    """Whether the answer ended with a stop token (``False``: cut off at ``max_new_tokens``; ``None``: not
+    recorded, a database from before this was kept)."""
 
 
 @dataclass
@@ -159,14 +164,27 @@ class Item:
     """Fingerprint of the candidate set; a submission for an older set is refused as stale."""
     tools: list | None = None
 
+    def conversation(self) -> list[dict]:
+        """The prompt as the model saw it, as messages: a text prompt is the user's one turn; a conversation
+        keeps its system message and earlier turns."""
+        if isinstance(self.prompt, str):
+            return [{"role": "user", "content": self.prompt}]
+        return [dict(m) for m in self.prompt]
+
     def public(self) -> dict:
-        """What the web page receives: no candidate id, policy or settings."""
+        """What the web page receives: no candidate id, policy or settings. ``conversation`` is every turn of
+        the prompt (and ``tools`` its tool definitions); a candidate's ``cut_off`` says it stopped at the
+        length limit, not where the model ended it."""
         return {
             "item": self.id,
             "round": self.round,
             "prompt": self.display,
+            "conversation": self.conversation(),
+            "tools": self.tools or [],
             "version": self.version,
-            "candidates": [{"key": k, "text": c.response} for k, c in zip(self.keys, self.candidates)],
+            "candidates": [
+                {"key": k, "text": c.response, "cut_off": c.ended is False} for k, c in zip(self.keys, self.candidates)
+            ],
         }
 
 
@@ -212,6 +230,13 @@ class LabelStore:
                 raise LabelError(f"{self.path}: not a labelling database (no schema version)")
             if int(version) > SCHEMA_VERSION:
                 raise LabelError(f"{self.path}: written by a newer version (schema {version}); upgrade rlhf_lightning")
+            if int(version) < 2:  # candidates learn whether they ended; the old ones stay unknown (NULL)
+                db.execute("BEGIN IMMEDIATE")
+                columns = {r[1] for r in db.execute("PRAGMA table_info(candidates)")}
+                if "ended" not in columns:
+                    db.execute("ALTER TABLE candidates ADD COLUMN ended INTEGER")
+                db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+                db.execute("COMMIT")
 
     # --- connections -----------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -285,12 +310,13 @@ class LabelStore:
         round: int,
         policy: str,
         settings: dict,
-        prompts: Sequence[tuple[str | list, list | None, str, Sequence[str]]],
+        prompts: Sequence[tuple[str | list, list | None, str, Sequence[str | tuple[str, bool]]]],
     ) -> GenerationCounts:
         """Store a batch of a generation run in one transaction. For each ``(prompt, tools, display,
         responses)`` not stored by this ``run`` before: the prompt (once), and the responses that are neither
         empty nor already stored for this prompt in this ``round``, in the prompt's open item of the round (one
-        nobody has ranked yet) or a new one."""
+        nobody has ranked yet) or a new one. A response is its text, or ``(text, ended)`` where ``ended`` says
+        whether it ended with a stop token (``False``: cut off at the length limit)."""
         counts = GenerationCounts()
         now, settings_json = _now(), json.dumps(settings, sort_keys=True)
         with self._transaction() as db:
@@ -310,14 +336,16 @@ class LabelStore:
                     )
                 }
                 new = []
-                for response in (r.strip() for r in responses):
+                for given in responses:
+                    response, ended = (given, None) if isinstance(given, str) else given
+                    response = response.strip()
                     if not response:
                         counts.empty += 1
                     elif response in seen:
                         counts.duplicates += 1
                     else:
                         seen.add(response)
-                        new.append(response)
+                        new.append((response, ended))
                 if not new:
                     continue
                 item = db.execute(
@@ -329,11 +357,11 @@ class LabelStore:
                     item = (db.execute("INSERT INTO items (prompt_id, round, created_at) VALUES (?, ?, ?)",
                                        (prompt_id, round, now)).lastrowid,)  # fmt: skip
                     counts.new_items += 1
-                for response in new:
+                for response, ended in new:
                     db.execute(
-                        "INSERT INTO candidates (item_id, response, policy, settings, created_at) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        (item[0], response, policy, settings_json, now),
+                        "INSERT INTO candidates (item_id, response, policy, settings, created_at, ended) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (item[0], response, policy, settings_json, now, None if ended is None else int(ended)),
                     )
                 counts.candidates += len(new)
         return counts
@@ -341,9 +369,18 @@ class LabelStore:
     # --- items -----------------------------------------------------------------------------------------------
     def _candidates(self, db: sqlite3.Connection, item_id: int) -> list[Candidate]:
         rows = db.execute(
-            "SELECT id, response, policy, settings FROM candidates WHERE item_id = ? ORDER BY id", (item_id,)
+            "SELECT id, response, policy, settings, ended FROM candidates WHERE item_id = ? ORDER BY id", (item_id,)
         )
-        return [Candidate(r["id"], r["response"], r["policy"], json.loads(r["settings"])) for r in rows]
+        return [
+            Candidate(
+                r["id"],
+                r["response"],
+                r["policy"],
+                json.loads(r["settings"]),
+                None if r["ended"] is None else bool(r["ended"]),
+            )  # fmt: skip
+            for r in rows
+        ]
 
     def _item(self, db: sqlite3.Connection, item_id: int, annotator: str) -> Item:
         row = db.execute(
@@ -598,7 +635,8 @@ def _candidate_groups(item: Item, ranking: object) -> list[list[int]]:
 # --- export --------------------------------------------------------------------------------------------------
 def ranking_row(judgement: dict) -> dict:
     """A judgement as the reward stage's ranking row: ``prompt``, ``responses`` (the item's candidates),
-    ``ranking`` (each response's rank, 1 = best, ties equal) and where it came from."""
+    ``ranking`` (each response's rank, 1 = best, ties equal), ``ended`` (whether each ended with a stop token,
+    ``null`` where not recorded; the reward stage leaves cut-off answers out by default) and where it came from."""
     candidates = [c for c in judgement["candidates"] if c.id in judgement["ranks"]]
     row = {
         "prompt": judgement["prompt"],
@@ -608,6 +646,7 @@ def ranking_row(judgement: dict) -> dict:
             for c in candidates
         ],
         "ranking": [judgement["ranks"][c.id] for c in candidates],
+        "ended": [c.ended for c in candidates],
         "judgement": judgement["id"],
         "item": judgement["item"],
         "round": judgement["round"],

@@ -145,3 +145,27 @@ def test_the_shipped_prompts_are_said_to_be_the_quickstarts(tiny_llama, prompts,
     assert said == [
         "prompts: builtin:prompts.jsonl are the quickstart's prompts, shipped with the package (--prompts for your own)"
     ]
+
+
+def test_a_cut_off_answer_is_stored_as_cut_off_and_the_page_says_so(tiny_llama, prompts, tmp_path, monkeypatch):
+    import rlhf_lightning.commands.generate as generate
+
+    real, returned = generate.sample_from_role, []
+
+    def recording(*args, **kwargs):
+        out = real(*args, **kwargs)
+        returned.append(out[3].tolist())  # ended (b,): whether each answer reached a stop token
+        return out
+
+    monkeypatch.setattr(generate, "sample_from_role", recording)
+    run(tiny_llama, prompts, tmp_path / "l.sqlite", max_prompts=4, max_new_tokens=40, stop_tokens=["e"])
+    flags = [e for batch in returned for e in batch]
+    assert True in flags and False in flags, "the stop token ends some answers and the length limit cuts others"
+    store = LabelStore(tmp_path / "l.sqlite")
+    stored = [c for i in range(1, 5) for c in store.item(i, "x").candidates]
+    assert all(c.ended is not None for c in stored)
+    cut = [c for c in stored if not c.ended]
+    assert cut and all(len(c.response) >= 30 for c in cut), "a cut answer ran to the 40-token limit"
+    assert all("e" not in c.response[:-1] for c in stored if c.ended), "a finished answer stopped at its first 'e'"
+    public = store.item(1, "x").public()
+    assert [c["cut_off"] for c in public["candidates"]] == [not c.ended for c in store.item(1, "x").candidates]

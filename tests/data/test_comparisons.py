@@ -192,3 +192,47 @@ def test_csv_margins_are_numbers_written_as_text(tmp_path, char_tokenizer):
 def test_ties_within_one_to_k_are_allowed(dm):
     ex = dm.tokenize_row({"prompt": "Q:", "responses": ["a", "b", "c"], "ranking": [1, 3, 3]}, WHERE)
     assert sorted(ex.pairs) == [(0, 1), (0, 2)]
+
+
+def _ranking_module(tmp_path, tokenizer, rows, **kwargs):
+    module = ComparisonsDataModule(train_files=write_rows(tmp_path, rows), val_fraction=0.0, chat_template="never",
+                                   **kwargs)  # fmt: skip
+    module.tokenizer = tokenizer
+    module.setup("fit")
+    return module
+
+
+def write_rows(tmp_path, rows):
+    path = tmp_path / "rankings.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_cut_off_answers_are_left_out_by_default_or_kept_without_their_end(tmp_path, char_tokenizer):
+    row = {"prompt": "Q:", "responses": ["good", "cut mid", "bad"], "ranking": [1, 2, 3], "ended": [True, False, None]}
+    dropped = _ranking_module(tmp_path, char_tokenizer, [row])
+    (example,) = dropped.train_examples
+    assert example.responses == ["good", "bad"] and example.pairs == [(0, 1)]
+    assert dropped.stats["cut-off responses left out"] == 1
+    kept = _ranking_module(tmp_path, char_tokenizer, [row], cut_off="keep")
+    (example,) = kept.train_examples
+    eos = char_tokenizer.eos_token_id
+    assert example.pairs == [(0, 1), (0, 2), (1, 2)]
+    assert [s[-1] == eos for s in example.sequences] == [True, False, True], "a cut answer is not scored at an end"
+    assert example.sequences[1] == ids(char_tokenizer, "Q:cut mid")  # prompt + answer, no EOS after it
+    only_cut = {"prompt": "Q:", "responses": ["a", "b"], "ranking": [1, 2], "ended": [False, True]}
+    stats = _ranking_module(tmp_path, char_tokenizer, [only_cut, row]).stats
+    assert stats["dropped ranking without a strict preference among finished answers"] == 1
+    assert stats["train examples"] == 1
+
+
+@pytest.mark.parametrize(
+    "ended, field, problem",
+    [("yes", "ended", "expected a list of 2 values"), ([True], "ended", "expected a list of 2"),
+     ([True, "no"], "ended[1]", "expected true, false or null, got str")],
+)  # fmt: skip
+def test_a_bad_ended_field_is_named(tmp_path, char_tokenizer, ended, field, problem):
+    row = {"prompt": "Q:", "responses": ["a", "b"], "ended": ended}
+    with pytest.raises(DataFormatError) as info:
+        _ranking_module(tmp_path, char_tokenizer, [row])
+    assert info.value.field == field and problem in str(info.value)

@@ -61,8 +61,8 @@ def test_items_are_blind_shuffled_per_annotator_and_stable_across_reloads(tmp_pa
     store = make_store(tmp_path, [("P", responses)])
     first = store.next_item("ann")
     public = first.public()
-    assert set(public) == {"item", "round", "prompt", "version", "candidates"}
-    assert all(set(c) == {"key", "text"} for c in public["candidates"]), "no policy, id or settings reach the page"
+    assert set(public) == {"item", "round", "prompt", "conversation", "tools", "version", "candidates"}
+    assert all(set(c) == {"key", "text", "cut_off"} for c in public["candidates"]), "no policy, id or settings"
     assert [c["key"] for c in public["candidates"]] == list("ABCDEFGH")
     again = store.next_item("ann")  # a reload: the annotator's open item, in the same order
     assert again.id == first.id and [c.response for c in again.candidates] == [c.response for c in first.candidates]
@@ -261,3 +261,37 @@ def test_opening_a_file_that_is_not_a_database_leaves_it_untouched(tmp_path):
     with pytest.raises(LabelError, match="not a labelling database"):
         LabelStore(empty)
     assert empty.read_bytes() == b"" and not (tmp_path / "empty.sqlite-wal").exists()
+
+
+def test_a_database_from_before_cut_off_answers_were_recorded_is_upgraded_in_place(tmp_path):
+    from rlhf_lightning.data import labels
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(labels._SCHEMA.replace("    ended INTEGER,\n", ""))  # version 1's tables
+    db.execute("INSERT INTO meta VALUES ('schema_version', '1'), ('annotators_per_item', '1')")
+    db.commit()
+    db.close()
+    store = LabelStore(path)
+    store.add_candidates("r", 1, "sft", {}, [("Review a film.", None, "Review a film.", ["Great.", ("Bad and", False)])])
+    assert [(c.response, c.ended) for c in store.item(1, "x").candidates] == [("Great.", None), ("Bad and", False)]
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+    item = store.next_item("ann")
+    store.submit(item.id, "ann", item.version, [[k] for k in item.keys])
+    (row,) = [row for _, row in read_rows(str(path))]
+    assert dict(zip(row["responses"], row["ended"])) == {"Great.": None, "Bad and": False}
+
+
+def test_the_reward_stage_leaves_a_ranked_cut_off_answer_out(tmp_path, char_tokenizer):
+    store = LabelStore(tmp_path / "labels.sqlite", create=True)
+    answers = [("Great film.", True), ("Bad film.", True), ("Okay film but the", False)]
+    store.add_candidates("r", 1, "sft", {}, [("Review a film.", None, "Review a film.", answers)])
+    item = store.next_item("ann")
+    store.submit(item.id, "ann", item.version, [[k] for k in item.keys])
+    data = ComparisonsDataModule(train_files=str(store.path), val_fraction=0.0, chat_template="never")
+    data.tokenizer = char_tokenizer
+    data.setup("fit")
+    (example,) = data.train_examples
+    assert "Okay film but the" not in example.responses and len(example.pairs) == 1
+    assert data.stats["cut-off responses left out"] == 1
