@@ -116,5 +116,5 @@ def test_check_reads_every_file_a_stage_names_without_training_or_writing(tmp_pa
     with pytest.raises(SystemExit, match=r"error: .*bad\.jsonl, row 1, field 'prompt': missing"):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"question": "Hi?"}\n')
-        main(["check", "--config", str(ROOT / "configs/ppo_quick.yaml"), f"--check.prompts=[\"{bad}\"]"])
+        main(["check", "--config", str(ROOT / "configs/ppo_quick.yaml"), f'--check.prompts=["{bad}"]'])
     assert not folder.exists()

@@ -273,7 +273,8 @@ def test_a_database_from_before_cut_off_answers_were_recorded_is_upgraded_in_pla
     db.commit()
     db.close()
     store = LabelStore(path)
-    store.add_candidates("r", 1, "sft", {}, [("Review a film.", None, "Review a film.", ["Great.", ("Bad and", False)])])
+    answers = ["Great.", ("Bad and", False)]
+    store.add_candidates("r", 1, "sft", {}, [("Review a film.", None, "Review a film.", answers)])
     assert [(c.response, c.ended) for c in store.item(1, "x").candidates] == [("Great.", None), ("Bad and", False)]
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"

@@ -85,7 +85,8 @@ def _repeating_rows(kind: str) -> list[dict]:
             if kind == "comparisons":
                 rows.append({"prompt": prompt, "chosen": f"good {answer}", "rejected": f"bad {answer}"})
             elif kind == "demonstrations":
-                rows.append({"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"a{answer}"}]})  # fmt: skip
+                turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": f"a{answer}"}]
+                rows.append({"messages": turns})
             else:
                 rows.append({"prompt": prompt})
     return rows

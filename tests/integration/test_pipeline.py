@@ -291,6 +291,6 @@ def test_a_bad_file_of_any_stage_stops_the_pipeline_before_anything_trains(tiny_
     with pytest.raises(SystemExit, match="check failed .* nothing has trained"):
         main(["pipeline", "--config", str(tmp_path / "pipeline.yaml")])
     err = capfd.readouterr().err
-    found = f"{bad}, row 2, field 'prompt': is empty" if where == "evaluation prompts" else f"{bad}, row 1: no recognised"
+    found = f"{bad}, row 1: no recognised" if where == "reward data" else f"{bad}, row 2, field 'prompt': is empty"
     assert found in err
     assert not (tmp_path / "out" / "sft").exists()
