@@ -155,6 +155,10 @@ class RowsDataModule(L.LightningDataModule):
             raise ValueError(f"{type(self).__name__} needs a tokenizer: set data.tokenizer or attach a model")
         return self.tokenizer
 
+    def read_source(self, source: str):
+        """``(row number, row)`` of every row of ``source`` (:func:`~rlhf_lightning.data.readers.read_rows`)."""
+        return read_rows(source)
+
     def load_examples(self, sources: list[str]) -> list:
         """Tokenize every row of ``sources`` and apply the length policy; raises on the first bad row."""
         return self._load_rows(sources)[0]
@@ -167,7 +171,7 @@ class RowsDataModule(L.LightningDataModule):
         self.row_groups = []
         for source in sources:
             name = describe(source)
-            for row_number, row in read_rows(source):
+            for row_number, row in self.read_source(source):
                 self.stats["rows"] += 1
                 position += 1
                 self.row_groups.append(prompt_group(row))

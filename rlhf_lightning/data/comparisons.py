@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
@@ -49,6 +50,8 @@ from rlhf_lightning.data.degenerate import (
 )
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text, tokenize_conversation
+from rlhf_lightning.data.labels import LABEL_SOURCES_AUTO, chosen_sources
+from rlhf_lightning.data.readers import read_rows
 from rlhf_lightning.ops.padding import pack_shared_prefix, right_pad
 
 
@@ -159,6 +162,11 @@ class ComparisonsDataModule(RowsDataModule):
             when it was generated): ``drop`` (default) leaves it and its pairs out, counted; ``keep`` trains it
             without the end token every finished response is scored at, so the reward model never sees a
             cut answer as one that stopped there (docs/human-feedback.md, "Cut-off answers").
+        label_sources: Whose rankings a labelling database in ``train_files`` or ``val_files`` gives: ``auto``
+            (default) the people's when it has any, else the judges'; or a list of ``human`` and ``judge``
+            (``[human, judge]`` mixes them). The setup logs the rankings read per source and per annotator
+            and those left out, and warns when a judge and the people disagree often
+            (:func:`rlhf_lightning.data.labels.read_label_rows`).
         **kwargs: The options every DataModule shares (:class:`~rlhf_lightning.data.base.RowsDataModule`).
     """
 
@@ -171,11 +179,15 @@ class ComparisonsDataModule(RowsDataModule):
         rejected_variants: list[DegenerateKind] | None = None,
         share_prompts: bool = True,
         cut_off: Literal["drop", "keep"] = "drop",
+        label_sources: Literal["auto"] | list[Literal["human", "judge"]] = "auto",
         **kwargs,
     ) -> None:
         super().__init__(train_files, **kwargs)
         if cut_off not in ("drop", "keep"):
             raise ValueError(f"data.cut_off: expected drop or keep, got {cut_off!r}")
+        if label_sources != LABEL_SOURCES_AUTO:
+            chosen_sources(label_sources, Counter())  # a bad list is refused before anything is read
+        self.label_sources = label_sources
         self.share_prompts = share_prompts
         self.cut_off = cut_off
         self.rejected_variants = list(dict.fromkeys(rejected_variants or []))
@@ -215,6 +227,9 @@ class ComparisonsDataModule(RowsDataModule):
         return example._replace(sequences=sequences, pairs=pairs)
 
     # --- rows ----------------------------------------------------------------------------------------------
+    def read_source(self, source: str):
+        return read_rows(source, self.label_sources)
+
     def tokenize_row(self, row: object, where: RowLocation) -> ComparisonExample:
         if not isinstance(row, dict):
             raise where.error(None, f"expected an object with named fields, got {type_name(row)}")

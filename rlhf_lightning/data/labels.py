@@ -756,12 +756,52 @@ def export_rows(
     return kept, report
 
 
-def read_label_rows(path: str) -> Iterator[tuple[int, dict]]:
-    """``(judgement id, ranking row)`` of every ranking in a labelling database that orders at least two
-    candidates differently: the rows the reward stage reads from a database given among its ``train_files``."""
-    rows, _ = export_rows(LabelStore(path))
-    sources = Counter(row["source"] for row in rows)
-    log.info(f"{path}: " + ", ".join(f"{n} {s} rankings" for s, n in sorted(sources.items())) + " (each annotator's "
-             "own row; `label export --sources [human]` writes people's alone)")  # fmt: skip
+LABEL_SOURCES_AUTO = "auto"
+DISAGREEMENT_WARNING = 0.6
+"""A judge whose pairwise agreement with the people on shared items is below this is warned about..."""
+DISAGREEMENT_MIN_ITEMS = 5
+"""...once they share at least this many items."""
+
+
+def chosen_sources(label_sources: str | Sequence[str], present: Counter) -> tuple[str, ...]:
+    """The sources a database's rankings are read from: ``auto`` is the people's when the database has any
+    (``present`` counts rankings per source), else the judges'; a list is taken as given (checked)."""
+    if label_sources == LABEL_SOURCES_AUTO:
+        return ("human",) if present["human"] else ("judge",)
+    chosen = tuple(dict.fromkeys([label_sources] if isinstance(label_sources, str) else label_sources))
+    if not chosen or any(s not in SOURCES for s in chosen):
+        raise ValueError(f"label_sources: expected {LABEL_SOURCES_AUTO!r} or a list of {list(SOURCES)}, got "
+                         f"{label_sources!r}")  # fmt: skip
+    return chosen
+
+
+def read_label_rows(path: str, label_sources: str | Sequence[str] = LABEL_SOURCES_AUTO) -> Iterator[tuple[int, dict]]:
+    """``(judgement id, ranking row)`` of every ranking from ``label_sources`` (:func:`chosen_sources`) in a
+    labelling database that orders at least two candidates differently: the rows the reward stage reads from a
+    database given among its ``train_files``. Logs the rankings read per source and per annotator and those
+    left out, and warns when a judge and the people disagree on at least :data:`DISAGREEMENT_MIN_ITEMS` shared
+    items more often than :data:`DISAGREEMENT_WARNING` allows."""
+    store = LabelStore(path)
+    every = store.judgements()
+    present = Counter(j["source"] for j in every)
+    chosen = chosen_sources(label_sources, present)
+    rows, report = export_rows(store, chosen)
+    annotators = Counter(row["annotator"] for row in rows)
+    left_out = [f"{n} {s} rankings" for s, n in sorted(present.items()) if s not in chosen]
+    log.info(
+        f"{path}: label_sources {label_sources} reads the {' and '.join(chosen)} rankings: {len(rows)} rows ("
+        + ", ".join(f"{a} {n}" for a, n in sorted(annotators.items()))
+        + ")"
+        + (f"; {report['rankings'] - report['exported']} that tie every answer left out" if report["dropped"] else "")
+        + (f"; not read: {', '.join(left_out)} (label_sources [human, judge] reads both)" if left_out else "")
+    )
+    if present["human"] and present["judge"]:
+        for judge in agreement(every).judges:
+            if judge["comparisons"] >= DISAGREEMENT_MIN_ITEMS and judge["agreement"] < DISAGREEMENT_WARNING:
+                log.warning(
+                    f"{path}: {judge['judge']} agrees with the people on {judge['agreement']:.0%} of answer pairs "
+                    f"over {judge['comparisons']} shared items (Kendall's tau {judge['kendall_tau']:.2f}); its "
+                    f"rankings and theirs teach different preferences. label_sources: {list(chosen)}"
+                )
     for row in rows:
         yield row["judgement"], row

@@ -27,7 +27,7 @@ import gzip
 import itertools
 import json
 import lzma
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import IO
@@ -98,8 +98,10 @@ def _layout(path: Path) -> tuple[str, str | None]:
     return (suffixes[-1] if suffixes else ""), compression
 
 
-def read_rows(source: str) -> Iterator[tuple[int, object]]:
+def read_rows(source: str, label_sources: str | Sequence[str] = "auto") -> Iterator[tuple[int, object]]:
     """Yield ``(row_number, row)`` pairs. Rows are usually dicts; anything else is left to the caller to reject.
+    A labelling database gives the rankings of ``label_sources``
+    (:func:`rlhf_lightning.data.labels.read_label_rows`).
 
     Raises :class:`DataFormatError` naming the file (and the row or line where one is known) when the file
     cannot be read: a layout other than the ones listed in this module's documentation, malformed JSON,
@@ -115,7 +117,7 @@ def read_rows(source: str) -> Iterator[tuple[int, object]]:
         raise DataFormatError(str(path), None, None, f"is a folder; name the data files in it ({', '.join(SUFFIXES)})")
     suffix, compression = _layout(path)
     if suffix in DATABASE_SUFFIXES and compression is None:
-        yield from read_label_rows(str(path))
+        yield from read_label_rows(str(path), label_sources)
     elif suffix in (".jsonl", ".json"):
         yield from _read_json(path, compression, suffix)
     elif suffix == ".csv":

@@ -296,3 +296,58 @@ def test_the_reward_stage_leaves_a_ranked_cut_off_answer_out(tmp_path, char_toke
     (example,) = data.train_examples
     assert "Okay film but the" not in example.responses and len(example.pairs) == 1
     assert data.stats["cut-off responses left out"] == 1
+
+
+def _people_and_a_judge(tmp_path, judge_agrees: bool, items: int = 6):
+    """``items`` prompts ranked by two people the same way (shown order) and by a judge that agrees or reverses."""
+    store = LabelStore(tmp_path / "labels.sqlite", create=True)
+    answers = [[f"Great {i}.", f"Bad {i}.", f"Fine {i}."] for i in range(items)]
+    store.add_candidates("r", 1, "sft", {}, [(f"Film {i}?", None, f"Film {i}?", answers[i]) for i in range(items)])
+    store.annotators_per_item = 2
+    for annotator in ("ann", "bea"):
+        while (item := store.next_item(annotator)) is not None:
+            by_text = {c.response: k for k, c in zip(item.keys, item.candidates)}
+            order = sorted(by_text)  # the same order for both people: alphabetical
+            store.submit(item.id, annotator, item.version, [[by_text[t]] for t in order])
+    for item_id in store.unjudged_items("judge:rule"):
+        item = store.item(item_id, "judge:rule")
+        by_text = {c.response: k for k, c in zip(item.keys, item.candidates)}
+        order = sorted(by_text, reverse=not judge_agrees)
+        store.submit(item_id, "judge:rule", None, [[by_text[t]] for t in order], source="judge")
+    return store
+
+
+def _reward_data(store, tokenizer, **kwargs):
+    data = ComparisonsDataModule(train_files=str(store.path), val_fraction=0.0, chat_template="never", **kwargs)
+    data.tokenizer = tokenizer
+    data.setup("fit")
+    return data
+
+
+def test_whose_rankings_train_the_reward_model_is_chosen_and_logged(tmp_path, char_tokenizer, caplog):
+    store = _people_and_a_judge(tmp_path, judge_agrees=True)
+    with caplog.at_level("INFO", logger="rlhf_lightning.data.labels"):
+        people = _reward_data(store, char_tokenizer)
+    assert people.stats["train examples"] == 12, "auto: the people's rankings when there are any"
+    assert "reads the human rankings: 12 rows (ann 6, bea 6); not read: 6 judge rankings" in caplog.text
+    assert _reward_data(store, char_tokenizer, label_sources=["human", "judge"]).stats["train examples"] == 18
+    assert _reward_data(store, char_tokenizer, label_sources=["judge"]).stats["train examples"] == 6
+    assert "disagree" not in caplog.text and "agrees with the people" not in caplog.text
+    judged_only = LabelStore(tmp_path / "judge.sqlite", create=True)
+    judged_only.add_candidates("r", 1, "sft", {}, [("Review a film.", None, "Review a film.", ["Good.", "Bad."])])
+    item = judged_only.item(1, "judge:rule")
+    judged_only.submit(1, "judge:rule", None, [[k] for k in item.keys], source="judge")
+    assert _reward_data(judged_only, char_tokenizer).stats["train examples"] == 1, "auto: the judges' when no people"
+
+
+def test_a_judge_that_disagrees_with_the_people_is_warned_about(tmp_path, char_tokenizer, caplog):
+    store = _people_and_a_judge(tmp_path, judge_agrees=False)
+    with caplog.at_level("INFO", logger="rlhf_lightning.data.labels"):
+        _reward_data(store, char_tokenizer)
+    assert "judge:rule agrees with the people on 0% of answer pairs over 12 shared items" in caplog.text
+
+
+@pytest.mark.parametrize("sources", [[], ["people"], ["human", "robot"]])
+def test_label_sources_that_name_no_known_source_are_refused(sources):
+    with pytest.raises(ValueError, match="label_sources: expected 'auto' or a list of"):
+        ComparisonsDataModule(train_files="x.sqlite", label_sources=sources)

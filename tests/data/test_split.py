@@ -67,7 +67,9 @@ def test_a_label_database_with_two_annotators_and_a_judge_per_item_holds_out_who
     for item_id in store.unjudged_items("judge:rule"):
         item = store.item(item_id, "judge:rule")
         store.submit(item_id, "judge:rule", None, [[k] for k in reversed(item.keys)], source="judge")
-    dm = ComparisonsDataModule(train_files=str(store.path), val_fraction=0.3, chat_template="never")
+    dm = ComparisonsDataModule(
+        train_files=str(store.path), val_fraction=0.3, chat_template="never", label_sources=["human", "judge"]
+    )
     dm.tokenizer = char_tokenizer
     dm.setup("fit")
     assert dm.stats["rows"] == 30 and (dm.stats["train prompts"], dm.stats["val prompts"]) == (7, 3)
