@@ -155,6 +155,7 @@ EFFECTS: dict[str, str | tuple[str, ...]] = {
     "PPOModule.optim": f"{HERE}test_ppo_stage_default_optimizer_decays_linearly_from_5e_5",
     "PPOModule.reward_model": f"{PPO_STAGE}test_policy_starts_as_reference_and_value_as_reward",
     "PPOModule.reward_function": f"{HERE}test_reward_function_gives_the_scores",
+    "PPOModule.reference_adapter": f"{PPO_STAGE}test_a_reference_adapter_other_than_the_start_is_the_kl_reference",
     "PPOModule.separate_reward": f"{PPO_STAGE}test_separate_reward_and_value_models_match_the_shared_adapters",
     "PPOModule.separate_value": f"{PPO_STAGE}test_separate_reward_and_value_models_match_the_shared_adapters",
     "PPOModule.logprob_chunk_size": f"{HERE}test_ppo_logprob_chunk_size_reaches_every_log_prob_pass",

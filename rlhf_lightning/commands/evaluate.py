@@ -89,6 +89,7 @@ def evaluate_policies(
     output: str,
     prompts: str | list[str] = "builtin:prompts.jsonl",
     reference: str | None = None,
+    previous: str | None = None,
     val_fraction: float = 0.0,
     split_seed: int = 0,
     max_prompts: int | None = None,
@@ -124,6 +125,8 @@ def evaluate_policies(
         prompts: Prompts in the PPO stage's formats (a file, ``builtin:NAME`` or ``hf:OWNER/NAME``), for
             example a PPO run folder's ``heldout_prompts.jsonl``.
         reference: The model KL is measured to (default: ``baseline``), in the same forms.
+        previous: Another model, in the same forms, to also measure the policy's KL to (``policy_kl_previous``):
+            in rounds of feedback, the policy the round started from, beside the KL to SFT.
         val_fraction: When > 0, use only the held-out split a PPO run with the same ``prompts``,
             ``val_fraction``, ``split_seed``, ``max_length`` and ``overlong`` evaluated on; 0 uses every prompt.
         split_seed: Seed of that split (the prompts DataModule's ``split_seed``).
@@ -153,6 +156,8 @@ def evaluate_policies(
     # Everything the user named is checked before any weight is loaded: folders, vocabularies, prompts.
     tokenizer = _tokenizer_of(policy)
     others = {"baseline": baseline, "reward model": reward_model, "reference": reference or baseline}
+    if previous is not None:
+        others["previous"] = previous
     _check_same_vocabulary(tokenizer, others)
     if batch_size < 1:
         raise OptionError(f"--batch_size must be >= 1, got {batch_size}")
@@ -180,6 +185,7 @@ def evaluate_policies(
         ref_role = sides["baseline"]
     else:
         ref_role = loader.load(reference, "reference")
+    previous_role = loader.load(previous, "previous") if previous is not None else None
     reward = loader.load(reward_model, "reward")
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature)
     eos = [i for role in sides.values() for i in generation_eos_ids(role.model)]
@@ -193,7 +199,14 @@ def evaluate_policies(
         return require_finite(role_scores(reward, sequences, attention_mask), f"the reward model {reward_model}")
 
     def kl(side, sequences, attention_mask, mask):
-        return sequence_kl(sides[side], ref_role, sequences, attention_mask, mask, kl_temperature(temperature))
+        t = kl_temperature(temperature)
+        to_reference = sequence_kl(sides[side], ref_role, sequences, attention_mask, mask, t)
+        if previous_role is None or side != "policy":
+            return to_reference
+        return {
+            "": to_reference,
+            "_previous": sequence_kl(sides[side], previous_role, sequences, attention_mask, mask, t),
+        }
 
     def penalty(scores, ended, empty):
         return eos_penalty(scores, ended, missing_eos_penalty, missing_eos_mode, empty if penalize_empty else None)
@@ -217,6 +230,7 @@ def evaluate_policies(
         "baseline": baseline,
         "reward_model": reward_model,
         "reference": reference or baseline,
+        **({"previous": previous} if previous is not None else {}),
         "prompts": prompts if val_fraction <= 0 else f"{prompts} (held-out {val_fraction}, seed {split_seed})",
         "max_length": max_length,
         "overlong": overlong,

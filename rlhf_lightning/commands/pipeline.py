@@ -17,8 +17,10 @@ round ``n`` samples candidates from the policy so far (the SFT model in round 1,
 after that) into a labelling database (``ROOT/labels.sqlite``), has them ranked (by a judge, unattended; or by
 people: the pipeline stops and names the ``rlhf-lightning label`` command, and goes on when run again once
 they are ranked), trains the reward model on every ranking so far, runs PPO from the policy so far against
-it, and compares the new policy with the SFT model. Each round's folders are ``ROOT/round-<n>/{reward, ppo,
-evaluation}``; the summary has one row per round.
+it, and compares the new policy with the SFT model. PPO's KL reference stays the SFT model in every round
+(``labelling.reference: sft``; ``previous`` makes it the round's starting policy, a leash that moves with
+the policy), and each round reports the new policy's KL to SFT and to the policy it started from. Each
+round's folders are ``ROOT/round-<n>/{reward, ppo, evaluation}``; the summary has one row per round.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -127,6 +129,10 @@ class LabellingSpec:
     min_labelled: float = 1.0
     """Without a judge: the fraction of a round's items that must be ranked (by ``annotators_per_item`` people)
     before the pipeline goes on."""
+    reference: Literal["sft", "previous"] = "sft"
+    """PPO's KL reference from round 2 on: ``sft`` keeps it the SFT model, so total drift from SFT stays
+    bounded by the KL penalty; ``previous`` makes it the policy the round starts from (the previous round's),
+    so each round may drift that far again."""
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.prompts_per_round < 1 or self.num_candidates < 2:
@@ -135,6 +141,8 @@ class LabellingSpec:
             raise OptionError("labelling: give judge or constitution, not both")
         if not 0.0 < self.min_labelled <= 1.0:
             raise OptionError(f"labelling.min_labelled must be in (0, 1], got {self.min_labelled}")
+        if self.reference not in ("sft", "previous"):
+            raise OptionError(f"labelling.reference: expected sft or previous, got {self.reference!r}")
 
 
 def _cli_value(value: Any) -> str:
@@ -151,11 +159,13 @@ def stage_arguments(
     policy_start: Path | None = None,
     reward_model: Path | None = None,
     train_files: list[str] | None = None,
+    reference: Path | None = None,
 ) -> list[str]:
     """The ``fit`` command line of one stage: its config, the common and its own overrides, then the run
     folder (default ``root/stage``) and the folders of the earlier stages: the reward model starts from the
-    SFT adapter, PPO from ``policy_start`` (default the SFT adapter) and scores with ``reward_model`` (default
-    ``root/reward/final``); ``train_files`` replaces the stage's data."""
+    SFT adapter, PPO from ``policy_start`` (default the SFT adapter) with ``reference`` as its KL reference
+    (default: where it starts) and scores with ``reward_model`` (default ``root/reward/final``); ``train_files``
+    replaces the stage's data."""
     args = ["fit", "--config", spec.config]
     for key, value in {**common, **spec.overrides}.items():
         args.append(f"--{key}={_cli_value(value)}")
@@ -166,6 +176,8 @@ def stage_arguments(
     if stage == "ppo":
         args.append(f"--model.init_args.model.adapter={policy_start or sft}")
         args.append(f"--model.init_args.reward_model={reward_model or root / 'reward' / FINAL_FOLDER}")
+        if reference is not None and reference != (policy_start or sft):
+            args.append(f"--model.init_args.reference_adapter={reference}")
     if train_files is not None:
         args.append(f"--data.init_args.train_files={json.dumps(train_files)}")
     if resume:
@@ -270,6 +282,8 @@ class Pipeline:
         if n is not None:
             extra = {"folder": folder, "reward_model": self.stage_folder("reward", n) / FINAL_FOLDER}
             extra["policy_start"] = self.policy_before(n)
+            if stage == "ppo" and self.labelling.reference == "sft":
+                extra["reference"] = self.root / "sft" / FINAL_FOLDER
             if stage == "reward":
                 extra["train_files"] = [str(self.database)]
         args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume, **extra)
@@ -425,6 +439,7 @@ class Pipeline:
             baseline=str(self.root / "sft" / FINAL_FOLDER),
             reward_model=str(self.stage_folder("reward", n) / FINAL_FOLDER),
             output=str(self.stage_folder("evaluation", n)),
+            previous=str(self.policy_before(n)) if n is not None and n > 1 else None,
             **prompts,
         )
         self._mark(step, time.perf_counter() - start)
@@ -535,6 +550,7 @@ class Pipeline:
             "rankings_total": len(rankings),
             "reward/val_accuracy": accuracy,
             "ppo/kl_last_iteration": kl,
+            "ppo/reference": "SFT" if n == 1 or self.labelling.reference == "sft" else f"round {n - 1}",
             **{f"eval/{k}": v for k, v in evaluation.items()},
         }
 
@@ -600,14 +616,18 @@ class Pipeline:
         def f(value, digits: int = 3) -> str:
             return "n/a" if value is None else f"{value:.{digits}f}"
 
-        header = ["round", "rankings (new / all)", "reward accuracy", "PPO KL to its start", "win rate vs SFT (RM)",
-                  "gold: policy vs SFT", "gold win rate"]  # fmt: skip
+        header = ["round", "rankings (new / all)", "reward accuracy", "PPO reference", "PPO KL to its reference",
+                  "KL to SFT", "KL to the round's start", "win rate vs SFT (RM)", "gold: policy vs SFT",
+                  "gold win rate"]  # fmt: skip
         rows = [
             (
                 r["round"],
                 f"{r['rankings_new']} / {r['rankings_total']}",
                 f(r["reward/val_accuracy"]),
+                r.get("ppo/reference", "SFT"),
                 f(r["ppo/kl_last_iteration"]),
+                f(r.get("eval/policy_kl")),
+                f(r.get("eval/policy_kl_previous", r.get("eval/policy_kl"))),
                 f(r.get("eval/win_rate")),
                 f"{f(r.get('eval/gold_policy'))} vs {f(r.get('eval/gold_baseline'))}",
                 f(r.get("eval/gold_win_rate")),

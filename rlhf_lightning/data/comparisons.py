@@ -226,6 +226,13 @@ class ComparisonsDataModule(RowsDataModule):
                 self.stats[f"rejected variant {kind} added"] += 1
         return example._replace(sequences=sequences, pairs=pairs)
 
+    def _no_usable_rows(self, option: str, files: list[str], fix: str):
+        cut = self.stats["cut-off responses left out"]
+        if cut:
+            fix = (f"sample longer answers (max_new_tokens) or set data.cut_off: keep to train the {cut} cut-off "
+                   f"answers without their end token; or {fix}")  # fmt: skip
+        return super()._no_usable_rows(option, files, fix)
+
     # --- rows ----------------------------------------------------------------------------------------------
     def read_source(self, source: str):
         return read_rows(source, self.label_sources)

@@ -74,7 +74,7 @@ def compare_batch(
     samplers: dict[str, Sampler],
     score: Callable[[torch.Tensor, torch.Tensor, int, list[str]], torch.Tensor],
     tokenizer,
-    kl: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    kl: Callable[[str, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor | dict[str, torch.Tensor]] | None = None,
     kl_sides: Sequence[str] = (),
     gold_fn: ScoreFunction | None = None,
     penalty: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
@@ -87,7 +87,9 @@ def compare_batch(
 
     ``score(sequences, attention_mask, prompt_length, prompt_texts)`` gives the raw scores ``(b,)``;
     ``penalty(scores, ended, empty)`` the missing-EOS penalty ``(b,)`` (see :func:`eos_penalty`);
-    ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses.
+    ``kl(side, sequences, attention_mask, response_mask)`` the KL ``(b,)`` of that side's responses, or a dict of
+    such KLs to several models by key suffix (``{"": to the reference, "_previous": ...}`` gives ``{side}_kl``
+    and ``{side}_kl_previous``).
     ``prompt_texts`` are the prompts as the user wrote them (a text prompt's text, a conversation's last user
     message); by default the prompt tokens are decoded. The records show them, and ``score`` (for a reward
     function) and ``gold_fn`` get them, as a PPO reward function does. With ``seed``, each side samples from a
@@ -106,12 +108,14 @@ def compare_batch(
         empty = empty_responses(mask, ended)
         penalties = penalty(scores, ended, empty) if penalty is not None else torch.zeros_like(scores)
         kls = kl(side, sequences, attention_mask, mask) if kl is not None and side in kl_sides else None
+        if isinstance(kls, torch.Tensor):
+            kls = {"": kls}
         for i, record in enumerate(records):
             record[side] = decode(sequences[i, p:][mask[i]], skip_special_tokens=True)
             record[f"{side}_score"] = scores[i].item()
             record[f"{side}_eos_penalty"] = penalties[i].item()
-            if kls is not None:
-                record[f"{side}_kl"] = kls[i].item()
+            for suffix, values in (kls or {}).items():
+                record[f"{side}_kl{suffix}"] = values[i].item()
             record[f"{side}_length"] = int(mask[i].sum())
             record[f"{side}_ended"] = bool(ended[i])
             record[f"{side}_empty"] = bool(empty[i])
@@ -132,8 +136,8 @@ def summarize(records: list[dict], a: str, b: str) -> dict[str, float]:
         "win_rate": _mean(win(r[f"{a}_score"], r[f"{b}_score"]) for r in records),
     }
     for side in (a, b):
-        if records and f"{side}_kl" in records[0]:
-            summary[f"{side}_kl"] = _mean(r[f"{side}_kl"] for r in records)
+        for key in [k for k in (records[0] if records else {}) if k.startswith(f"{side}_kl")]:
+            summary[key] = _mean(r[key] for r in records)
     for side in (a, b):
         summary[f"{side}_length"] = _mean(r[f"{side}_length"] for r in records)
         summary[f"{side}_ended"] = _mean(r[f"{side}_ended"] for r in records)

@@ -221,6 +221,8 @@ def test_cut_off_answers_are_left_out_by_default_or_kept_without_their_end(tmp_p
     assert [s[-1] == eos for s in example.sequences] == [True, False, True], "a cut answer is not scored at an end"
     assert example.sequences[1] == ids(char_tokenizer, "Q:cut mid")  # prompt + answer, no EOS after it
     only_cut = {"prompt": "Q:", "responses": ["a", "b"], "ranking": [1, 2], "ended": [False, True]}
+    with pytest.raises(ValueError, match=r"cut-off responses left out 1.* set data.cut_off: keep to train the 1 cut"):
+        _ranking_module(tmp_path, char_tokenizer, [only_cut])
     stats = _ranking_module(tmp_path, char_tokenizer, [only_cut, row]).stats
     assert stats["dropped ranking without a strict preference among finished answers"] == 1
     assert stats["train examples"] == 1

@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from rlhf_lightning.cli import main
+from rlhf_lightning.commands import pipeline as pipeline_module
+from rlhf_lightning.commands.pipeline import EvaluationSpec, LabellingSpec, Pipeline, StageSpec
 from rlhf_lightning.data.labels import LabelStore
 from tests.integration.test_pipeline import stage_configs
 
@@ -19,7 +21,9 @@ def pipeline_config(root, tiny_llama, **labelling):
     config = {
         "root_dir": str(root / "out"),
         "sft": {"config": paths["sft"]},
-        "reward": {"config": paths["reward"], "overrides": {"data.init_args.val_fraction": 0.0}},
+        # the tiny random model rarely ends an answer within 6 tokens: its cut-off candidates train without an end
+        "reward": {"config": paths["reward"],
+                   "overrides": {"data.init_args.val_fraction": 0.0, "data.init_args.cut_off": "keep"}},
         "ppo": {"config": paths["ppo"], "overrides": {"model.init_args.lora.r": 4}},
         "evaluation": {"num_samples": 2},
         "labelling": {"prompts_per_round": 4, "num_candidates": 3, "temperature": 1.0, **labelling},
@@ -44,7 +48,10 @@ def test_two_judged_rounds_run_unattended_each_from_the_policy_before(judged_rou
     first = json.loads((out / "round-1" / "ppo" / "final" / "rlhf_lightning.json").read_text())
     second = json.loads((out / "round-2" / "ppo" / "final" / "rlhf_lightning.json").read_text())
     assert first["reference"] == str(out / "sft" / "final")
-    assert second["reference"] == str(out / "round-1" / "ppo" / "final"), "round 2 continues round 1's policy"
+    assert second["reference"] == str(out / "sft" / "final"), "the KL leash stays tied to SFT in every round"
+    ppo = yaml.safe_load((out / "round-2" / "ppo" / "config.yaml").read_text())["model"]["init_args"]
+    assert ppo["model"]["adapter"] == str(out / "round-1" / "ppo" / "final"), "round 2 continues round 1's policy"
+    assert ppo["reference_adapter"] == str(out / "sft" / "final")
     assert second["reward_model"] == str(out / "round-2" / "reward" / "final")
     reward = yaml.safe_load((out / "round-2" / "reward" / "config.yaml").read_text())
     assert reward["data"]["init_args"]["train_files"] == [str(out / "labels.sqlite")]
@@ -72,6 +79,10 @@ def test_each_round_labels_new_prompts_from_its_own_policy_and_the_reward_model_
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     assert summary["rounds"][1]["rankings_total"] == len(judgements) > summary["rounds"][0]["rankings_total"]
     assert all("eval/gold_policy" in r for r in summary["rounds"])
+    # both KLs per round: to SFT, and to the policy the round started from (the same model in round 1)
+    assert "eval/policy_kl_previous" not in summary["rounds"][0] and summary["rounds"][1]["eval/policy_kl_previous"]
+    assert [r["ppo/reference"] for r in summary["rounds"]] == ["SFT", "SFT"]
+    assert "| KL to SFT | KL to the round's start |" in (out / "summary.md").read_text()
     assert "## Rounds" in (out / "summary.md").read_text()
     assert (out / "export" / "policy").exists()
 
@@ -94,3 +105,19 @@ def test_with_people_the_pipeline_waits_for_rankings_and_goes_on_when_run_again(
     state = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     assert state["steps"]["round-1/label"]["status"] == "done" and state["steps"]["export"]["status"] == "done"
     assert "4 of 4 items ranked or skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("reference", ["sft", "previous"])
+def test_the_kl_reference_of_later_rounds_is_sft_unless_asked_otherwise(tmp_path, reference, monkeypatch):
+    spec = StageSpec(config="ppo.yaml")
+    labelling = LabellingSpec(rounds=2, judge=JUDGE, reference=reference)
+    pipeline = Pipeline(str(tmp_path), spec, spec, spec, EvaluationSpec(), False, {}, labelling)
+    calls = []
+    monkeypatch.setattr(pipeline_module.subprocess, "call", lambda args: calls.append(args) or 1)  # no training
+    with pytest.raises(SystemExit, match="round-2/ppo stage stopped"):
+        pipeline.run_stage("round-2/ppo")
+    (args,) = calls
+    assert f"--model.init_args.model.adapter={tmp_path / 'round-1' / 'ppo' / 'final'}" in args
+    references = [a for a in args if a.startswith("--model.init_args.reference_adapter=")]
+    sft = f"--model.init_args.reference_adapter={tmp_path / 'sft' / 'final'}"
+    assert references == ([sft] if reference == "sft" else [])

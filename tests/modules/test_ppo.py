@@ -86,6 +86,20 @@ def test_policy_starts_as_reference_and_value_as_reward(folders, tiny_llama):
         assert abs(module.reward_head(hidden[:, -1]).item() - module.score(seq, att, 2).item()) > 1e-3
 
 
+def test_a_reference_adapter_other_than_the_start_is_the_kl_reference(folders, tiny_llama, tmp_path):
+    sft, reward = folders
+    later = make_run_folder(tiny_llama, tmp_path / "round-1-policy", "sft", 7)  # where a later round starts
+    module = shared_module(tiny_llama, later, reward, reference_adapter=str(sft)).eval()
+    plain_sft = shared_module(tiny_llama, sft, reward).eval()
+    seq, att, resp = torch.tensor([[5, 6, 7, 8, 9, 10]]), torch.ones(1, 6, dtype=torch.long), torch.ones(1, 4).bool()
+    with torch.no_grad():
+        reference = logprobs(module, "reference", seq, att, resp).logprobs
+        assert torch.equal(reference, logprobs(plain_sft, "policy", seq, att, resp).logprobs)  # SFT's log-probs
+        policy = logprobs(module, "policy", seq, att, resp).logprobs
+        assert not torch.allclose(policy, reference), "the policy starts elsewhere: its KL to SFT is not 0"
+    assert module.run_info().extra["reference"] == str(sft)
+
+
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])
 def test_left_padded_prompts_and_right_padded_responses_change_nothing(arch, request, tmp_path):
     base = request.getfixturevalue(arch)

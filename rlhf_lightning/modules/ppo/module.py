@@ -72,6 +72,10 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         reward_function: Instead of a reward model, ``module:function`` with
             ``f(prompts: list[str], responses: list[str]) -> list[float]`` (rule-based rewards); the prompts as
             the user wrote them (a text prompt's text, a conversation's last user message).
+        reference_adapter: The reference's adapter folder when it is not the policy's start (``model.adapter``):
+            in rounds of feedback the policy starts from the previous round's PPO policy while the reference
+            stays the SFT adapter, so the KL penalty keeps every round near SFT instead of near the round
+            before (a leash that would otherwise move with the policy). Default: ``model.adapter``.
         separate_reward: Load the reward model as its own model instead of an adapter on the policy's base
             (more memory; needed when it was trained on another base or in full).
         separate_value: Give the value function its own copy of the reward model's base (more memory).
@@ -92,6 +96,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         optim: OptimConfig = OptimConfig(lr=5e-5, warmup_ratio=0.0, schedule="linear"),  # noqa: B008
         reward_model: str | None = None,
         reward_function: str | None = None,
+        reference_adapter: str | None = None,
         separate_reward: bool = False,
         separate_value: bool = False,
         rollout: GenerationConfig = GenerationConfig(max_new_tokens=64),  # noqa: B008
@@ -107,6 +112,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         super().__init__(model, lora, optim)
         self.automatic_optimization = False
         self.reward_model_path, self.reward_function_path = reward_model, reward_function
+        self.reference_adapter = reference_adapter
         self.separate_reward, self.separate_value = separate_reward, separate_value
         self.rollout_config, self.ppo, self.shaping, self.eval_config = rollout, ppo, rewards, evaluation
         self.logprob_chunk_size = logprob_chunk_size
@@ -133,7 +139,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         stop_token_ids(self.tokenizer, (), self.rollout_config.stop_tokens, "model.rollout.stop_tokens")
         models = build_roles(
             self.model_config, self.lora_config, self.reward_model_path, self.separate_reward, self.separate_value,
-            self._target_device(), self.tokenizer,
+            self._target_device(), self.tokenizer, reference_adapter=self.reference_adapter,
         )  # fmt: skip
         self.model, self.roles = models.model, models.roles
         self.reward_head, self.value_head = models.reward_head, models.value_head
@@ -144,9 +150,8 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         eos = generation_eos_ids(self.model)
         stops = self.rollout_config.stop_tokens
         self.stop_ids = stop_token_ids(self.tokenizer, eos, stops, "model.rollout.stop_tokens")
-        rank_zero_info(
-            f"ppo: {models.describe(self.model_config.adapter, self.reward_function_path or self.reward_model_path)}"
-        )
+        reward = self.reward_function_path or self.reward_model_path
+        rank_zero_info(f"ppo: {models.describe(self.model_config.adapter, reward, self.reference_adapter)}")
 
     def configure_callbacks(self) -> list:
         """Phase timing, and the health check unless the trainer was given one (with its own ``every``)."""
@@ -264,7 +269,8 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self.record_heldout_prompts()
-        folders = {"reward model": self.reward_model_path, "SFT adapter": self.model_config.adapter}
+        folders = {"reward model": self.reward_model_path, "SFT adapter": self.model_config.adapter,
+                   "reference adapter": self.reference_adapter}  # fmt: skip
         datamodule = getattr(self.trainer, "datamodule", None)
         for message in chat_template_mismatches(datamodule, folders):
             rank_zero_warn(message)
@@ -309,7 +315,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         info = super().run_info()
         reward = self.reward_model_path or self.reward_function_path
         info.extra |= {
-            "reference": self.model_config.adapter,
+            "reference": self.reference_adapter or self.model_config.adapter,
             "reward_model": reward,
             "kl_coef": self.kl_controller.beta,
             "stop_tokens": list(self.rollout_config.stop_tokens),  # export writes the stop set the run used

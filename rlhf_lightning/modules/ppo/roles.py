@@ -41,10 +41,11 @@ class PPOModels(NamedTuple):
     value_backbone: nn.Module | None
     """The value function's own copy of the reward model (``separate_value``)."""
 
-    def describe(self, sft_adapter: str | None, reward: str) -> str:
+    def describe(self, sft_adapter: str | None, reward: str, reference_adapter: str | None = None) -> str:
         """One line for the log: where each role comes from."""
+        reference = reference_adapter or ("the same adapter" if sft_adapter else "base model")
         return (
-            f"policy from {sft_adapter or 'fresh LoRA'}, reference {'SFT adapter' if sft_adapter else 'base model'}, "
+            f"policy from {sft_adapter or 'fresh LoRA'}, reference {reference}, "
             f"reward {reward}{' (own model)' if self.reward_backbone is not None else ''}, "
             f"value {'own model' if self.value_backbone is not None else 'adapter'}"
         )
@@ -67,9 +68,11 @@ def build_roles(
     separate_value: bool,
     device: torch.device,
     tokenizer,
+    reference_adapter: str | None = None,
 ) -> PPOModels:
-    """Load the policy's base with its adapter (the SFT adapter, or fresh LoRA weights), then the reference (the
-    SFT adapter again, frozen; the base alone without one), the reward model (``None`` when ``reward_model`` is
+    """Load the policy's base with its adapter (the SFT adapter, or fresh LoRA weights), then the reference
+    (``reference_adapter`` when given, else the policy's starting adapter again; frozen; the base alone
+    without either), the reward model (``None`` when ``reward_model`` is
     ``None``: a reward function scores) and the value function (from the reward model's adapter and head, or
     fresh LoRA weights and a fresh head), and set what trains: the policy and value adapters and the value head.
 
@@ -78,8 +81,9 @@ def build_roles(
     model = load_causal_lm(model_config, lora, device=device)  # policy: adapter "default"
     model.train()
     hidden = hidden_size_of(model)
-    if model_config.adapter is not None:
-        model.load_adapter(model_config.adapter, adapter_name=ADAPTERS["reference"], is_trainable=False)
+    reference_adapter = reference_adapter or model_config.adapter
+    if reference_adapter is not None:
+        model.load_adapter(reference_adapter, adapter_name=ADAPTERS["reference"], is_trainable=False)
         reference = Role(model, ADAPTERS["reference"])
     else:
         reference = Role(model, None)  # the base alone
