@@ -102,13 +102,14 @@ def _report_text(report: dict, out: Path, report_path: Path) -> str:
 def judge_items(store: LabelStore, judge: Judge, progress: bool = True) -> int:
     """Rank every item ``judge`` has not ranked yet, one transaction each (an interrupted run goes on where
     it stopped); the judgements are recorded with source ``judge`` as annotator ``judge:<name>``, with the
-    scores in the comment. Returns how many items it ranked."""
+    scores in the comment. The judge is given the prompt as the model saw it: a text prompt, or a conversation's
+    every turn and its tools. Returns how many items it ranked."""
     annotator = JUDGE_PREFIX + judge.name
     todo = store.unjudged_items(annotator)
     for item_id in tqdm(todo, desc=f"judge {judge.name}", unit="item", disable=not progress):
         while True:  # again when `generate` added candidates to the item meanwhile
             item = store.item(item_id, annotator)
-            scores = judge_scores(judge, item.display, [c.response for c in item.candidates])
+            scores = judge_scores(judge, item.prompt, [c.response for c in item.candidates], item.tools)
             by_key = dict(zip(item.keys, scores))
             in_order = [s for _, s in sorted(zip([c.id for c in item.candidates], scores))]  # the export's order
             comment = "scores, in the order of the exported responses: " + ", ".join(f"{s:.4g}" for s in in_order)
@@ -143,7 +144,9 @@ def judge_labels(
     Args:
         database: The labelling database.
         judge: A rule judge: ``module:function`` with the reward-function signature
-            ``f(prompts: list[str], responses: list[str]) -> list[float]`` (higher is better).
+            ``f(prompts: list[str], responses: list[str]) -> list[float]`` (higher is better). A prompt is its
+            text, or for a conversation every turn, each starting with its role (``System: ...``,
+            ``User: ...``; :func:`rlhf_lightning.evaluation.judges.transcript`).
         constitution: An LLM judge instead: a text file of principles that ``judge_model`` checks each answer
             against (AI feedback, as in Constitutional AI).
         judge_model: The LLM judge's model: a run's ``final`` folder, a Hugging Face folder or hub id, or

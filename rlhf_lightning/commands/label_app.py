@@ -16,18 +16,23 @@ Routes (JSON answers; errors are ``{"error": message}`` with the status below):
 
 - ``GET /``: the page; ``GET /static/...``: its script and style sheet.
 - ``GET /api/next?annotator=NAME``: the item NAME should rank now (the same one again after a reload):
-  ``{"done": false, "item": id, "round", "prompt", "version", "candidates": [{"key": "A", "text": ...}]}``,
-  or ``{"done": true}`` when nothing is left for NAME.
+  ``{"done": false, "item": id, "round", "prompt", "conversation", "tools", "version", "candidates": [{"key":
+  "A", "text": ..., "cut_off": false}]}`` (``prompt``: the last user message; ``conversation``: every turn as
+  ``{"role", "content"}`` messages; ``cut_off``: the answer stopped at the length limit), or ``{"done": true}``
+  when nothing is left for NAME.
 - ``GET /api/progress?annotator=NAME``: ``{"items", "complete", "annotators_per_item", "annotators", "you"}``.
 - ``POST /api/submit`` ``{"annotator", "item", "version", "ranking": [["B"], ["A", "D"], ["C"]],
   "none_acceptable": false, "comment": ""}``: the ranking groups the candidates' keys best to worst, a
   group of several keys being a tie. Answers ``{"judgement": {...}}``.
 - ``POST /api/skip`` ``{"annotator", "item", "comment"}``: skip an item (it is not shown to NAME again).
+- ``POST /api/unskip`` ``{"annotator", "item"}``: undo NAME's skip of an item: ``/api/next`` gives it to NAME
+  again. Answers ``{"judgement": {...}}`` (the skip, now deleted).
 
-Errors: 400 malformed request (not JSON, bad annotator name), 401 missing or wrong token, 404 unknown item,
-409 stale item (its candidates changed: load it again) or already judged (the answer carries the stored
-``"judgement"``; nothing was changed), 415 a POST that is not ``application/json``, 422 a field of the wrong
-type or a ranking that does not order every candidate exactly once.
+Errors: 400 malformed request (not JSON, bad annotator name) or no skip to undo, 401 missing or wrong token, 404
+unknown item, 409 stale item (its candidates changed: load it again) or already judged (the answer carries the
+stored ``"judgement"``; nothing was changed; for an undo: the item was ranked, not skipped), 415 a POST that is
+not ``application/json``, 422 a field of the wrong type or a ranking that does not order every candidate exactly
+once.
 """
 
 from __future__ import annotations
@@ -221,6 +226,11 @@ def create_app(database: str, token: str | None = None) -> Starlette:
         comment = _field(body, "comment", str, "text", "")
         return await _run(store.submit, item, annotator, None, None, comment=comment, skip=True)
 
+    async def unskip(request: Request) -> Response:
+        body = await _json_body(request)
+        item = _item_id(body)
+        return await _run(store.unskip, item, _field(body, "annotator", str, "the annotator's name (text)"))
+
     async def _run(function, *args, **kwargs) -> Response:
         judgement = await run_in_threadpool(function, *args, **kwargs)
         return JSONResponse({"judgement": judgement})
@@ -243,6 +253,7 @@ def create_app(database: str, token: str | None = None) -> Starlette:
         Route("/api/progress", progress),
         Route("/api/submit", submit, methods=["POST"]),
         Route("/api/skip", skip, methods=["POST"]),
+        Route("/api/unskip", unskip, methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
     return Starlette(

@@ -514,6 +514,29 @@ class LabelStore:
             "saved_at": row["created_at"],
         }
 
+    def unskip(self, item_id: int, annotator: str) -> dict:
+        """Undo ``annotator``'s skip of an item in one transaction: the skip is deleted and the item becomes the
+        one they have open (:meth:`next_item` gives it to them next; the item they had open goes back to the
+        pool). Returns the deleted skip. Raises :class:`UnknownItem`, :class:`AlreadyJudged` (they ranked it:
+        only a skip is undone) or :class:`LabelError` (they have not skipped it)."""
+        annotator = require_annotator(annotator)
+        with self._transaction() as db:
+            item = self._item(db, item_id, annotator)
+            row = db.execute(
+                "SELECT * FROM judgements WHERE item_id = ? AND annotator = ?", (item_id, annotator)
+            ).fetchone()
+            if row is None:
+                raise LabelError(f"{annotator} has not skipped item {item_id}: there is no skip to undo")
+            if row["kind"] != "skip":
+                raise AlreadyJudged(
+                    f"item {item_id} was ranked by {annotator} at {row['created_at']}, not skipped; only a skip "
+                    "can be undone",
+                    self._judgement(row, item),
+                )
+            db.execute("DELETE FROM judgements WHERE id = ?", (row["id"],))
+            db.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)", (annotator, item_id, _now()))
+            return self._judgement(row, item)
+
     # --- progress --------------------------------------------------------------------------------------------
     def progress(self, annotator: str | None = None) -> dict:
         """Counts for the page: rankable items, items ranked by enough people, and per annotator their

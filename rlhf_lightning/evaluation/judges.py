@@ -10,10 +10,15 @@ with the people who label. A judge gives each candidate a score (higher is bette
   follows the principles; the candidate's score is ``log p("Yes") - log p("No")`` for the model's next token.
   Scoring candidates one at a time (instead of the paper's multiple-choice comparison of two) ranks any
   number of them with K forward passes.
+
+Judges see the prompt as the model saw it: a text prompt is its text, and a conversation is every turn of it
+(system message, earlier turns, tool calls and results, the final request) and its tool definitions, written
+out by :func:`transcript`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol
 
@@ -34,21 +39,53 @@ JUDGE_QUESTION = (
     "A user asked:\n{prompt}\n\nAn assistant answered:\n{response}\n\n"
     "Does this answer follow all of the principles? Reply with Yes or No."
 )
-"""The constitution judge's question for each candidate."""
+"""The constitution judge's question for each candidate to a text prompt."""
+CONVERSATION_QUESTION = (
+    "Here are the principles a good answer follows:\n{constitution}\n\n"
+    "Here is a conversation between a user and an assistant:\n\n{prompt}\n\n"
+    "The assistant's next reply:\n{response}\n\n"
+    "Does this reply follow all of the principles? Reply with Yes or No."
+)
+"""The constitution judge's question for each candidate to a conversation (the prompt is its :func:`transcript`)."""
+ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def transcript(prompt: str | list[dict], tools: list[dict] | None = None) -> str:
+    """The prompt as one text, as judges read it. A text prompt is returned as it is. A conversation (a list of
+    ``{"role", "content"}`` messages) becomes every turn in order, one paragraph each, starting with its role
+    (``System:``, ``User:``, ``Assistant:``, ``Tool:``); an assistant's tool calls follow its text as
+    ``[calls NAME with {arguments as JSON}]``, and the tool definitions come first (``Tools: [...]`` as JSON)."""
+    if isinstance(prompt, str):
+        return prompt
+    parts = [f"Tools: {json.dumps(tools, ensure_ascii=False)}"] if tools else []
+    for message in prompt:
+        role = str(message.get("role", ""))
+        label = ROLE_NAMES.get(role, role.capitalize())
+        if role == "tool" and message.get("name"):
+            label += f" ({message['name']})"
+        lines = [message.get("content") or ""]
+        for call in message.get("tool_calls") or []:
+            function = call.get("function", call)
+            arguments = json.dumps(function.get("arguments", {}), ensure_ascii=False)
+            lines.append(f"[calls {function.get('name')} with {arguments}]")
+        parts.append(f"{label}: " + "\n".join(line for line in lines if line))
+    return "\n\n".join(parts)
 
 
 class Judge(Protocol):
     name: str
     """How its judgements are recorded: the annotator name is ``judge:`` + ``name``."""
 
-    def scores(self, prompt: str, responses: list[str]) -> list[float]:
-        """One score per response to ``prompt`` (higher is better; equal scores tie)."""
+    def scores(self, prompt: str | list[dict], responses: list[str], tools: list[dict] | None = None) -> list[float]:
+        """One score per response to ``prompt`` (higher is better; equal scores tie): a text prompt, or a
+        conversation's messages with ``tools`` its tool definitions."""
         ...
 
 
 class RuleJudge:
     """Scores with a user's ``module:function`` (the reward-function signature); its results are checked
-    (one finite number per response) as a reward function's are."""
+    (one finite number per response) as a reward function's are. Each entry of ``prompts`` is the prompt's
+    :func:`transcript`: a text prompt's text, or every turn of a conversation, each starting with its role."""
 
     def __init__(self, path: str, name: str | None = None) -> None:
         try:
@@ -57,12 +94,13 @@ class RuleJudge:
             raise OptionError(f"--judge: {error}") from error
         self.name = name or path
 
-    def scores(self, prompt: str, responses: list[str]) -> list[float]:
-        return self.function([prompt] * len(responses), list(responses)).tolist()
+    def scores(self, prompt: str | list[dict], responses: list[str], tools: list[dict] | None = None) -> list[float]:
+        return self.function([transcript(prompt, tools)] * len(responses), list(responses)).tolist()
 
 
 class ConstitutionJudge:
-    """Asks a causal LM whether each answer follows a written constitution (:data:`JUDGE_QUESTION`).
+    """Asks a causal LM whether each answer follows a written constitution (:data:`JUDGE_QUESTION`; for a
+    conversation :data:`CONVERSATION_QUESTION`, with every turn of it).
 
     Args:
         constitution: A text file of principles (any wording; one per line reads well).
@@ -109,19 +147,20 @@ class ConstitutionJudge:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids[0]
 
-    def question(self, prompt: str, response: str) -> list[int]:
+    def question(self, prompt: str | list[dict], response: str, tools: list[dict] | None = None) -> list[int]:
         """Token ids of the question about one answer, ending where the model's reply begins."""
-        text = JUDGE_QUESTION.format(constitution=self.principles, prompt=prompt, response=response)
+        template = JUDGE_QUESTION if isinstance(prompt, str) else CONVERSATION_QUESTION
+        text = template.format(constitution=self.principles, prompt=transcript(prompt, tools), response=response)
         if not self.chat:
             text += "\nReply:"
         example = tokenize_prompt({"prompt": text}, self.tokenizer, RowLocation("judge question", 1), self.chat)
         return example.input_ids[-self.max_length :]  # the end holds the answer and the question
 
-    def scores(self, prompt: str, responses: list[str]) -> list[float]:
+    def scores(self, prompt: str | list[dict], responses: list[str], tools: list[dict] | None = None) -> list[float]:
         out: list[float] = []
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         for start in range(0, len(responses), self.batch_size):
-            batch = [self.question(prompt, r) for r in responses[start : start + self.batch_size]]
+            batch = [self.question(prompt, r, tools) for r in responses[start : start + self.batch_size]]
             ids, mask = left_pad(batch, pad, self.device)
             logprobs = next_token_logprobs(self.role, ids, mask, self.answer_ids)
             out.extend(require_finite(logprobs[:, 0] - logprobs[:, 1], f"judge {self.name}").tolist())
@@ -129,9 +168,11 @@ class ConstitutionJudge:
 
 
 @torch.no_grad()
-def judge_scores(judge: Judge, prompt: str, responses: list[str]) -> list[float]:
+def judge_scores(
+    judge: Judge, prompt: str | list[dict], responses: list[str], tools: list[dict] | None = None
+) -> list[float]:
     """``judge.scores`` with its length checked."""
-    scores = list(judge.scores(prompt, responses))
+    scores = list(judge.scores(prompt, responses, tools))
     if len(scores) != len(responses):
         raise ValueError(f"judge {judge.name} gave {len(scores)} scores for {len(responses)} responses")
     return scores

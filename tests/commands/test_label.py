@@ -135,3 +135,32 @@ def test_a_judge_module_in_the_current_folder_is_found(database, tmp_path, monke
     main(["label", "judge", str(database), "--judge=my_rules_for_test:short", "--progress=false"])
     first = LabelStore(database).judgements()[0]
     assert {c.response: first["ranks"][c.id] for c in first["candidates"]}["b"] == 1
+
+
+SEEN: list[list[str]] = []
+
+
+def record_prompts(prompts, responses):
+    SEEN.append(list(prompts))
+    return [float(len(r)) for r in responses]
+
+
+def test_a_rule_judge_sees_every_turn_of_a_conversation(tmp_path):
+    conversation = [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Say hello."},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Now in French?"},
+    ]
+    tools = [{"function": {"name": "translate"}, "type": "function"}]
+    store = LabelStore(tmp_path / "labels.sqlite", create=True)
+    rows = [(conversation, tools, "Now in French?", ["Bonjour", "Salut"]), ("Plain.", None, "Plain.", ["a", "bb"])]
+    store.add_candidates("r", 1, "sft", {}, rows)
+    SEEN.clear()
+    main(["label", "judge", str(store.path), "--judge=tests.commands.test_label:record_prompts", "--progress=false"])
+    whole = (
+        'Tools: [{"function": {"name": "translate"}, "type": "function"}]\n\n'
+        "System: Answer in one word.\n\nUser: Say hello.\n\nAssistant: Hello.\n\nUser: Now in French?"
+    )
+    assert SEEN == [[whole, whole], ["Plain.", "Plain."]]  # a text prompt is passed as it is
+    assert len(store.judgements()) == 2

@@ -286,3 +286,32 @@ def test_serve_names_a_port_it_cannot_listen_on_before_printing_an_address(datab
 
 def test_favicon_is_not_an_error(client):
     assert client.get("/favicon.ico").status_code == 204
+
+
+def test_a_skip_is_undone(client, database):
+    item = next_item(client)
+    assert client.post("/api/skip", json={"annotator": "alice", "item": item["item"], "comment": "later"}).is_success
+    assert next_item(client)["prompt"] == "Say hi."
+    response = client.post("/api/unskip", json={"annotator": "alice", "item": item["item"]})
+    assert response.status_code == 200, response.text
+    undone = response.json()["judgement"]
+    assert undone["skipped"] is True and undone["comment"] == "later" and undone["item"] == item["item"]
+    back = next_item(client)  # given back at once, under the same keys and in the same order
+    assert back["item"] == item["item"] and back["candidates"] == item["candidates"]
+    you = client.get("/api/progress", params={"annotator": "alice"}).json()["you"]
+    assert you["skipped"] == 0 and you["done"] == 0
+
+    again = client.post("/api/unskip", json={"annotator": "alice", "item": item["item"]})
+    assert again.status_code == 400 and "no skip to undo" in again.json()["error"]
+    bob = client.post("/api/skip", json={"annotator": "bob", "item": item["item"]})
+    assert bob.status_code == 200
+    assert client.post("/api/unskip", json={"annotator": "carol", "item": item["item"]}).status_code == 400
+    assert submit(client, back, [[c["key"]] for c in back["candidates"]]).status_code == 200
+    ranked = client.post("/api/unskip", json={"annotator": "alice", "item": item["item"]})
+    assert ranked.status_code == 409 and "only a skip can be undone" in ranked.json()["error"]
+    assert ranked.json()["judgement"]["skipped"] is False
+    assert len(export_rows(LabelStore(database))[0]) == 1  # the ranking stays
+    unknown = client.post("/api/unskip", json={"annotator": "alice", "item": 999})
+    assert unknown.status_code == 404 and "no item 999" in unknown.json()["error"]
+    missing = client.post("/api/unskip", json={"annotator": "alice"})
+    assert missing.status_code == 422 and "'item'" in missing.json()["error"]

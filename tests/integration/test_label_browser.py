@@ -1,6 +1,9 @@
 """The labelling page end to end: ``rlhf-lightning label DB`` as a real server process, driven by headless
 Chromium (keyboard only, drag and drop, ties, hostile model text, a reload mid-item, the server killed right
-after acknowledging a ranking), and two annotators posting at the same moment.
+after acknowledging a ranking), and two annotators posting at the same moment. Then what protects the
+annotator: every turn of a conversation shown, cut-off answers marked, Enter on an untouched item not saving,
+a skip undone, a 20,000-character answer with Submit still in reach, and direction control characters shown
+rather than applied.
 
 Needs Playwright for Python and the system's Chromium (``apt-get install chromium``); skipped without them
 unless ``RLHF_REQUIRE_BROWSER=1``.
@@ -214,8 +217,6 @@ def test_label_page_end_to_end(browser, make_server):
     )
     expect(rows.nth(2).locator(".rank")).to_have_text("=2")
     expect(rows.nth(2).locator(".tie-mark")).to_be_visible()
-    if screenshots:
-        page.screenshot(path=str(ROOT / "docs" / "images" / "label-page.png"))
     page.keyboard.press("Enter")
     expect(prompt).to_have_text(FRUITS)
     expect(page.locator("#message")).to_contain_text("Saved")
@@ -340,3 +341,225 @@ def test_two_annotators_at_once(make_server):
     assert all(r["ranking"] == [1, 2, 3] for r in rows)  # a, b, c: sorted by text
     for client in clients.values():
         client.close()
+
+
+# --- what protects the annotator's work ---------------------------------------------------------------------
+def open_page(browser, server: Server, height: int = 800):
+    """A new browser page on ``server``, signed in as alice, showing her first item."""
+    context = browser.new_context(viewport={"width": 1100, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(server.url)
+    page.locator("#name-input").fill("alice")
+    page.keyboard.press("Enter")
+    page.locator("#candidates > li").first.wait_for()
+    return page, context, errors
+
+
+SYSTEM = "You are a poet. Answer in haiku, and never in rhyme."
+EARLIER_ANSWER = "\n".join(f"Line {i} of a long answer about the sea." for i in range(1, 13))
+CONVERSATION = [
+    {"role": "system", "content": SYSTEM},
+    {"role": "user", "content": "Write me a poem about the sea."},
+    {"role": "assistant", "content": EARLIER_ANSWER},
+    {"role": "user", "content": HAIKU},
+]
+TOOLS = [{"type": "function", "function": {"name": "rhymes_with", "parameters": {"type": "object"}}}]
+CUT = "Rain taps on the glass\nthe kettle starts its soft hum\nand the afternoon"
+
+
+def test_the_page_shows_every_turn_of_a_conversation_and_marks_cut_off_answers(browser, make_server):
+    from playwright.sync_api import expect
+
+    haikus = PROMPTS[0][3]
+    candidates = [(haikus[0], True), (haikus[2], True), (haikus[3], True), (CUT, False)]
+    call = {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "weather", "arguments": {"city": "Oslo"}}}
+    ]}  # fmt: skip
+    with_tool = [{"role": "user", "content": "Weather in Oslo?"}, call, {"role": "tool", "content": "rain, 8 C"}]
+    server = make_server([(CONVERSATION, TOOLS, HAIKU, candidates), (with_tool, None, "Weather in Oslo?", ["a", "b"])])
+    page, context, errors = open_page(browser, server, height=1200)
+
+    # Every turn, in order, in its own block under its role; the one the responses answer set apart.
+    turns = page.locator("#conversation > li")
+    expect(turns).to_have_count(4)
+    assert turns.locator(".role").all_text_contents() == ["System", "User", "Assistant", "User"]
+    assert turns.locator(".text").all_text_contents() == [m["content"] for m in CONVERSATION]
+    expect(turns.nth(0)).to_be_visible()
+    expect(turns.nth(3)).to_have_class("turn role-user final")
+    expect(page.locator("#prompt")).to_have_text(HAIKU)
+    # A long earlier turn is folded to its first lines, and unfolds.
+    long_turn = turns.nth(2)
+    folded = long_turn.locator(".text").bounding_box()["height"]
+    assert folded < 150, folded
+    long_turn.get_by_role("button", name="Show all").click()
+    expect(long_turn.get_by_role("button", name="Show less")).to_have_attribute("aria-expanded", "true")
+    assert long_turn.locator(".text").bounding_box()["height"] > 2 * folded
+    # The tool definitions, folded.
+    expect(page.locator("#tools summary")).to_have_text("Tools the assistant may call (1): rhymes_with")
+    expect(page.locator("#tools-text")).to_be_hidden()
+
+    # The answer stopped at the length limit is marked "cut off"; the others are not.
+    cut_card = page.locator("#candidates > li", has_text="the kettle starts")
+    expect(cut_card.locator(".cut-off")).to_have_text("✂ cut off")
+    expect(cut_card.locator(".cut-off")).to_be_visible()
+    expect(page.locator("#candidates .cut-off")).to_have_count(1)
+    assert cut_card.get_attribute("aria-label").endswith(", cut off")
+
+    long_turn.get_by_role("button", name="Show less").click()
+    page.locator("#candidates > li").first.focus()
+    rank_by_keyboard(page, [haikus[2], haikus[0], haikus[3], CUT])
+    page.keyboard.press("ArrowUp")
+    page.keyboard.press("t")
+    if os.environ.get("RLHF_SCREENSHOTS") == "1":
+        page.evaluate("window.scrollTo(0, 0)")
+        page.mouse.move(0, 0)
+        page.screenshot(path=str(ROOT / "docs" / "images" / "label-page.png"))
+    page.keyboard.press("Enter")
+
+    # Tool calls and tool results are turns too.
+    expect(page.locator("#prompt")).to_have_text("rain, 8 C")
+    assert turns.locator(".role").all_text_contents() == ["User", "Assistant", "Tool"]
+    expect(turns.nth(1).locator(".call-name")).to_have_text("Calls the tool weather")
+    expect(turns.nth(1).locator(".call .text")).to_contain_text('"city": "Oslo"')
+    expect(page.locator("#tools")).to_be_hidden()
+    assert errors == []
+    context.close()
+
+
+def test_enter_on_an_untouched_item_does_not_save_the_shown_order(browser, make_server):
+    from playwright.sync_api import expect
+
+    server = make_server(PROMPTS[:2])
+    page, context, errors = open_page(browser, server)
+    posts: list[str] = []
+    page.on("request", lambda request: request.method == "POST" and posts.append(request.url))
+    store = LabelStore(server.database)
+    shown_order = texts(page)
+
+    page.keyboard.press("Enter")  # by habit, before ranking anything
+    expect(page.locator("#message")).to_contain_text("not moved or tied any response")
+    expect(page.locator("#submit")).to_have_text("Confirm: the shown order is my ranking (Enter)")
+    page.wait_for_timeout(300)
+    assert posts == [] and store.counts()["judgements"] == 0
+    expect(page.locator("#prompt")).to_have_text(HAIKU)
+
+    page.keyboard.press("Enter")  # a second Enter confirms the shown order
+    expect(page.locator("#prompt")).to_have_text(FRUITS)
+    assert len(posts) == 1 and store.counts()["judgements"] == 1
+    (row,) = export_rows(store)[0]
+    assert dict(zip(row["responses"], row["ranking"])) == {text: i + 1 for i, text in enumerate(shown_order)}
+
+    # Once a response is moved, one Enter submits; the rule is stated on the page.
+    expect(page.locator("#enter-rule")).to_contain_text("press Enter (or Submit) twice")
+    expect(page.locator("#submit")).to_have_text("Submit ranking (Enter)")
+    page.keyboard.press("Alt+ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.locator("#done")).to_be_visible()
+    assert store.counts()["judgements"] == 2
+    assert errors == []
+    context.close()
+
+
+def test_a_skip_can_be_undone(browser, make_server):
+    from playwright.sync_api import expect
+
+    server = make_server(PROMPTS[:2])
+    page, context, errors = open_page(browser, server)
+    store = LabelStore(server.database)
+    page.keyboard.press("Alt+ArrowDown")  # some work before the skip
+    page.keyboard.press("c")
+    page.keyboard.type("unsure")
+    page.keyboard.press("Escape")
+    before = shown(page)
+
+    page.keyboard.press("s")
+    expect(page.locator("#prompt")).to_have_text(FRUITS)
+    undo = page.locator("#undo-skip")
+    expect(undo).to_be_visible()
+    expect(undo).to_have_text("Undo skip of item 1 (u)")
+    assert store.progress("alice")["you"]["skipped"] == 1
+
+    page.keyboard.press("u")
+    expect(page.locator("#prompt")).to_have_text(HAIKU)  # back, with the order and comment made before
+    expect(page.locator("#message")).to_contain_text("Item 1 is back")
+    assert shown(page) == before
+    expect(page.locator("#comment")).to_have_value("unsure")
+    expect(undo).to_be_hidden()
+    assert store.progress("alice")["you"]["skipped"] == 0
+    page.reload()  # the server gives it back too: nothing depends on this tab
+    expect(page.locator("#prompt")).to_have_text(HAIKU)
+
+    # A skip of the last item is undone from the "nothing left" page, with the button.
+    page.keyboard.press("Alt+ArrowDown")
+    page.keyboard.press("Enter")
+    expect(page.locator("#prompt")).to_have_text(FRUITS)
+    page.locator("#skip").click()
+    expect(page.locator("#done")).to_be_visible()
+    page.locator("#undo-skip").click()
+    expect(page.locator("#prompt")).to_have_text(FRUITS)
+    you = store.progress("alice")["you"]
+    assert (you["ranked"], you["skipped"]) == (1, 0)
+    assert errors == []
+    context.close()
+
+
+def test_a_very_long_answer_keeps_submit_in_reach(browser, make_server):
+    long_answer = ("All work and no play makes a long answer. " * 500)[:20_000]
+    server = make_server([(HAIKU, None, HAIKU, ["Short.", long_answer, "Also short."])])
+    page, context, errors = open_page(browser, server)
+    viewport = page.viewport_size
+    card = page.locator("#candidates > li", has_text="All work")
+    assert len(card.locator(".text").text_content()) == 20_000  # all of it is there, in a box that scrolls
+
+    def in_view(locator) -> bool:
+        box = locator.bounding_box()
+        return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"]
+
+    assert card.bounding_box()["height"] < viewport["height"] / 2
+    assert page.evaluate("window.scrollY") == 0
+    assert in_view(page.locator("#submit")) and in_view(page.locator("#skip"))
+    # Shown in full, the answer is taller than the window, and Submit stays at the bottom of it.
+    card.get_by_role("button", name="Show all").click()
+    assert card.bounding_box()["height"] > 3 * viewport["height"]
+    for y in (0, 2000, 6000):
+        page.evaluate(f"window.scrollTo(0, {y})")
+        assert in_view(page.locator("#submit")), y
+    page.keyboard.press("e")  # the focused response (the long one) is shortened again by key
+    assert card.bounding_box()["height"] < viewport["height"] / 2
+    assert errors == []
+    context.close()
+
+
+def test_direction_control_characters_are_shown_not_applied(browser, make_server):
+    from playwright.sync_api import expect
+
+    every = "x\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061cy"
+    conversation = [{"role": "system", "content": "sys\u202etem"}, {"role": "user", "content": "Reverse?"}]
+    server = make_server([(conversation, None, "Reverse?", ["abc\u202edef", every, "plain"])])
+    page, context, errors = open_page(browser, server)
+    card = page.locator("#candidates > li", has_text="abc")
+    text = card.locator(".text")
+    expect(text).to_have_text("abc⟨RLO⟩def")
+    expect(text.locator(".bidi-mark")).to_have_count(1)
+    # displayed in logical order: "d" is right of "c" (an applied override would put "f" there)
+    lefts = text.evaluate(
+        """node => ["c", "d", "f"].map(ch => {
+            const walker = document.createTreeWalker(node, NodeFilter.SHOW_TEXT);
+            for (let t = walker.nextNode(); t; t = walker.nextNode()) {
+                const at = t.data.indexOf(ch);
+                if (at >= 0) { const r = document.createRange(); r.setStart(t, at); r.setEnd(t, at + 1);
+                               return r.getBoundingClientRect().left; }
+            }
+        })"""
+    )
+    assert lefts[0] < lefts[1] < lefts[2], lefts
+    names = "LRE RLE PDF LRO RLO LRI RLI FSI PDI LRM RLM ALM".split()
+    expect(page.locator("#candidates > li", has_text="⟨LRE⟩").locator(".text")).to_have_text(
+        "x" + "".join(f"⟨{n}⟩" for n in names) + "y"
+    )
+    expect(page.locator("#conversation .text").first).to_have_text("sys⟨RLO⟩tem")
+    assert errors == []
+    context.close()

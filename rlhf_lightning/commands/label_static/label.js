@@ -1,5 +1,6 @@
 // The labelling page of `rlhf-lightning label` (the API is described in label_app.py).
-// Model text (prompts, responses) is untrusted: it is only ever inserted with textContent.
+// Model text (prompts, responses) is untrusted: it is only ever inserted as text nodes (showText, textContent),
+// with its direction control characters shown as marks rather than applied.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -7,12 +8,17 @@ const TOKEN = new URLSearchParams(location.search).get("token");
 const NAME_KEY = "rlhf-label:annotator";
 
 let annotator = localStorage.getItem(NAME_KEY) || "";
-let item = null; // the item shown: {item, round, prompt, version, candidates: [{key, text}]}
+// the item shown: {item, round, prompt, conversation, tools, version, candidates: [{key, text, cut_off}]}
+let item = null;
 let order = []; // candidate keys, best first
 let tied = new Set(); // keys tied with the candidate above them
+let touched = false; // the annotator moved or tied a response of this item (the shown order is random)
+let confirming = false; // Submit was pressed on an untouched item: a second press submits the shown order
+let expanded = new Set(); // keys of long responses shown in full
 let focusKey = null; // the candidate the keyboard commands act on
 let busy = false; // a submission or a load is under way
 let dragKey = null;
+let lastSkip = null; // {item, version, state}: the skip the Undo button takes back, and the work done before it
 
 // --- helpers ----------------------------------------------------------------------------------------------
 function el(tag, className, text) {
@@ -20,6 +26,34 @@ function el(tag, className, text) {
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+// Direction control characters (embeddings, overrides, isolates, marks) would let a text reorder how it and
+// its neighbours are displayed (U+202E shows "abc\u202Edef" as "abcfed"): they are shown as marks instead.
+const BIDI_CONTROLS = /[\u202A-\u202E\u2066-\u2069\u200E\u200F\u061C]/g;
+const BIDI_NAMES = {
+  "\u202A": "LRE", "\u202B": "RLE", "\u202C": "PDF", "\u202D": "LRO", "\u202E": "RLO", "\u2066": "LRI",
+  "\u2067": "RLI", "\u2068": "FSI", "\u2069": "PDI", "\u200E": "LRM", "\u200F": "RLM", "\u061C": "ALM",
+};
+
+function showText(node, text) {
+  node.replaceChildren();
+  node.dir = "auto";
+  let at = 0;
+  for (const match of text.matchAll(BIDI_CONTROLS)) {
+    if (match.index > at) node.append(text.slice(at, match.index));
+    const code = match[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+    const mark = el("span", "bidi-mark", `⟨${BIDI_NAMES[match[0]]}⟩`);
+    mark.title = `U+${code}: a text-direction control character in the text, shown here instead of applied`;
+    node.append(mark);
+    at = match.index + match[0].length;
+  }
+  if (at < text.length) node.append(text.slice(at));
+  return node;
+}
+
+function textBlock(className, text) {
+  return showText(el("div", className), text);
 }
 
 function say(text, kind) {
@@ -60,8 +94,11 @@ function savedKey(shown) {
 
 function save() {
   if (!item) return;
-  const state = { order, tied: [...tied], none: $("none-acceptable").checked, comment: $("comment").value };
-  localStorage.setItem(savedKey(item), JSON.stringify(state));
+  localStorage.setItem(savedKey(item), JSON.stringify(currentState()));
+}
+
+function currentState() {
+  return { order, tied: [...tied], touched, none: $("none-acceptable").checked, comment: $("comment").value };
 }
 
 function forget(shown) {
@@ -72,6 +109,9 @@ function restore() {
   const keys = item.candidates.map((c) => c.key);
   order = keys.slice();
   tied = new Set();
+  touched = false;
+  confirming = false;
+  expanded = new Set();
   focusKey = null;
   $("none-acceptable").checked = false;
   $("comment").value = "";
@@ -85,6 +125,7 @@ function restore() {
   if (!valid || !keys.every((k) => state.order.includes(k))) return;
   order = state.order.slice();
   tied = new Set((state.tied || []).filter((k) => keys.includes(k)));
+  touched = state.touched === true || tied.size > 0 || order.some((k, i) => k !== keys[i]);
   $("none-acceptable").checked = state.none === true;
   $("comment").value = typeof state.comment === "string" ? state.comment : "";
 }
@@ -124,7 +165,20 @@ function toggleTie(key) {
 }
 
 function changed() {
+  touched = true;
+  if (confirming) {
+    confirming = false;
+    setSubmitLabel();
+    say("");
+  }
   save();
+  render();
+}
+
+function toggleExpanded(key) {
+  if (expanded.has(key)) expanded.delete(key);
+  else expanded.add(key);
+  focusKey = key;
   render();
 }
 
@@ -143,7 +197,7 @@ function button(label, title, onClick, disabled, pressed) {
 function render() {
   const list = $("candidates");
   const hadFocus = list.contains(document.activeElement);
-  const texts = new Map(item.candidates.map((c) => [c.key, c.text]));
+  const byKey = new Map(item.candidates.map((c) => [c.key, c]));
   list.replaceChildren();
   let rank = 0;
   order.forEach((key, i) => {
@@ -154,10 +208,18 @@ function render() {
     li.tabIndex = 0;
     li.draggable = true;
     li.dataset.key = key;
-    li.setAttribute("aria-label", `Rank ${rank}${inTie ? ", tied" : ""}: response ${key}`);
+    const candidate = byKey.get(key);
+    const cutOff = candidate.cut_off === true;
+    const label = `Rank ${rank}${inTie ? ", tied" : ""}: response ${key}${cutOff ? ", cut off" : ""}`;
+    li.setAttribute("aria-label", label);
     li.setAttribute("aria-describedby", `text-${key}`);
     const head = el("div", "head");
     head.append(el("span", "rank", (inTie ? "=" : "") + rank), el("span", "key", `Response ${key}`));
+    if (cutOff) {
+      const mark = el("span", "cut-off", "✂ cut off");
+      mark.title = "This answer reached the length limit before the model ended it: it is unfinished";
+      head.append(mark);
+    }
     if (isTied) head.append(el("span", "tie-mark", "= tied with the one above"));
     const tools = el("span", "tools");
     tools.append(
@@ -166,12 +228,87 @@ function render() {
       button("= Tie", `Tie response ${key} with the one above`, () => toggleTie(key), i === 0, isTied),
     );
     head.append(tools);
-    const text = el("div", "text", texts.get(key));
+    const text = textBlock("text", candidate.text);
     text.id = `text-${key}`;
+    li.classList.toggle("expanded", expanded.has(key));
     li.append(head, text);
     list.append(li);
+    // a long response is shown in a box of its own height (it scrolls); "Show all" lets it grow
+    if (expanded.has(key) || text.scrollHeight > text.clientHeight + 1) {
+      const full = expanded.has(key);
+      const toggle = button(full ? "Show less" : "Show all", `${full ? "Shorten" : "Show all of"} response ${key} (e)`,
+        () => toggleExpanded(key), false);
+      toggle.classList.add("expand");
+      toggle.setAttribute("aria-expanded", full ? "true" : "false");
+      tools.prepend(toggle);
+    }
   });
   if (hadFocus) focusCandidate(focusKey);
+}
+
+const ROLE_NAMES = { system: "System", user: "User", assistant: "Assistant", tool: "Tool" };
+
+function renderConversation() {
+  const turns = Array.isArray(item.conversation) && item.conversation.length
+    ? item.conversation
+    : [{ role: "user", content: item.prompt }];
+  const list = $("conversation");
+  list.replaceChildren();
+  turns.forEach((turn, i) => {
+    const role = typeof turn.role === "string" ? turn.role : "";
+    const final = i === turns.length - 1;
+    const li = el("li", `turn role-${ROLE_NAMES[role] ? role : "other"}${final ? " final" : ""}`);
+    const head = el("div", "turn-head");
+    let label = ROLE_NAMES[role] || role;
+    if (role === "tool" && typeof turn.name === "string") label += ` (${turn.name})`;
+    head.append(showText(el("span", "role"), label));
+    if (final && turns.length > 1) head.append(el("span", "muted", "the turn the responses answer"));
+    li.append(head);
+    const text = textBlock("text", typeof turn.content === "string" ? turn.content : "");
+    if (final) text.id = "prompt";
+    li.append(text);
+    for (const call of Array.isArray(turn.tool_calls) ? turn.tool_calls : []) {
+      const fn = call && typeof call.function === "object" && call.function ? call.function : call || {};
+      const box = el("div", "call");
+      box.append(showText(el("div", "call-name"), `Calls the tool ${fn.name}`));
+      box.append(textBlock("text code", JSON.stringify(fn.arguments ?? {}, null, 2)));
+      li.append(box);
+    }
+    list.append(li);
+    // an earlier turn longer than a few lines is folded: its first lines and a "Show all" toggle
+    if (!final) {
+      text.classList.add("clipped");
+      if (text.scrollHeight > text.clientHeight + 1) {
+        const toggle = el("button", "small toggle", "Show all");
+        toggle.type = "button";
+        toggle.setAttribute("aria-expanded", "false");
+        toggle.addEventListener("click", () => {
+          const open = text.classList.toggle("clipped") === false;
+          toggle.textContent = open ? "Show less" : "Show all";
+          toggle.setAttribute("aria-expanded", open ? "true" : "false");
+        });
+        head.append(toggle);
+      } else {
+        text.classList.remove("clipped");
+      }
+    }
+  });
+  const tools = Array.isArray(item.tools) ? item.tools : [];
+  $("tools").hidden = tools.length === 0;
+  $("tools").open = false;
+  const names = tools.map((t) => (t && t.function && t.function.name) || (t && t.name) || "?");
+  showText($("tools-summary"), `Tools the assistant may call (${tools.length}): ${names.join(", ")}`);
+  showText($("tools-text"), JSON.stringify(tools, null, 2));
+}
+
+function setSubmitLabel() {
+  $("submit").textContent = confirming ? "Confirm: the shown order is my ranking (Enter)" : "Submit ranking (Enter)";
+  $("submit").classList.toggle("confirming", confirming);
+}
+
+function setUndo() {
+  $("undo-skip").hidden = lastSkip === null;
+  if (lastSkip !== null) $("undo-skip").textContent = `Undo skip of item ${lastSkip.item} (u)`;
 }
 
 function focusCandidate(key) {
@@ -209,10 +346,11 @@ async function loadNext(message) {
     } else {
       item = r.data;
       restore();
-      $("prompt").textContent = item.prompt;
       $("item-info").textContent = `(item ${item.item}, round ${item.round})`;
       show("work");
+      renderConversation();
       render();
+      setSubmitLabel();
       focusCandidate(order[0]);
     }
     say(message || "");
@@ -224,8 +362,17 @@ async function loadNext(message) {
 
 async function send(skip) {
   if (!item || busy) return;
+  if (!skip && !touched && !confirming) {
+    // the order is still the random one the page showed: Enter pressed by habit must not save it
+    confirming = true;
+    setSubmitLabel();
+    say("You have not moved or tied any response: the order is still the random one shown. If it is your " +
+      "ranking, press Enter (or the button) again to submit it.", "warn");
+    return;
+  }
   busy = true;
   const shown = item;
+  const state = currentState();
   const body = { annotator, item: shown.item, comment: $("comment").value };
   if (!skip) {
     Object.assign(body, { version: shown.version, ranking: groups(), none_acceptable: $("none-acceptable").checked });
@@ -235,6 +382,8 @@ async function send(skip) {
   busy = false;
   if (r.ok) {
     forget(shown);
+    lastSkip = skip ? { item: shown.item, version: shown.version, state } : null;
+    setUndo();
     await loadNext(skip ? `Skipped item ${shown.item}.` : `Saved your ranking of item ${shown.item}.`);
   } else if (r.data.judgement) {
     forget(shown);
@@ -244,6 +393,24 @@ async function send(skip) {
     await loadNext(`Item ${shown.item} changed while you ranked it (new responses): please rank it again.`);
   } else {
     say(`Not saved: ${r.data.error}. Your order is kept: try again.`, "error");
+  }
+}
+
+async function undoSkip() {
+  if (lastSkip === null || busy) return;
+  busy = true;
+  const undone = lastSkip;
+  say("Undoing the skip…");
+  const r = await api("POST", "api/unskip", { annotator, item: undone.item });
+  busy = false;
+  lastSkip = null;
+  setUndo();
+  if (r.ok) {
+    // the order and comment made before the skip come back with the item
+    localStorage.setItem(savedKey(undone), JSON.stringify(undone.state));
+    await loadNext(`Item ${undone.item} is back: rank it, or skip it again.`);
+  } else {
+    say(`Cannot undo the skip of item ${undone.item}: ${r.data.error}`, "error");
   }
 }
 
@@ -258,8 +425,14 @@ function onKey(e) {
     }
     return;
   }
-  if (!item || $("work").hidden || e.ctrlKey || e.metaKey) return;
+  if (e.ctrlKey || e.metaKey) return;
   const key = e.key.length === 1 ? e.key.toLowerCase() : e.key;
+  if (key === "u" && !e.altKey && lastSkip !== null) {
+    e.preventDefault();
+    undoSkip();
+    return;
+  }
+  if (!item || $("work").hidden) return;
   const up = key === "ArrowUp" || key === "k";
   const down = key === "ArrowDown" || key === "j";
   const i = order.indexOf(focusKey);
@@ -270,6 +443,9 @@ function onKey(e) {
     focusCandidate(order[next]);
   } else if (key === "t") {
     if (focusKey) toggleTie(focusKey);
+  } else if (key === "e") {
+    const li = [...$("candidates").children].find((node) => node.dataset.key === focusKey);
+    if (li && li.querySelector("button.expand")) toggleExpanded(focusKey); // long responses only
   } else if (key === "n") {
     $("none-acceptable").checked = !$("none-acceptable").checked;
     save();
@@ -277,7 +453,7 @@ function onKey(e) {
     $("comment").focus();
   } else if (key === "s") {
     send(true);
-  } else if (key === "Enter" && !(target instanceof HTMLButtonElement)) {
+  } else if (key === "Enter" && !(target instanceof Element && target.closest("button, summary"))) {
     send(false);
   } else {
     return;
@@ -363,6 +539,7 @@ $("change-name").addEventListener("click", () => {
 });
 $("submit").addEventListener("click", () => send(false));
 $("skip").addEventListener("click", () => send(true));
+$("undo-skip").addEventListener("click", () => undoSkip());
 $("check-again").addEventListener("click", () => loadNext());
 $("none-acceptable").addEventListener("change", save);
 $("comment").addEventListener("input", save);
