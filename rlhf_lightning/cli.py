@@ -139,6 +139,7 @@ CHECK_COMMAND = "check"
 they name, with no weight loaded (:func:`check_stage`)."""
 CHECK_PROMPTS = "--check.prompts="
 CHECK_SKIP_DATA = "--check.skip_data"
+CHECK_HELDOUT = "--check.write_heldout="
 COMMANDS = {  # name: (function, required arguments are positional, one line for --help)
     "pipeline": (run_pipeline, False, "SFT -> reward model -> PPO -> evaluation -> export in one root folder"),
     "evaluate": (evaluate_policies, False,
@@ -174,15 +175,19 @@ def check_stage(args: list[str]) -> None:
     stage's calibration files, PPO's stop tokens and score functions), then print one line of counts. No model
     weight is loaded and nothing is written.
 
-    Two options of its own, used by the pipeline: ``--check.prompts=JSON_LIST`` also reads those prompt files
-    with the stage's data settings (its evaluation and labelling prompts), and ``--check.skip_data`` leaves the
-    DataModule's rows out (a labelling database that the pipeline has not created yet)."""
+    Options of its own, used by the pipeline: ``--check.prompts=JSON_LIST`` also reads those prompt files with
+    the stage's data settings (its evaluation and labelling prompts), ``--check.skip_data`` leaves the
+    DataModule's rows out (a labelling database that the pipeline has not created yet), and
+    ``--check.write_heldout=PATH`` writes a prompts DataModule's held-out prompts there (what the PPO stage
+    will evaluate on, for the stages before it to leave out)."""
     prompts: list[str] = []
-    skip_data = CHECK_SKIP_DATA in args
+    skip_data, heldout = CHECK_SKIP_DATA in args, None
     rest = []
     for arg in args:
         if arg.startswith(CHECK_PROMPTS):
             prompts += json.loads(arg.removeprefix(CHECK_PROMPTS))
+        elif arg.startswith(CHECK_HELDOUT):
+            heldout = arg.removeprefix(CHECK_HELDOUT)
         elif arg != CHECK_SKIP_DATA:
             rest.append(arg)
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's run folder: nothing is written to the real one
@@ -195,6 +200,8 @@ def check_stage(args: list[str]) -> None:
         data.setup("fit")
         checked.append(f"{type(data).__name__}: {data.stats['train examples']} training and "
                        f"{data.stats['val examples']} validation rows")  # fmt: skip
+        if heldout is not None and isinstance(data, PromptsDataModule):
+            checked.append(f"{data.write_heldout(heldout)} held-out prompts written to {heldout}")
     check_inputs = getattr(model, "check_inputs", None)
     if check_inputs is not None:
         check_inputs(data)

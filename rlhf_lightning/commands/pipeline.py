@@ -2,6 +2,11 @@
 
     rlhf-lightning pipeline --config configs/quickstart.yaml
 
+Before anything trains, every stage still to run is checked (``rlhf-lightning check``: every file it reads,
+the evaluation's and the labelling's prompts too, with no weight loaded), and the prompts the PPO stage holds
+out are written to ``ROOT/evaluation_prompts.jsonl``; the SFT and reward stages leave them out
+(``data.exclude_prompts``), so the evaluation's prompts are held out of every stage.
+
 Each training stage is an ordinary ``rlhf-lightning fit`` of its own YAML config, run as a child process
 with its run folder set to ``ROOT/<stage>`` and wired to the folders of the stages before it (the reward
 model and PPO start from ``ROOT/sft/final``; PPO scores with ``ROOT/reward/final``). Then the PPO policy is
@@ -52,6 +57,9 @@ from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELD
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
 STATE_FILE, SUMMARY_MD, SUMMARY_JSON = "pipeline.json", "summary.md", "summary.json"
+EVALUATION_PROMPTS = "evaluation_prompts.jsonl"
+"""The prompts the PPO stage holds out, written by the check before anything trains; the SFT and reward stages
+leave them out (``data.exclude_prompts``), so the evaluation's prompts are held out of every stage."""
 DATABASE_FILE = "labels.sqlite"
 WAITING_FOR_LABELS = 3
 """The pipeline's exit code when it stopped to wait for people's rankings (0: finished)."""
@@ -160,12 +168,13 @@ def stage_arguments(
     reward_model: Path | None = None,
     train_files: list[str] | None = None,
     reference: Path | None = None,
+    exclude_prompts: Path | None = None,
 ) -> list[str]:
     """The ``fit`` command line of one stage: its config, the common and its own overrides, then the run
     folder (default ``root/stage``) and the folders of the earlier stages: the reward model starts from the
     SFT adapter, PPO from ``policy_start`` (default the SFT adapter) with ``reference`` as its KL reference
     (default: where it starts) and scores with ``reward_model`` (default ``root/reward/final``); ``train_files``
-    replaces the stage's data."""
+    replaces the stage's data, and the SFT and reward stages leave out the prompts of ``exclude_prompts``."""
     args = ["fit", "--config", spec.config]
     for key, value in {**common, **spec.overrides}.items():
         args.append(f"--{key}={_cli_value(value)}")
@@ -180,6 +189,13 @@ def stage_arguments(
             args.append(f"--model.init_args.reference_adapter={reference}")
     if train_files is not None:
         args.append(f"--data.init_args.train_files={json.dumps(train_files)}")
+    if exclude_prompts is not None and stage in ("sft", "reward"):
+        key = "data.init_args.exclude_prompts"
+        config = yaml.safe_load(Path(spec.config).read_text()) if Path(spec.config).exists() else None
+        given = (common | spec.overrides).get(key, (common | spec.overrides).get("data.exclude_prompts"))
+        given = given if given is not None else _lookup(config or {}, key)
+        given = [given] if isinstance(given, str) else list(given or [])
+        args.append(f"--data.init_args.exclude_prompts={json.dumps([*given, str(exclude_prompts)])}")
     if resume:
         args.append("--ckpt_path=last")
     return args
@@ -273,6 +289,11 @@ class Pipeline:
                 "another root_dir."
             )
 
+    def evaluation_prompts(self) -> Path | None:
+        """The PPO stage's held-out prompts as the check wrote them (``None`` before, or when it holds none out)."""
+        path = self.root / EVALUATION_PROMPTS
+        return path if path.exists() and path.stat().st_size > 0 else None
+
     # --- training stages -----------------------------------------------------------------------------------
     def run_stage(self, step: str) -> None:
         stage, n = step.rsplit("/", 1)[-1], _round_of(step)
@@ -286,7 +307,8 @@ class Pipeline:
                 extra["reference"] = self.root / "sft" / FINAL_FOLDER
             if stage == "reward":
                 extra["train_files"] = [str(self.database)]
-        args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume, **extra)
+        args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume,
+                               exclude_prompts=self.evaluation_prompts(), **extra)  # fmt: skip
         print(f"\n=== {step}: {'resuming from its last checkpoint' if resume else 'starting'} ===", flush=True)
         print("rlhf-lightning " + " ".join(args), flush=True)
         start = time.perf_counter()
@@ -461,9 +483,16 @@ class Pipeline:
         wanted = {s.rsplit("/", 1)[-1] for s in todo}
         if prompts and wanted & {"evaluation", "generate"}:
             wanted.add("ppo")
-        for stage in (s for s in STAGES if s in wanted):
-            args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume=False)
+        order = ["ppo", *(s for s in STAGES if s != "ppo")]  # PPO's held-out prompts first: the others leave them out
+        if wanted & {"sft", "reward"}:
+            wanted.add("ppo")
+        for stage in (s for s in order if s in wanted):
+            args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume=False,
+                                   exclude_prompts=self.evaluation_prompts())  # fmt: skip
             args[0] = "check"
+            if stage == "ppo":
+                self.root.mkdir(parents=True, exist_ok=True)
+                args.append(f"--check.write_heldout={self.root / EVALUATION_PROMPTS}")
             if stage == "reward" and self.labelling:
                 if self.database.exists():
                     args.append(f"--data.init_args.train_files={json.dumps([str(self.database)])}")

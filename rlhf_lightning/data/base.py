@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+import torch.distributed as dist
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from rlhf_lightning.data.chat import (
     CHAT_TEMPLATE_MODES,
@@ -67,6 +69,10 @@ class RowsDataModule(L.LightningDataModule):
         shuffle_seed: Seed of the per-epoch shuffling of training rows.
         num_workers: Data loader worker processes.
         tokenizer: Tokenizer to use; by default the model's (``tokenizer`` of the LightningModule).
+        exclude_prompts: Prompt files (any row format above, or a PPO run's ``heldout_prompts.jsonl``) whose
+            prompts this DataModule leaves out: a row answering one of them is dropped and counted, in
+            training and validation alike. The pipeline gives the SFT and reward stages the prompts the PPO
+            stage holds out, so that its evaluation prompts are held out of every stage.
         chat_template: How text rows (a string ``prompt``, with a string response) are formatted: ``auto``
             (default) renders them through the tokenizer's chat template when it has one (prompt = user turn,
             response = assistant turn; a PPO prompt ends with the generation prompt), as the model was tuned;
@@ -91,6 +97,7 @@ class RowsDataModule(L.LightningDataModule):
         num_workers: int = 0,
         tokenizer: str | None = None,
         chat_template: ChatTemplateMode = "auto",
+        exclude_prompts: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         if chat_template not in CHAT_TEMPLATE_MODES:
@@ -107,6 +114,9 @@ class RowsDataModule(L.LightningDataModule):
         if not self.train_files:
             raise ValueError("train_files is empty")
         self.val_files = as_list(val_files)
+        self.exclude_prompts = as_list(exclude_prompts)
+        self.excluded: set[str] = set()
+        """The prompt groups of ``exclude_prompts`` (read in ``setup``)."""
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.max_length = max_length
@@ -125,9 +135,9 @@ class RowsDataModule(L.LightningDataModule):
         self.val_examples: list = []
         self.stats: Counter = Counter()
         self.longest: tuple[int, str] = (0, "")  # the longest overlong row read: (length, "file, row N")
-        self.row_groups: list[str] = []
+        self.row_groups: list[str | None] = []
         """The prompt group (:func:`~rlhf_lightning.data.split.prompt_group`) of every row the last read went
-        through, dropped ones included, by position."""
+        through, dropped ones included, by position (``None`` for a row whose prompt is in ``exclude_prompts``)."""
 
     # --- to implement ------------------------------------------------------------------------------------
     def tokenize_row(self, row: object, where: RowLocation) -> Any:
@@ -174,7 +184,12 @@ class RowsDataModule(L.LightningDataModule):
             for row_number, row in self.read_source(source):
                 self.stats["rows"] += 1
                 position += 1
-                self.row_groups.append(prompt_group(row))
+                group = prompt_group(row)
+                if group in self.excluded:  # not this stage's prompt: it takes no part in the split either
+                    self.row_groups.append(None)
+                    self.stats["dropped (prompt in exclude_prompts)"] += 1
+                    continue
+                self.row_groups.append(group)
                 if text_fields_spell_control_tokens(self.tokenizer, row):
                     self.stats["text rows spelling control tokens (trained as text)"] += 1
                 try:
@@ -197,6 +212,7 @@ class RowsDataModule(L.LightningDataModule):
         if self.train_examples:
             return
         self.stats, self.longest = Counter(), (0, "")
+        self.excluded = {prompt_group(row) for source in self.exclude_prompts for _, row in read_rows(source)}
         examples, positions = self._load_rows(self.train_files)
         if not examples:
             raise self._no_usable_rows("train_files", self.train_files, "fix the files")
@@ -280,7 +296,8 @@ class RowsDataModule(L.LightningDataModule):
         before any row is dropped or truncated, so a row lands on the same side whatever the length policy; a
         dropped row is simply missing from its side."""
         rows = self.stats["rows"]
-        val_groups = split_groups(self.row_groups, self.val_fraction, self.split_seed)
+        groups = [g for g in self.row_groups if g is not None]
+        val_groups = split_groups(groups, self.val_fraction, self.split_seed)
         held_out = len(val_groups)
         side = [self.row_groups[p] in val_groups for p in positions]
         val = [e for e, held in zip(examples, side) if held]
@@ -294,7 +311,7 @@ class RowsDataModule(L.LightningDataModule):
                              "overlong rows")  # fmt: skip
             raise OptionError(
                 f"{self.kind}: val_fraction {self.val_fraction} holds out {held_out} of the "
-                f"{len(set(self.row_groups))} prompts of the {rows} rows in {self.train_files}, leaving {len(train)} "
+                f"{len(set(groups))} prompts of the {rows} rows in {self.train_files}, leaving {len(train)} "
                 f"usable rows to train on and {len(val)} to validate on (counts: {dict(self.stats)}). To fix: "
                 f"{'; or '.join(fixes)}"
             )
@@ -324,11 +341,27 @@ class RowsDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list:
         if not self.val_examples:
             return []
+        dataset = ListDataset(self.val_examples)
         return DataLoader(
-            ListDataset(self.val_examples),
+            dataset,
             batch_size=self.val_batch_size,
+            sampler=self._unrepeated_val_sampler(dataset),
             shuffle=False,
             collate_fn=self.collate_fn(),
             num_workers=self.num_workers,
             generator=self._generator(),
         )
+
+    def _unrepeated_val_sampler(self, dataset: Dataset) -> Sampler | None:
+        """Under DDP, for a stage whose validation metrics are sums over rows synced across ranks (its module sets
+        ``validation_without_repeats``), the validation rows split across the ranks without repeating any: rank
+        ``k`` of ``n`` takes rows ``k, k + n, ...``, so the ranks' counts may differ by one. ``None`` otherwise:
+        Lightning's ``DistributedSampler``, which repeats rows so that every rank has as many; also with fewer
+        rows than ranks, where a rank without a batch would fall out of step with the others."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if not getattr(module, "validation_without_repeats", False):
+            return None
+        if not (dist.is_available() and dist.is_initialized()) or not 1 < dist.get_world_size() <= len(dataset):
+            return None
+        return UnrepeatedDistributedSampler(dataset, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
+                                            shuffle=False)  # fmt: skip

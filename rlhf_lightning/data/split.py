@@ -38,7 +38,8 @@ def _before_first_answer(messages: list) -> list:
 
 def prompt_group(row: object) -> str:
     """The key of the prompt ``row`` answers: canonical JSON of its prompt (outer whitespace of a text prompt
-    ignored) and its ``tools``. The prompt is the ``prompt`` field when there is one; for a ``messages`` row,
+    ignored; a lone user message counts as its text) and its ``tools``. The prompt is the ``prompt`` field when
+    there is one; for a ``messages`` row,
     the messages before its first assistant turn; for an implicit-prompt pair, what ``chosen`` and
     ``rejected`` share at the start; for a ``text`` row, the text itself. Any other row is its own group.
     Rows are read as given (this runs before validation, on every row, dropped ones included)."""
@@ -56,6 +57,13 @@ def prompt_group(row: object) -> str:
         prompt = None
     if prompt is None or prompt == [] or prompt == "":
         return json.dumps(row, sort_keys=True, default=str)
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict):
+        if (
+            set(prompt[0]) == {"role", "content"}
+            and prompt[0]["role"] == "user"
+            and isinstance(prompt[0]["content"], str)
+        ):
+            prompt = prompt[0]["content"]  # one user message is what a text prompt becomes on a chat model
     if isinstance(prompt, str):
         prompt = prompt.strip()
     return json.dumps({"prompt": prompt, "tools": row.get("tools") or None}, sort_keys=True, default=str)

@@ -24,12 +24,12 @@ def test_prompt_group_names_the_prompt_of_every_row_format():
     assert prompt_group({"prompt": " Review a film.\n", "chosen": "a", "rejected": "b"}) == key("Review a film.")
     assert prompt_group({"prompt": "Review a film.", "completion": "x"}) == key("Review a film.")
     # a conversation is grouped by what comes before its first answer, a prompt list by itself
-    assert prompt_group({"messages": USER + ANSWER + USER + ANSWER}) == key(USER)
-    assert prompt_group({"prompt": USER, "responses": ["a", "b"]}) == key(USER)
-    assert prompt_group({"prompt": SYSTEM + USER}) == key(SYSTEM + USER) != key(USER)
+    assert prompt_group({"messages": USER + ANSWER + USER + ANSWER}) == key("Review a film.")
+    assert prompt_group({"prompt": USER, "responses": ["a", "b"]}) == key("Review a film.")  # = the text prompt
+    assert prompt_group({"prompt": SYSTEM + USER}) == key(SYSTEM + USER) != key("Review a film.")
     # implicit prompts: what chosen and rejected share at the start
     assert prompt_group({"chosen": USER + ANSWER, "rejected": USER + [{"role": "assistant", "content": "No."}]}) == (
-        key(USER)
+        key("Review a film.")
     )
     assert prompt_group({"chosen": "Q: hi A: yes", "rejected": "Q: hi A: no"}) == key("Q: hi A:")
     assert prompt_group({"text": "Once upon a time"}) == key("Once upon a time")
@@ -129,3 +129,23 @@ def test_validation_files_that_repeat_training_prompts_are_warned_about(tmp_path
     with pytest.warns(UserWarning, match=r"2 of the 4 prompts in val_files .* also appear in train_files"):
         dm.setup("fit")
     assert (dm.stats["train prompts"], dm.stats["val prompts"]) == (10, 4)
+
+
+def test_prompts_held_out_elsewhere_are_left_out_of_training_and_validation(tmp_path, char_tokenizer):
+    rows = _repeating_rows("comparisons")  # 12 prompts, three pairs each
+    asked = [{"role": "user", "content": "Question 5?"}]
+    heldout = write_jsonl(
+        tmp_path / "heldout.jsonl", [{"prompt": "Question 3?", "origin": {"row": 4}}, {"prompt": asked}]
+    )
+    answer = [{"role": "assistant", "content": "x"}], [{"role": "assistant", "content": "y"}]
+    messages = [{"prompt": asked, "chosen": answer[0], "rejected": answer[1]}]
+    dm = ComparisonsDataModule(train_files=write_jsonl(tmp_path / "train.jsonl", rows),
+                               val_files=write_jsonl(tmp_path / "val.jsonl", rows[:6] + messages),
+                               exclude_prompts=heldout)  # fmt: skip
+    dm.tokenizer = char_tokenizer
+    dm.setup("fit")
+    prompts = {str(e.prompt) for e in dm.train_examples + dm.val_examples}
+    assert "Question 3?" not in prompts and not any("Question 5?" in p for p in prompts)
+    # questions 3 and 5 (text or a lone user message alike): six training pairs and three validation rows
+    assert dm.stats["dropped (prompt in exclude_prompts)"] == 6 + 3
+    assert len(dm.train_examples) == 30 and len(dm.val_examples) == 4

@@ -93,6 +93,13 @@ def test_pipeline_runs_every_step_into_one_root(pipeline_run):
     assert ppo_info["reward_model"] == str(out / "reward" / "final")
     reward_config = yaml.safe_load((out / "reward" / "config.yaml").read_text())
     assert reward_config["model"]["init_args"]["model"]["adapter"] == str(out / "sft" / "final")
+    # the prompts PPO evaluates on were held out of SFT and reward training too (written before SFT trained)
+    heldout = [json.loads(line)["prompt"] for line in (out / "ppo" / HELDOUT_FILE).read_text().splitlines()]
+    written = [json.loads(line)["prompt"] for line in (out / "evaluation_prompts.jsonl").read_text().splitlines()]
+    assert written == heldout and len(set(heldout)) == 2
+    for stage in ("sft", "reward"):
+        data = yaml.safe_load((out / stage / "config.yaml").read_text())["data"]["init_args"]
+        assert data["exclude_prompts"] == [str(out / "evaluation_prompts.jsonl")]
     # the evaluation used PPO's held-out prompts (25% of 16) and the gold rule from the PPO config
     evaluation = json.loads((out / "evaluation" / "evaluation.json").read_text())
     assert len(evaluation["records"]) == 4
