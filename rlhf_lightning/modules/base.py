@@ -34,6 +34,10 @@ class CausalLMModule(L.LightningModule):
     """
 
     stage = "base"
+    validation_without_repeats = False
+    """Whether the validation metrics are sums over rows synced across ranks, so that under DDP the validation rows
+    may split across the ranks unevenly rather than with rows repeated to even them out (which would count those
+    rows twice): see ``RowsDataModule.val_dataloader``."""
 
     def __init__(
         self,

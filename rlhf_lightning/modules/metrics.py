@@ -30,6 +30,31 @@ class TokenNLL(Metric):
         return (self.nll_sum / self.tokens.clamp(min=1)).float()
 
 
+class WeightedMean(Metric):
+    """Weighted mean ``sum(w * x) / sum(w)`` over everything seen (0 before anything has weight).
+
+    The two sums are kept (in float64) and summed across ranks, so the mean over ranks holding different numbers
+    of rows is the mean over all their rows. The reward model's ``val/loss``: each batch's loss (a mean over its
+    prompts) weighted by its number of prompts.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("weighted_sum", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: torch.Tensor, weight: torch.Tensor | float) -> None:
+        """``value (*)`` and its ``weight``, of the same shape or a scalar for every entry."""
+        weight = torch.broadcast_to(torch.as_tensor(weight, dtype=torch.float64, device=value.device), value.shape)
+        self.weighted_sum += (value.detach().double() * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.weighted_sum / self.weight.clamp(min=1e-12)).float()
+
+
 class PreferenceMetrics(Metric):
     """Pairwise accuracy, mean margin, and mean/std of the preferred and dispreferred scores.
 

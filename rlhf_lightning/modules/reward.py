@@ -25,7 +25,7 @@ from rlhf_lightning.models.reward import (
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, RunFolder
 from rlhf_lightning.models.score_function import require_finite
 from rlhf_lightning.modules.base import CausalLMModule
-from rlhf_lightning.modules.metrics import PreferenceMetrics
+from rlhf_lightning.modules.metrics import PreferenceMetrics, WeightedMean
 from rlhf_lightning.modules.optim import OptimConfig
 from rlhf_lightning.ops import preference_loss
 
@@ -61,6 +61,7 @@ class RewardModule(CausalLMModule):
     """
 
     stage = "reward"
+    validation_without_repeats = True  # sums over rows (torchmetrics), synced across ranks
 
     def __init__(
         self,
@@ -92,6 +93,7 @@ class RewardModule(CausalLMModule):
         self.calibration_sequences: list[list[int]] = []
         self.train_metrics = PreferenceMetrics()
         self.val_metrics = PreferenceMetrics()
+        self.val_loss = WeightedMean()
 
     def configure_heads(self) -> None:
         self.score_head = ScalarHead(hidden_size_of(self.model), self.head_init_std).to(self._target_device())
@@ -156,11 +158,13 @@ class RewardModule(CausalLMModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         loss = self._step(batch, self.val_metrics)
-        self.log("val/loss", loss, batch_size=int(batch["group"].max()) + 1, sync_dist=True)
+        self.val_loss.update(loss, (torch.bincount(batch["group"]) > 0).sum())  # a mean over the batch's prompts
 
     def on_validation_epoch_end(self) -> None:
         stats = self.val_metrics.compute()
         self.val_metrics.reset()
+        self.log("val/loss", self.val_loss.compute())
+        self.val_loss.reset()
         self.log("val/accuracy", stats.pop("accuracy"), prog_bar=True)
         self.log_dict({f"val/{k}": v for k, v in stats.items()})
 

@@ -27,6 +27,7 @@ class SFTModule(CausalLMModule):
     """
 
     stage = "sft"
+    validation_without_repeats = True  # sums over rows (torchmetrics), synced across ranks
 
     def __init__(
         self,

@@ -23,6 +23,31 @@ def masked_sum(values: torch.Tensor, mask: torch.Tensor, all_reduce: bool = Fals
     return _all_reduce_sum((values * mask).sum(), all_reduce)
 
 
+def world_size() -> int:
+    """Number of data-parallel ranks: that of the initialised ``torch.distributed`` group, else 1."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def masked_count(mask: torch.Tensor, all_reduce: bool = False) -> torch.Tensor:
+    """Number of True entries of ``mask (*)`` (summed over every rank with ``all_reduce``). 0-d long."""
+    return _all_reduce_sum(mask.sum(), all_reduce)
+
+
+def global_mean_weight(part: torch.Tensor, total: torch.Tensor | int, ranks: int = 1) -> torch.Tensor:
+    """Weight of a part's masked mean in the masked mean over a batch split across ``ranks`` data-parallel
+    ranks whose gradients are averaged (DDP's all-reduce sums them and divides by the number of ranks).
+
+    ``part (*)`` bool: the valid entries of one part (a micro-batch); ``total``: the valid entries of the whole
+    batch over every rank (:func:`masked_count` with ``all_reduce``; at least 1 is used). With ``n`` entries in
+    the part, ``w = ranks * n / total``: ``w * masked_mean(x, part)`` is ``ranks * sum_part(x) / total``, and
+    summing that over a rank's parts, then averaging over the ranks, gives ``sum(x) / total``: the mean over
+    every valid entry of every rank, each entry weighing the same however the batch was sharded. With one
+    rank it is ``n / total``, the part's share of the batch. 0-d float.
+    """
+    total = torch.as_tensor(total, device=part.device).clamp(min=1)
+    return part.sum() * ranks / total
+
+
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, all_reduce: bool = False) -> torch.Tensor:
     """Mean of ``values`` over the entries where ``mask`` is True (0 when nothing is valid)."""
     stats = _all_reduce_sum(torch.stack([(values * mask).sum(), mask.sum().to(values.dtype)]), all_reduce)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from rlhf_lightning.ops import masked_mean, masked_sum, masked_var, standard_error, whiten
+from rlhf_lightning.ops.masked import global_mean_weight, masked_count, world_size
 
 VALUES = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, -7.0, -7.0]])
 MASK = torch.tensor([[True, True, True, False], [True, True, False, False]])
@@ -62,3 +63,19 @@ def test_standard_error_of_the_mean_by_hand():
     mask = torch.tensor([True, True, True, False])
     assert standard_error(values, mask).item() == pytest.approx((7 / 3) ** 0.5)
     assert standard_error(values, torch.tensor([True, False, False, False])).item() == float("inf")  # one value
+
+
+def test_global_mean_weight_by_hand():
+    # this rank holds the rows of VALUES (valid 1, 2, 3 and 4, 5: sum 15, mean 3), the other of two ranks 2 valid
+    # entries summing to 14 (mean 7): the mean over the union is (15 + 14) / 7 = 29 / 7, not (3 + 7) / 2
+    assert masked_count(MASK).item() == 5 and world_size() == 1
+    first, second = MASK.clone(), MASK.clone()
+    first[1], second[0] = False, False  # this rank's two micro-batches: 3 and 2 valid entries, means 2 and 4.5
+    w1, w2 = global_mean_weight(first, 7, ranks=2), global_mean_weight(second, 7, ranks=2)
+    assert (w1.item(), w2.item()) == (pytest.approx(6 / 7), pytest.approx(4 / 7))
+    this_rank = w1 * masked_mean(VALUES, first) + w2 * masked_mean(VALUES, second)  # (6 * 2 + 4 * 4.5) / 7
+    assert this_rank.item() == pytest.approx(30 / 7)
+    other_rank = global_mean_weight(torch.tensor([True, True]), 7, ranks=2).item() * 7  # 4 / 7 times its mean
+    assert (this_rank.item() + other_rank) / 2 == pytest.approx(29 / 7)  # DDP's average: the union's mean
+    assert global_mean_weight(first, 5).item() == pytest.approx(3 / 5)  # one rank: the part's share of its batch
+    assert global_mean_weight(torch.zeros_like(MASK), 0, ranks=2).item() == 0.0  # nothing valid: no weight

@@ -17,6 +17,7 @@ from rlhf_lightning.models.adapters import Role, active, response_logprobs, resp
 from rlhf_lightning.modules.ppo.config import PPOConfig
 from rlhf_lightning.modules.ppo.rollout import Experience, Rollout, micro_batches
 from rlhf_lightning.ops import kl_penalty_loss, masked_mean, ppo_policy_loss, ppo_value_loss
+from rlhf_lightning.ops.masked import global_mean_weight, masked_count, world_size
 
 
 class UpdateStats(NamedTuple):
@@ -82,7 +83,11 @@ def ppo_update(
     kl_estimator: Literal["k1", "k3"] = "k1",
 ) -> UpdateStats:
     """Train on one :class:`Experience`. Each micro-batch's losses are scaled by its share of the minibatch's
-    response tokens, so the gradients add up to the minibatch's token mean. The policy's loss is
+    response tokens, so the gradients add up to the minibatch's token mean. Under DDP the share is of the
+    minibatch's tokens over every rank (:func:`~rlhf_lightning.ops.masked.global_mean_weight`), so that the
+    gradient DDP averages is the token mean over the union of the ranks' minibatches, as one process would
+    compute it on all their rows: every response token weighs the same, however the rows were sharded. The
+    logged losses stay per-micro-batch token means (averaged over micro-batches and ranks). The policy's loss is
     back-propagated while its adapter is active, then the value's (gradient checkpointing re-runs a layer with
     the adapter active at backward time). ``step()`` applies the accumulated gradients and returns the
     gradient norms it measured (none for a step it skipped).
@@ -108,6 +113,7 @@ def ppo_update(
     def record(key: str, v: torch.Tensor) -> None:
         totals.setdefault(key, []).append(v.detach())
 
+    ranks = world_size()
     minibatches = max(1, min(cfg.num_minibatches, b))
     if build is not None and (minibatches > 1 or (cfg.micro_batch_size or b) < b):
         raise ValueError("building the experience in the first pass needs one minibatch of one micro-batch")
@@ -117,9 +123,9 @@ def ppo_update(
             index = order[minibatch * b // minibatches : (minibatch + 1) * b // minibatches]
             if exp is None:  # the pass that builds the experience keeps the rollout's row order
                 index = torch.arange(b, device=source.mask.device)
-            tokens = source.mask[index].sum().clamp(min=1)
+            tokens = masked_count(source.mask[index], all_reduce=True)  # over every rank
             for mb in micro_batches(source.sequences, source.attention_mask, source.mask, index, cfg.micro_batch_size):
-                weight = mb.mask.sum() / tokens
+                weight = global_mean_weight(mb.mask, tokens, ranks)
                 first = exp is None
                 with active(policy):
                     out = response_logprobs(
