@@ -22,8 +22,10 @@ def pipeline_config(root, tiny_llama, **labelling):
         "root_dir": str(root / "out"),
         "sft": {"config": paths["sft"]},
         # the tiny random model rarely ends an answer within 6 tokens: its cut-off candidates train without an end
-        "reward": {"config": paths["reward"],
-                   "overrides": {"data.init_args.val_fraction": 0.0, "data.init_args.cut_off": "keep"}},
+        "reward": {
+            "config": paths["reward"],
+            "overrides": {"data.init_args.val_fraction": 0.0, "data.init_args.cut_off": "keep"},
+        },
         "ppo": {"config": paths["ppo"], "overrides": {"model.init_args.lora.r": 4}},
         "evaluation": {"num_samples": 2},
         "labelling": {"prompts_per_round": 4, "num_candidates": 3, "temperature": 1.0, **labelling},
