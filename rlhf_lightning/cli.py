@@ -140,6 +140,7 @@ they name, with no weight loaded (:func:`check_stage`)."""
 CHECK_PROMPTS = "--check.prompts="
 CHECK_SKIP_DATA = "--check.skip_data"
 CHECK_HELDOUT = "--check.write_heldout="
+CHECK_SKIP_FOLDERS = "--check.skip_folders"
 COMMANDS = {  # name: (function, required arguments are positional, one line for --help)
     "pipeline": (run_pipeline, False, "SFT -> reward model -> PPO -> evaluation -> export in one root folder"),
     "evaluate": (evaluate_policies, False,
@@ -177,18 +178,24 @@ def check_stage(args: list[str]) -> None:
 
     Options of its own, used by the pipeline: ``--check.prompts=JSON_LIST`` also reads those prompt files with
     the stage's data settings (its evaluation and labelling prompts), ``--check.skip_data`` leaves the
-    DataModule's rows out (a labelling database that the pipeline has not created yet), and
-    ``--check.write_heldout=PATH`` writes a prompts DataModule's held-out prompts there (what the PPO stage
-    will evaluate on, for the stages before it to leave out)."""
+    DataModule's rows out (a labelling database that the pipeline has not created yet),
+    ``--check.skip_folders`` does not require the model folders it names to exist yet (the earlier stages of a
+    pipeline write them), and ``--check.write_heldout=PATH`` writes a prompts DataModule's held-out prompts
+    there (what the PPO stage will evaluate on, for the stages before it to leave out)."""
     prompts: list[str] = []
-    skip_data, heldout = CHECK_SKIP_DATA in args, None
+    skip_data, skip_folders, heldout = CHECK_SKIP_DATA in args, CHECK_SKIP_FOLDERS in args, None
     rest = []
     for arg in args:
         if arg.startswith(CHECK_PROMPTS):
-            prompts += json.loads(arg.removeprefix(CHECK_PROMPTS))
+            value = arg.removeprefix(CHECK_PROMPTS)
+            try:
+                given = json.loads(value) if value.lstrip().startswith("[") else [value]
+            except json.JSONDecodeError as error:
+                raise OptionError(f"--check.prompts: expected a JSON list of files, got {value!r} ({error})") from None
+            prompts += [given] if isinstance(given, str) else list(given)
         elif arg.startswith(CHECK_HELDOUT):
             heldout = arg.removeprefix(CHECK_HELDOUT)
-        elif arg != CHECK_SKIP_DATA:
+        elif arg not in (CHECK_SKIP_DATA, CHECK_SKIP_FOLDERS):
             rest.append(arg)
     with tempfile.TemporaryDirectory() as scratch:  # the trainer's run folder: nothing is written to the real one
         cli = RLHFLightningCLI(args=[*nested_nulls(rest), f"--trainer.default_root_dir={scratch}"], run=False)
@@ -204,7 +211,7 @@ def check_stage(args: list[str]) -> None:
             checked.append(f"{data.write_heldout(heldout)} held-out prompts written to {heldout}")
     check_inputs = getattr(model, "check_inputs", None)
     if check_inputs is not None:
-        check_inputs(data)
+        check_inputs(data, folders=not skip_folders)
     for source in prompts:
         extra = PromptsDataModule(
             train_files=source,

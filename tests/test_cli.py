@@ -116,5 +116,37 @@ def test_check_reads_every_file_a_stage_names_without_training_or_writing(tmp_pa
     with pytest.raises(SystemExit, match=r"error: .*bad\.jsonl, row 1, field 'prompt': missing"):
         bad = tmp_path / "bad.jsonl"
         bad.write_text('{"question": "Hi?"}\n')
-        main(["check", "--config", str(ROOT / "configs/ppo_quick.yaml"), f'--check.prompts=["{bad}"]'])
+        main(
+            [
+                "check",
+                "--config",
+                str(ROOT / "configs/ppo_quick.yaml"),
+                f'--check.prompts=["{bad}"]',
+                "--check.skip_folders",
+            ]
+        )
     assert not folder.exists()
+
+
+def test_a_model_folder_that_does_not_exist_is_one_line_in_check_and_fit(tmp_path, capsys):
+    missing = tmp_path / "sft" / "final"
+    check = ["check", "--config", str(ROOT / "configs/ppo_quick.yaml"), f"--model.init_args.model.adapter={missing}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(check)
+    assert str(exit_info.value).startswith(f"error: model.adapter {missing}: no such folder")
+    main([*check, "--check.skip_folders"])  # the pipeline's check: earlier stages write the folders
+    assert "checked: PromptsDataModule" in capsys.readouterr().out
+    fit = ["fit", "--config", str(ROOT / "configs/sft_quick.yaml"), f"--model.init_args.model.adapter={missing}",
+           f"--trainer.default_root_dir={tmp_path / 'run'}"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit)
+    assert str(exit_info.value).startswith(f"error: model.adapter {missing}: no such folder")
+
+
+@pytest.mark.parametrize("value", ["[people]", "[human, robot]", "[]"])
+def test_label_sources_that_name_no_known_source_are_one_line(value):
+    argv = ["check", "--config", str(ROOT / "configs/reward_quick.yaml"), f"--data.init_args.label_sources={value}",
+            "--model.init_args.model.adapter=null"]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert str(exit_info.value).startswith("error: label_sources: expected 'auto' or a list of ['human', 'judge']")

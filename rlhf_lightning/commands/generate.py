@@ -161,7 +161,7 @@ def generate_candidates(
             prompt, tools = _prompt_of(example)
             rows.append((prompt, tools, example.display, texts[i * num_candidates : (i + 1) * num_candidates]))
         counts = store.add_candidates(run, round, policy, settings, rows)
-        for name in ("prompts", "candidates", "duplicates", "empty", "new_items"):
+        for name in ("prompts", "candidates", "duplicates", "empty", "new_items", "cut_off"):
             setattr(total, name, getattr(total, name) + getattr(counts, name))
         bar.update(len(chunk))
     bar.close()
@@ -170,6 +170,12 @@ def generate_candidates(
         f"({total.duplicates} duplicates and {total.empty} empty responses left out; {total.new_items} new items). "
         f"Rank them: rlhf-lightning label {database}"
     )
+    if total.cut_off:
+        log.warning(
+            f"generate: {total.cut_off} of the {total.candidates} candidates reached --max_new_tokens "
+            f"{max_new_tokens} before ending; they are marked cut off, and the reward stage leaves them out by "
+            "default (data.cut_off). A larger --max_new_tokens leaves fewer cut off"
+        )
     return total
 
 

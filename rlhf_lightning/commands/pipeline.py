@@ -50,6 +50,8 @@ from rlhf_lightning.data.base import RowsDataModule
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.labels import LabelStore
 from rlhf_lightning.data.prompts import PromptsDataModule
+from rlhf_lightning.data.readers import read_rows
+from rlhf_lightning.data.split import prompt_group
 from rlhf_lightning.evaluation.config import EvalConfig
 from rlhf_lightning.evaluation.report import markdown_table, read_scalars
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELDOUT_FILE
@@ -168,7 +170,7 @@ def stage_arguments(
     reward_model: Path | None = None,
     train_files: list[str] | None = None,
     reference: Path | None = None,
-    exclude_prompts: Path | None = None,
+    exclude_prompts: list[str] | None = None,
 ) -> list[str]:
     """The ``fit`` command line of one stage: its config, the common and its own overrides, then the run
     folder (default ``root/stage``) and the folders of the earlier stages: the reward model starts from the
@@ -189,13 +191,13 @@ def stage_arguments(
             args.append(f"--model.init_args.reference_adapter={reference}")
     if train_files is not None:
         args.append(f"--data.init_args.train_files={json.dumps(train_files)}")
-    if exclude_prompts is not None and stage in ("sft", "reward"):
+    if exclude_prompts and stage in ("sft", "reward"):
         key = "data.init_args.exclude_prompts"
         config = yaml.safe_load(Path(spec.config).read_text()) if Path(spec.config).exists() else None
         given = (common | spec.overrides).get(key, (common | spec.overrides).get("data.exclude_prompts"))
         given = given if given is not None else _lookup(config or {}, key)
         given = [given] if isinstance(given, str) else list(given or [])
-        args.append(f"--data.init_args.exclude_prompts={json.dumps([*given, str(exclude_prompts)])}")
+        args.append(f"--data.init_args.exclude_prompts={json.dumps([*given, *exclude_prompts])}")
     if resume:
         args.append("--ckpt_path=last")
     return args
@@ -289,10 +291,31 @@ class Pipeline:
                 "another root_dir."
             )
 
-    def evaluation_prompts(self) -> Path | None:
-        """The PPO stage's held-out prompts as the check wrote them (``None`` before, or when it holds none out)."""
+    def evaluation_prompts(self) -> list[str]:
+        """Every prompt file the evaluations read: the PPO stage's held-out prompts as the check wrote them (once
+        it has, and when it holds any out), and ``evaluation.prompts`` when given."""
         path = self.root / EVALUATION_PROMPTS
-        return path if path.exists() and path.stat().st_size > 0 else None
+        written = [str(path)] if path.exists() and path.stat().st_size > 0 else []
+        return written + ([self.evaluation.prompts] if self.evaluation.prompts else [])
+
+    def warn_trained_evaluation_prompts(self) -> None:
+        """A warning when ``evaluation.prompts`` shares prompts with the PPO stage's training split: the
+        evaluation would measure prompts PPO trained on (the SFT and reward stages leave them out)."""
+        if not self.evaluation.prompts:
+            return
+        data = _lookup(self._ppo_config(), "data.init_args") or {}
+        files = data.get("train_files", "builtin:prompts.jsonl")
+        held = {prompt_group(row) for _, row in read_rows(str(self.root / EVALUATION_PROMPTS))}
+        trained = {prompt_group(row) for f in ([files] if isinstance(files, str) else files) for _, row in read_rows(f)}
+        asked = {prompt_group(row) for _, row in read_rows(self.evaluation.prompts)}
+        shared = len(asked & (trained - held))
+        if shared:
+            print(
+                f"warning: {shared} of the {len(asked)} prompts in evaluation.prompts ({self.evaluation.prompts}) are "
+                f"among the PPO stage's training prompts ({files}); the evaluation measures prompts PPO trained on. "
+                "Leave evaluation.prompts empty to evaluate on the prompts PPO holds out, or remove them from one side",
+                flush=True,
+            )
 
     # --- training stages -----------------------------------------------------------------------------------
     def run_stage(self, step: str) -> None:
@@ -490,6 +513,7 @@ class Pipeline:
             args = stage_arguments(stage, self.specs[stage], self.root, self.common, resume=False,
                                    exclude_prompts=self.evaluation_prompts())  # fmt: skip
             args[0] = "check"
+            args.append("--check.skip_folders")  # the earlier stages write them
             if stage == "ppo":
                 self.root.mkdir(parents=True, exist_ok=True)
                 args.append(f"--check.write_heldout={self.root / EVALUATION_PROMPTS}")
@@ -507,6 +531,8 @@ class Pipeline:
                     f"error: the {stage} stage's check failed (above); nothing has trained. Fix it and run the "
                     "same pipeline command again."
                 )
+            if stage == "ppo":
+                self.warn_trained_evaluation_prompts()
 
     def run(self) -> dict:
         """Check every stage's inputs (:meth:`check_inputs`), then run every step not done yet and return the

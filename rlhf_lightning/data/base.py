@@ -254,8 +254,8 @@ class RowsDataModule(L.LightningDataModule):
         of stopping the run (Lightning refuses it), so a shipped config fits any dataset size."""
         trainer = self.trainer
         interval = getattr(trainer, "val_check_interval", None)
-        if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None or not self.val_examples:
-            return
+        if not isinstance(interval, int) or trainer.check_val_every_n_epoch is None:
+            return  # (Lightning refuses a longer interval even with no validation data)
         batches = len(self.train_dataloader())
         limit = trainer.limit_train_batches
         batches = min(batches, limit) if isinstance(limit, int) else max(1, int(batches * limit))

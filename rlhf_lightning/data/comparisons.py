@@ -25,6 +25,7 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal, NamedTuple
 
 import torch
@@ -51,6 +52,7 @@ from rlhf_lightning.data.degenerate import (
 from rlhf_lightning.data.errors import RowLocation, type_name
 from rlhf_lightning.data.formats import require_text, tokenize_conversation
 from rlhf_lightning.data.labels import LABEL_SOURCES_AUTO, chosen_sources
+from rlhf_lightning.data.labels import SUFFIXES as LABEL_SUFFIXES
 from rlhf_lightning.data.readers import read_rows
 from rlhf_lightning.ops.padding import pack_shared_prefix, right_pad
 
@@ -179,7 +181,7 @@ class ComparisonsDataModule(RowsDataModule):
         rejected_variants: list[DegenerateKind] | None = None,
         share_prompts: bool = True,
         cut_off: Literal["drop", "keep"] = "drop",
-        label_sources: Literal["auto"] | list[Literal["human", "judge"]] = "auto",
+        label_sources: str | list[str] = "auto",
         **kwargs,
     ) -> None:
         super().__init__(train_files, **kwargs)
@@ -228,6 +230,9 @@ class ComparisonsDataModule(RowsDataModule):
 
     def _no_usable_rows(self, option: str, files: list[str], fix: str):
         cut = self.stats["cut-off responses left out"]
+        if any(Path(f).suffix in LABEL_SUFFIXES for f in files):
+            fix = (f"change data.label_sources (now {self.label_sources}; the log above says what each database "
+                   f"holds); or {fix}")  # fmt: skip
         if cut:
             fix = (f"sample longer answers (max_new_tokens) or set data.cut_off: keep to train the {cut} cut-off "
                    f"answers without their end token; or {fix}")  # fmt: skip

@@ -198,6 +198,8 @@ class GenerationCounts:
     """Responses identical to one the item already had."""
     empty: int = 0
     new_items: int = 0
+    cut_off: int = 0
+    """Stored candidates that did not end with a stop token (cut at the length limit)."""
 
 
 def _keys(count: int) -> list[str]:
@@ -364,6 +366,7 @@ class LabelStore:
                         (item[0], response, policy, settings_json, now, None if ended is None else int(ended)),
                     )
                 counts.candidates += len(new)
+                counts.cut_off += sum(ended is False for _, ended in new)
         return counts
 
     # --- items -----------------------------------------------------------------------------------------------

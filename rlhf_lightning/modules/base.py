@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from rlhf_lightning.models import LoraConfig, ModelConfig, count_parameters, load_causal_lm, load_tokenizer
 from rlhf_lightning.models.embedded import resolve_model_path
-from rlhf_lightning.models.run_folder import FINAL_FOLDER, RunFolder, RunInfo
+from rlhf_lightning.models.run_folder import FINAL_FOLDER, RunFolder, RunInfo, require_model
 from rlhf_lightning.modules.guard import NonFiniteGuard
 from rlhf_lightning.modules.optim import OptimConfig, build_optimizer, build_scheduler
 
@@ -60,6 +60,7 @@ class CausalLMModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        self.require_folders()
         self.model = load_causal_lm(self.model_config, self.lora_config, device=self._target_device())
         self.model.train()  # from_pretrained returns eval mode; Lightning keeps submodule modes as they are
         self.configure_heads()
@@ -71,10 +72,24 @@ class CausalLMModule(L.LightningModule):
     def configure_heads(self) -> None:
         """Create any head on top of the model (called once, right after the model is loaded)."""
 
-    def check_inputs(self, datamodule) -> None:
-        """Read and check every file and function the stage itself names (beyond its DataModule's rows), with
-        no weight loaded; raises the error the run would stop with. ``rlhf-lightning check`` and the pipeline's
-        check of every stage before the first trains call it after ``datamodule.setup``."""
+    def named_folders(self) -> dict[str, str | None]:
+        """The model folders the stage's options name, by option: they must exist before any weight loads."""
+        return {"model.adapter": self.model_config.adapter}
+
+    def require_folders(self) -> None:
+        """A one-line :class:`~rlhf_lightning.models.run_folder.ModelNotFound` for a named folder that does not
+        exist (instead of a loader's traceback once loading has begun)."""
+        for option, name in self.named_folders().items():
+            if name is not None:
+                require_model(name, option)
+
+    def check_inputs(self, datamodule, folders: bool = True) -> None:
+        """Read and check every file and function the stage itself names (beyond its DataModule's rows), and with
+        ``folders`` that the model folders it names exist, with no weight loaded; raises the error the run would
+        stop with. ``rlhf-lightning check`` and the pipeline's check of every stage before the first trains
+        (``folders`` off: the earlier stages write them) call it after ``datamodule.setup``."""
+        if folders:
+            self.require_folders()
 
     def _target_device(self) -> torch.device:
         return self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")

@@ -174,8 +174,9 @@ class RewardModule(CausalLMModule):
         the run now rather than after training."""
         self.check_inputs(getattr(self._trainer, "datamodule", None))
 
-    def check_inputs(self, datamodule) -> None:
+    def check_inputs(self, datamodule, folders: bool = True) -> None:
         """The calibration files, read and tokenized as the comparisons (their ``chat_template``)."""
+        super().check_inputs(datamodule, folders)
         if self.calibration_files and not self.calibration_sequences:
             self.calibration_sequences = self.read_calibration_sequences(getattr(datamodule, "chat_template", None))
         train_files = getattr(datamodule, "train_files", None)

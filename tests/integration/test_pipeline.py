@@ -301,3 +301,21 @@ def test_a_bad_file_of_any_stage_stops_the_pipeline_before_anything_trains(tiny_
     found = f"{bad}, row 1: no recognised" if where == "reward data" else f"{bad}, row 2, field 'prompt': is empty"
     assert found in err
     assert not (tmp_path / "out" / "sft").exists()
+
+
+def test_given_evaluation_prompts_are_held_out_of_sft_and_reward_and_a_trained_one_is_warned_about(
+    tiny_llama, tmp_path, capsys
+):
+    from rlhf_lightning.commands.pipeline import EvaluationSpec, Pipeline, StageSpec, stage_arguments
+
+    paths = stage_configs(tmp_path, tiny_llama)
+    asked = write_jsonl(tmp_path / "asked.jsonl", [{"prompt": PROMPTS[0]}, {"prompt": "A question nobody trained on?"}])
+    specs = [StageSpec(config=paths[s]) for s in ("sft", "reward", "ppo")]
+    pipeline = Pipeline(str(tmp_path / "out"), *specs, EvaluationSpec(prompts=asked), False, {})
+    (tmp_path / "out").mkdir()
+    write_jsonl(tmp_path / "out" / "evaluation_prompts.jsonl", [{"prompt": PROMPTS[7]}])  # what PPO holds out
+    pipeline.warn_trained_evaluation_prompts()
+    assert "1 of the 2 prompts in evaluation.prompts" in capsys.readouterr().out
+    args = stage_arguments("sft", specs[0], pipeline.root, {}, False, exclude_prompts=pipeline.evaluation_prompts())
+    excluded = [str(tmp_path / "out" / "evaluation_prompts.jsonl"), asked]
+    assert f"--data.init_args.exclude_prompts={json.dumps(excluded)}" in args

@@ -164,3 +164,10 @@ def test_a_validation_interval_longer_than_an_epoch_validates_each_epoch(tiny_ll
     run = tmp_path / "run"
     run_cli(sft_args(tiny_llama, data, run, 6, "--trainer.val_check_interval=100"))
     assert sorted(scalars(run, "val/loss")) == [1, 3, 5]  # after each of the 3 epochs (the step before)
+
+
+def test_a_validation_interval_longer_than_an_epoch_trains_without_validation_data(tiny_llama, tmp_path):
+    data = write_jsonl(tmp_path / "demos.jsonl", ROWS[:8])  # 8 rows, no validation: 2 batches of 4 per epoch
+    run = tmp_path / "run"
+    run_cli(sft_args(tiny_llama, data, run, 3, "--trainer.val_check_interval=100", "--data.val_fraction=0"))
+    assert sorted(scalars(run, "train/loss")) == [0, 1, 2] and not scalars(run, "val/loss")

@@ -135,6 +135,7 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        self.require_folders()
         # a bad rollout.stop_tokens entry is refused before any weight is loaded
         stop_token_ids(self.tokenizer, (), self.rollout_config.stop_tokens, "model.rollout.stop_tokens")
         models = build_roles(
@@ -277,9 +278,14 @@ class PPOModule(PPOEvaluation, PPOOptimization, CausalLMModule):
         self.check_inputs(datamodule)
         check_strategy(self.trainer.strategy)
 
-    def check_inputs(self, datamodule) -> None:
+    def named_folders(self) -> dict[str, str | None]:
+        folders = {"model.reward_model": self.reward_model_path, "model.reference_adapter": self.reference_adapter}
+        return super().named_folders() | folders
+
+    def check_inputs(self, datamodule, folders: bool = True) -> None:
         """The stop tokens (the reward and gold functions are imported when the module is built), and a
         shipped task's gold rule kept with other prompts."""
+        super().check_inputs(datamodule, folders)
         stop_token_ids(self.tokenizer, (), self.rollout_config.stop_tokens, "model.rollout.stop_tokens")
         gold, train_files = self.eval_config.gold_function, getattr(datamodule, "train_files", None)
         if gold and train_files:
