@@ -651,8 +651,9 @@ class Pipeline:
             ]
         if s.get("rounds"):
             rows.insert(2, ("Rounds of feedback", f"{len(s['rounds'])} (the rows below describe the last)"))
-            kl_to_start = "PPO: KL to the round's starting policy, nats (first → last iteration)"
-            rows = [(kl_to_start, v) if k.startswith("PPO: KL to SFT") else (k, v) for k, v in rows]
+            if self.labelling.reference == "previous":  # the last round's PPO measured KL to where it started
+                kl_to_start = "PPO: KL to the round's starting policy, nats (first → last iteration)"
+                rows = [(kl_to_start, v) if k.startswith("PPO: KL to SFT") else (k, v) for k, v in rows]
         seconds = s["seconds"]
         total = sum(v for v in seconds.values() if v)
         rows.append(
