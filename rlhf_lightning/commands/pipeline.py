@@ -59,6 +59,11 @@ from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELD
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
 STATE_FILE, SUMMARY_MD, SUMMARY_JSON = "pipeline.json", "summary.md", "summary.json"
+DEGENERATE_STOP_KINDS = ("empty", "prompt_repeated")
+"""The degenerate answers (:mod:`rlhf_lightning.data.degenerate`) that stop the pipeline before PPO when the reward
+model prefers them: no answer at all, and the request echoed back."""
+DEGENERATE_LIMIT = 0.5
+"""...when they score above the median real answer on more than this share of the checked prompts."""
 EVALUATION_PROMPTS = "evaluation_prompts.jsonl"
 """The prompts the PPO stage holds out, written by the check before anything trains; the SFT and reward stages
 leave them out (``data.exclude_prompts``), so the evaluation's prompts are held out of every stage."""
@@ -232,7 +237,11 @@ class Pipeline:
         export: bool,
         common: dict[str, Any],
         labelling: LabellingSpec | None = None,
+        degenerate_reward: Literal["stop", "warn"] = "stop",
     ) -> None:
+        if degenerate_reward not in ("stop", "warn"):
+            raise OptionError(f"degenerate_reward: expected stop or warn, got {degenerate_reward!r}")
+        self.degenerate_reward = degenerate_reward
         self.root = Path(root_dir)
         self.specs = {"sft": sft, "reward": reward, "ppo": ppo}
         self.evaluation, self.export, self.common, self.labelling = evaluation, export, common, labelling
@@ -344,6 +353,33 @@ class Pipeline:
         if not (folder / FINAL_FOLDER).exists():
             raise SystemExit(f"error: the {step} stage ended without writing {folder / FINAL_FOLDER}")
         self._mark(step, time.perf_counter() - start)
+
+    def check_reward_model(self, n: int | None) -> None:
+        """Before PPO: stop (``degenerate_reward: stop``) or warn when the reward stage's degenerate-answer check
+        found that an empty or echoed answer (the request repeated) scores above the median real answer on
+        more than :data:`DEGENERATE_LIMIT` of the checked prompts: a policy would learn to answer with nothing."""
+        check = self.stage_folder("reward", n) / FINAL_FOLDER / DEGENERATE_FILE
+        if not check.exists():
+            return
+        report = json.loads(check.read_text())
+        flagged = {
+            kind: report["kinds"][kind]["above_median_real"]
+            for kind in DEGENERATE_STOP_KINDS
+            if report["kinds"].get(kind, {}).get("above_median_real", 0.0) > DEGENERATE_LIMIT
+        }
+        if not flagged:
+            return
+        shares = ", ".join(f"{kind.replace('_', ' ')} answer {100 * share:.0f}%" for kind, share in flagged.items())
+        message = (
+            f"the reward model {check.parent} scores a degenerate answer above the median real answer on most of the "
+            f"{report['prompts']} {report['split']} prompts it checked ({shares}; {check}): PPO against it would "
+            f"learn to answer that way. To fix: retrain the reward stage with data.init_args.rejected_variants: "
+            f"{json.dumps(sorted(flagged))} (its overrides; delete {check.parents[1]} and what follows it), or more "
+            "comparisons; or set degenerate_reward: warn to go on (docs/reward.md#degenerate-answers)"
+        )
+        if self.degenerate_reward == "stop":
+            raise SystemExit(f"error: {message}")
+        print(f"warning: {message}", flush=True)
 
     def policy_before(self, n: int) -> Path:
         """The policy round ``n`` starts from: the SFT model, then the previous round's PPO policy."""
@@ -546,6 +582,8 @@ class Pipeline:
                 print(f"=== {step}: done earlier, skipped (see {self.state_path}) ===", flush=True)
                 continue
             ran = True
+            if name == "ppo":
+                self.check_reward_model(_round_of(step))
             if name in STAGES:
                 self.run_stage(step)
             elif name == "generate":
@@ -718,6 +756,7 @@ def run_pipeline(
     export: bool = True,
     common: dict[str, Any] | None = None,
     labelling: LabellingSpec | None = None,
+    degenerate_reward: Literal["stop", "warn"] = "stop",
 ) -> dict:
     """Run SFT, reward model and PPO, then evaluate the policy against the SFT model and export both models.
 
@@ -732,12 +771,17 @@ def run_pipeline(
         common: Overrides for every stage, e.g. ``{"trainer.accelerator": "gpu", "trainer.precision": "bf16-mixed"}``.
         labelling: Rounds of feedback on the policy's own candidates (see the module's documentation); without
             it the reward model trains on its config's data once.
+        degenerate_reward: What happens before PPO when the reward stage's degenerate-answer check finds that an
+            empty or echoed answer scores above the median real answer on most checked prompts: ``stop`` (the
+            message gives the figures and the fix) or ``warn`` and go on.
 
     Returns:
         The summary. When a round waits for people's rankings, the pipeline prints the command to run and exits
         with code 3 (:data:`WAITING_FOR_LABELS`).
     """
-    pipeline = Pipeline(root_dir, sft, reward, ppo, evaluation, export, dict(common or {}), labelling)
+    pipeline = Pipeline(
+        root_dir, sft, reward, ppo, evaluation, export, dict(common or {}), labelling, degenerate_reward
+    )
     pipeline.root.mkdir(parents=True, exist_ok=True)
     (pipeline.root / "pipeline_config.yaml").write_text(
         yaml.safe_dump(
@@ -748,6 +792,7 @@ def run_pipeline(
                 "export": export,
                 "common": pipeline.common,
                 "labelling": asdict(labelling) if labelling else None,
+                "degenerate_reward": degenerate_reward,
             },
             sort_keys=False,
         )

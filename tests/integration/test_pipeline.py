@@ -319,3 +319,41 @@ def test_given_evaluation_prompts_are_held_out_of_sft_and_reward_and_a_trained_o
     args = stage_arguments("sft", specs[0], pipeline.root, {}, False, exclude_prompts=pipeline.evaluation_prompts())
     excluded = [str(tmp_path / "out" / "evaluation_prompts.jsonl"), asked]
     assert f"--data.init_args.exclude_prompts={json.dumps(excluded)}" in args
+
+
+@pytest.mark.parametrize("setting", ["stop", "warn"])
+def test_a_reward_model_that_prefers_empty_answers_stops_the_pipeline_before_ppo(tiny_llama, tmp_path, capsys, setting):
+    from rlhf_lightning.commands.pipeline import EvaluationSpec, Pipeline, StageSpec
+    from rlhf_lightning.models.run_folder import DEGENERATE_FILE
+
+    paths = stage_configs(tmp_path, tiny_llama)
+    specs = [StageSpec(config=paths[s]) for s in ("sft", "reward", "ppo")]
+    pipeline = Pipeline(str(tmp_path / "out"), *specs, EvaluationSpec(), False, {}, degenerate_reward=setting)
+    ran = []
+    pipeline.check_inputs = lambda: None  # (the files are fine; the point is what happens after the reward stage)
+    pipeline.run_stage = ran.append
+    pipeline.state["steps"] = {s: {"status": "done"} for s in ("sft", "reward")}
+    final = tmp_path / "out" / "reward" / "final"
+    final.mkdir(parents=True)
+
+    def check(empty: float, echoed: float) -> None:
+        kinds = {"empty": empty, "prompt_repeated": echoed, "phrase_repeated": 0.9, "cut_mid_sentence": 0.9}
+        report = {"prompts": 10, "split": "held-out", "kinds": {k: {"above_median_real": v} for k, v in kinds.items()}}
+        (final / DEGENERATE_FILE).write_text(json.dumps(report))
+
+    check(0.3, 0.5)  # at most half of the prompts: PPO runs (the other kinds are the reward data's business)
+    pipeline.check_reward_model(None)
+    check(0.8, 0.6)
+    if setting == "stop":
+        with pytest.raises(SystemExit) as exit_info:
+            pipeline.run()
+        assert ran == [], "PPO did not start"
+        message = str(exit_info.value)
+    else:
+        with pytest.raises(FileNotFoundError):  # went on past PPO (recorded, not run): no ppo/config.yaml to evaluate
+            pipeline.run()
+        assert ran == ["ppo"]
+        message = capsys.readouterr().out
+    assert "scores a degenerate answer above the median real answer on most of the 10 held-out prompts" in message
+    assert "empty answer 80%, prompt repeated answer 60%" in message
+    assert 'rejected_variants: ["empty", "prompt_repeated"]' in message and "degenerate_reward: warn" in message
