@@ -47,6 +47,7 @@ from rlhf_lightning.commands.export import export_model
 from rlhf_lightning.commands.generate import generate_candidates
 from rlhf_lightning.commands.label import judge_labels
 from rlhf_lightning.data.base import RowsDataModule
+from rlhf_lightning.data.degenerate import exploit_message, exploitable
 from rlhf_lightning.data.errors import OptionError
 from rlhf_lightning.data.labels import LabelStore
 from rlhf_lightning.data.prompts import PromptsDataModule
@@ -59,11 +60,6 @@ from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELD
 STAGES = ("sft", "reward", "ppo")
 STEPS = (*STAGES, "evaluation", "export")
 STATE_FILE, SUMMARY_MD, SUMMARY_JSON = "pipeline.json", "summary.md", "summary.json"
-DEGENERATE_STOP_KINDS = ("empty", "prompt_repeated")
-"""The degenerate answers (:mod:`rlhf_lightning.data.degenerate`) that stop the pipeline before PPO when the reward
-model prefers them: no answer at all, and the request echoed back."""
-DEGENERATE_LIMIT = 0.5
-"""...when they score above the median real answer on more than this share of the checked prompts."""
 EVALUATION_PROMPTS = "evaluation_prompts.jsonl"
 """The prompts the PPO stage holds out, written by the check before anything trains; the SFT and reward stages
 leave them out (``data.exclude_prompts``), so the evaluation's prompts are held out of every stage."""
@@ -356,26 +352,19 @@ class Pipeline:
 
     def check_reward_model(self, n: int | None) -> None:
         """Before PPO: stop (``degenerate_reward: stop``) or warn when the reward stage's degenerate-answer check
-        found that an empty or echoed answer (the request repeated) scores above the median real answer on
-        more than :data:`DEGENERATE_LIMIT` of the checked prompts: a policy would learn to answer with nothing."""
+        found that an empty or echoed answer (the request repeated) scores above the median real answer on most
+        checked prompts (:func:`~rlhf_lightning.data.degenerate.exploitable`): a policy would learn to answer so."""
         check = self.stage_folder("reward", n) / FINAL_FOLDER / DEGENERATE_FILE
         if not check.exists():
             return
         report = json.loads(check.read_text())
-        flagged = {
-            kind: report["kinds"][kind]["above_median_real"]
-            for kind in DEGENERATE_STOP_KINDS
-            if report["kinds"].get(kind, {}).get("above_median_real", 0.0) > DEGENERATE_LIMIT
-        }
+        flagged = exploitable(report)
         if not flagged:
             return
-        shares = ", ".join(f"{kind.replace('_', ' ')} answer {100 * share:.0f}%" for kind, share in flagged.items())
         message = (
-            f"the reward model {check.parent} scores a degenerate answer above the median real answer on most of the "
-            f"{report['prompts']} {report['split']} prompts it checked ({shares}; {check}): PPO against it would "
-            f"learn to answer that way. To fix: retrain the reward stage with data.init_args.rejected_variants: "
-            f"{json.dumps(sorted(flagged))} (its overrides; delete {check.parents[1]} and what follows it), or more "
-            "comparisons; or set degenerate_reward: warn to go on (docs/reward.md#degenerate-answers)"
+            f"{exploit_message(report, flagged, str(check.parent))}. In the pipeline: put that in the reward "
+            f"stage's overrides and delete {check.parents[1]} and what follows it; or set degenerate_reward: warn "
+            "to go on"
         )
         if self.degenerate_reward == "stop":
             raise SystemExit(f"error: {message}")

@@ -10,10 +10,39 @@ answers after training and reports how often each beats the real chosen answer
 
 from __future__ import annotations
 
+import json
 from typing import Literal, get_args
 
 DegenerateKind = Literal["empty", "cut_mid_sentence", "prompt_repeated", "phrase_repeated"]
 DEGENERATE_KINDS: tuple[str, ...] = get_args(DegenerateKind)
+EXPLOITED_KINDS = ("empty", "prompt_repeated")
+"""The answers a policy finds first and keeps when they pay: nothing at all, and the request echoed back."""
+EXPLOITED_LIMIT = 0.5
+"""A reward model is flagged when one of :data:`EXPLOITED_KINDS` scores above the median real answer on more
+than this share of the checked prompts."""
+
+
+def exploitable(report: dict) -> dict[str, float]:
+    """``{kind: share}`` for each of :data:`EXPLOITED_KINDS` that scores above the median real answer on more than
+    :data:`EXPLOITED_LIMIT` of the prompts in a degenerate-answer check ``report`` (``{"kinds": {kind:
+    {"above_median_real": share, ...}}}``, as the reward stage writes it); empty when none does."""
+    kinds = report.get("kinds", {})
+    return {
+        kind: kinds[kind]["above_median_real"]
+        for kind in EXPLOITED_KINDS
+        if kinds.get(kind, {}).get("above_median_real", 0.0) > EXPLOITED_LIMIT
+    }
+
+
+def exploit_message(report: dict, flagged: dict[str, float], where: str) -> str:
+    """One line for a flagged reward model (``where`` names it): the shares, and the fix."""
+    shares = ", ".join(f"{kind.replace('_', ' ')} answer {100 * share:.0f}%" for kind, share in flagged.items())
+    return (
+        f"the reward model {where} scores a degenerate answer above the median real answer on most of the "
+        f"{report['prompts']} {report['split']} prompts it checked ({shares}): PPO against it would learn to "
+        f"answer that way. To fix: retrain the reward stage with data.init_args.rejected_variants: "
+        f"{json.dumps(sorted(flagged))}, or give it more comparisons (docs/reward.md#degenerate-answers)"
+    )
 
 
 def response_text(response: str | list[dict]) -> str:

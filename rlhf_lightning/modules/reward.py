@@ -10,7 +10,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from rlhf_lightning.callbacks import ThroughputMonitor
 from rlhf_lightning.data.chat import text_rows_as_chat
-from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, best_response, degenerate_answers, has_prompt
+from rlhf_lightning.data.degenerate import (
+    DEGENERATE_KINDS,
+    best_response,
+    degenerate_answers,
+    exploit_message,
+    exploitable,
+    has_prompt,
+)
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.data.readers import describe, read_rows, shipped_default_warning
 from rlhf_lightning.evaluation.report import markdown_table
@@ -291,17 +298,9 @@ class RewardModule(CausalLMModule):
                 experiment.add_scalar(f"degenerate/{kind}_beats_chosen", r["beats_chosen"], step)
                 experiment.add_scalar(f"degenerate/{kind}_above_median_real", r["above_median_real"], step)
             experiment.add_text("degenerate_check", f"{header}\n\n{table}", step)
-        empty = report["kinds"]["empty"]["above_median_real"]
-        if empty > 0.5:
-            rank_zero_warn(
-                f"reward: an empty answer scores above the median real answer for {100 * empty:.0f}% of the "
-                f"{report['split']} prompts: a policy trained against this reward model can raise its score by "
-                "answering with nothing. PPO's rewards.penalize_empty (on by default) gives empty answers the "
-                "missing-EOS penalty; better, retrain with data.rejected_variants: [empty] "
-                "(docs/reward.md#degenerate-answers)"
-            )
+        flagged = exploitable(report)  # warned about at the very end of the run (on_train_end)
         for kind, r in report["kinds"].items():
-            if kind != "empty" and r["beats_chosen"] > 0.5:
+            if kind not in flagged and r["beats_chosen"] > 0.5:
                 rank_zero_warn(
                     f"reward: a {kind.replace('_', ' ')} answer beats the chosen one for "
                     f"{100 * r['beats_chosen']:.0f}% of the {report['split']} prompts: retrain with "
@@ -315,6 +314,9 @@ class RewardModule(CausalLMModule):
         if self.degenerate_report is not None:
             self.report_degenerate_check(self.degenerate_report)
         super().on_train_end()
+        flagged = exploitable(self.degenerate_report) if self.degenerate_report is not None else {}
+        if flagged:  # the run's last word, after the final folder's line; the pipeline stops before PPO on it
+            rank_zero_warn(f"reward: {exploit_message(self.degenerate_report, flagged, str(self.final_folder()))}")
 
     def save_final(self, folder: Path | None = None) -> Path:
         folder = super().save_final(folder)

@@ -3,7 +3,7 @@
 import pytest
 
 from rlhf_lightning.data import ComparisonsDataModule
-from rlhf_lightning.data.degenerate import degenerate_answers
+from rlhf_lightning.data.degenerate import DEGENERATE_KINDS, degenerate_answers, exploit_message, exploitable
 from tests.helpers import write_jsonl
 
 PROMPT = "How do I keep basil alive on a windowsill?"
@@ -90,3 +90,18 @@ def test_rejected_variants_leave_validation_rows_as_given_and_refuse_unknown_kin
     assert all(len(e.sequences) == 3 for e in dm.train_examples)
     with pytest.raises(ValueError, match=r"data.rejected_variants: unknown \['blank'\]"):
         ComparisonsDataModule(rejected_variants=["blank"])
+
+
+def test_a_reward_model_is_flagged_when_empty_or_echoed_answers_beat_the_median_on_most_prompts():
+
+    def report(**shares):
+        kinds = {k: {"above_median_real": shares.get(k, 0.0)} for k in DEGENERATE_KINDS}
+        return {"prompts": 20, "split": "held-out", "kinds": kinds}
+
+    assert exploitable(report(empty=0.5, prompt_repeated=0.5, phrase_repeated=1.0)) == {}  # half is not most
+    flagged = exploitable(report(empty=0.55, prompt_repeated=0.9))
+    assert flagged == {"empty": 0.55, "prompt_repeated": 0.9}
+    message = exploit_message(report(empty=0.55, prompt_repeated=0.9), flagged, "runs/r/final")
+    assert "runs/r/final scores a degenerate answer above the median real answer on most of the 20 held-out" in message
+    assert "(empty answer 55%, prompt repeated answer 90%)" in message
+    assert 'rejected_variants: ["empty", "prompt_repeated"]' in message

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlhf_lightning.data import ComparisonsDataModule, DataFormatError
+from rlhf_lightning.data.degenerate import exploit_message, exploitable
 from rlhf_lightning.data.formats import RowLocation, scored_sequence
 from rlhf_lightning.models import LoraConfig, ModelConfig
 from rlhf_lightning.models.reward import RewardModel, ScalarHead
@@ -263,8 +264,9 @@ def test_degenerate_check_by_hand_warns_when_empty_answers_win(tmp_path, tiny_ll
     )
     assert report["kinds"]["empty"] == {"mean": sum(empty) / 2, "beats_chosen": 1.0, "above_median_real": 1.0}
     assert report["kinds"]["cut_mid_sentence"]["beats_chosen"] == 1.0  # shorter than the answer it cuts
-    with pytest.warns(UserWarning, match=r"an empty answer scores above the median real answer for 100% of the"):
-        module.report_degenerate_check(report)
+    flagged = exploitable(report)  # warned about as the run's last line, and the pipeline stops before PPO
+    assert flagged["empty"] == 1.0
+    assert "most of the 2 training prompts it checked (empty answer 100%" in exploit_message(report, flagged, "R")
     # one that likes long sequences: empty answers never win, a phrase repeated past the answer's length does
     monkeypatch.setattr(reward_module, "score_sequences", lambda model, head, seqs, pad, bs: [len(s) for s in seqs])
     report = module.degenerate_check()
