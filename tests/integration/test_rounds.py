@@ -29,6 +29,7 @@ def pipeline_config(root, tiny_llama, **labelling):
         "ppo": {"config": paths["ppo"], "overrides": {"model.init_args.lora.r": 4}},
         "evaluation": {"num_samples": 2},
         "labelling": {"prompts_per_round": 4, "num_candidates": 3, "temperature": 1.0, **labelling},
+        "degenerate_reward": "warn",  # a tiny random model's reward model prefers empty answers: go on regardless
     }
     (root / "pipeline.yaml").write_text(yaml.safe_dump(config))
     return str(root / "pipeline.yaml")
