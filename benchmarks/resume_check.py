@@ -42,7 +42,7 @@ def ppo_command(sft: str, reward: str, root: Path) -> list[str]:
         "--data.init_args.train_files=builtin:everyday_prompts.jsonl",
         "--data.init_args.val_files=builtin:everyday_prompts_heldout.jsonl",
         "--model.init_args.rollout.max_new_tokens=96",
-        "--model.init_args.evaluation.gold_function=rlhf_lightning.data.everyday:gold_reward",
+        "--model.init_args.evaluation.gold_function=rlhf_lightning.tasks.everyday:gold_reward",
         "--model.init_args.evaluation.samples_every_n_iterations=4", "--trainer.val_check_interval=4",
         f"--checkpoint.every_n_train_steps={4 * STEPS_PER_ITERATION}", "--checkpoint.save_top_k=-1",
     ]  # fmt: skip

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rlhf_lightning"
-LAYERS = {"ops": 0, "models": 1, "data": 2, "evaluation": 3, "callbacks": 4, "modules": 5, "commands": 6, "cli": 7}
+LAYERS = {"ops": 0, "models": 1, "data": 2, "tasks": 3, "evaluation": 3, "callbacks": 4, "modules": 5, "commands": 6,
+          "cli": 7}  # fmt: skip
 """Layer of each top-level module or subpackage; ``__init__`` and ``__main__`` of the package may import all.
 Callbacks sit beside the LightningModules, one step below: a module registers its callbacks, and a callback
 reads a module's state without importing its class."""

@@ -58,7 +58,8 @@ def builtin_path(name: str) -> Path:
 SHIPPED_TASKS = {
     "quickstart": ("builtin:comparisons.jsonl", "builtin:demonstrations.jsonl", "builtin:prompts.jsonl",
                    "rlhf_lightning.data.synthetic:"),
-    "development task": ("builtin:everyday_", "rlhf_lightning.data.everyday:"),
+    **{f"{name} development task": (f"builtin:{name}_", f"rlhf_lightning.tasks.{name}:")
+       for name in ("everyday", "lists", "lengths", "tone")},
 }  # fmt: skip
 """The tasks shipped with the package: the prefixes of their data files and of their functions."""
 

@@ -248,7 +248,11 @@ def test_a_shipped_tasks_file_or_function_with_other_training_data_is_named():
     assert warned("builtin:demonstrations.jsonl", ["builtin:comparisons.jsonl", "mine.jsonl"])  # mixed
     assert not warned("builtin:demonstrations.jsonl", ["builtin:comparisons.jsonl"])  # the quickstart
     assert not warned("builtin:everyday_demonstrations.jsonl", ["builtin:everyday_comparisons.jsonl"])
-    assert not warned("rlhf_lightning.data.everyday:gold_reward", ["builtin:everyday_prompts.jsonl"])
+    assert not warned("rlhf_lightning.tasks.everyday:gold_reward", ["builtin:everyday_prompts.jsonl"])
+    # one development task's calibration file or gold rule with another's data
+    assert warned("builtin:everyday_demonstrations.jsonl", ["builtin:lists_comparisons.jsonl"])
+    assert warned("rlhf_lightning.tasks.tone:gold_reward", ["builtin:lengths_prompts.jsonl"])
+    assert not warned("rlhf_lightning.tasks.tone:gold_reward", ["builtin:tone_prompts.jsonl"])
     assert not warned("mine.jsonl", ["builtin:comparisons.jsonl"])  # the user's own file is theirs to choose
     assert not warned("builtin:demonstrations.jsonl", ["runs/labels.sqlite"])  # no record of its prompts' task
     message = shipped_default_warning("opt", "builtin:prompts.jsonl", ["a.jsonl"], "why")

@@ -1,15 +1,10 @@
-"""The development task: its rule by hand, and the shipped files agree with it and keep held-out apart."""
+"""The everyday development task: its rule by hand (the shipped files: tests/tasks/test_tasks.py)."""
 
 import pytest
 
-from rlhf_lightning.data.everyday import HELDOUT_REQUESTS, gold_parts, gold_reward, gold_score, read_requests
-from rlhf_lightning.data.readers import read_rows
+from rlhf_lightning.tasks.everyday import TASK, gold_parts, gold_reward, gold_score, read_requests
 
 BASIL = "How do I keep basil alive on a windowsill? Quick tip please."  # content: keep basil alive windowsill
-
-
-def rows(name):
-    return [row for _, row in read_rows(f"builtin:{name}.jsonl")]
 
 
 def test_the_rule_by_hand():
@@ -37,19 +32,6 @@ def test_the_rule_by_hand():
     assert gold_reward([BASIL, BASIL], [on_topic, ""]) == [gold_score(BASIL, on_topic), -3.0]
 
 
-def test_shipped_files_follow_the_rule_and_keep_held_out_requests_apart():
+def test_the_prompts_are_the_320_written_requests():
     requests = read_requests()
-    assert len(requests) == len(set(requests)) == 320
-    train, held = rows("everyday_prompts"), rows("everyday_prompts_heldout")
-    assert len(held) == HELDOUT_REQUESTS and len(train) == 320 - HELDOUT_REQUESTS
-    train_prompts, held_prompts = {r["prompt"] for r in train}, {r["prompt"] for r in held}
-    assert not train_prompts & held_prompts and train_prompts | held_prompts == set(requests)
-    pairs, held_pairs = rows("everyday_comparisons"), rows("everyday_comparisons_heldout")
-    assert {p["prompt"] for p in pairs} <= train_prompts and {p["prompt"] for p in held_pairs} <= held_prompts
-    assert len(pairs) >= 200 and len(held_pairs) >= 45
-    for pair in pairs + held_pairs:  # every label is the rule's, by at least 0.5
-        assert gold_score(pair["prompt"], pair["chosen"]) - gold_score(pair["prompt"], pair["rejected"]) >= 0.5
-    demonstrations = rows("everyday_demonstrations")
-    assert {d["prompt"] for d in demonstrations} <= train_prompts and len(demonstrations) >= 150
-    samples = rows("everyday_samples")
-    assert len(samples) == 4 * 320 and all(s["gold"] == gold_score(s["prompt"], s["text"]) for s in samples)
+    assert len(requests) == len(set(requests)) == 320 and TASK.prompts == tuple(requests)

@@ -1,0 +1,124 @@
+"""A development task whose rule is about length: an answer as long as the prompt asked for, no longer, no shorter.
+
+- **Prompts**: 45 questions ("Why do cats purr?", "How does a bicycle stay upright?", ...), each asked five times
+  with a different length request: one, two or three sentences, under 15 words, or about 50 words; the request
+  before or after the question. 225 prompts; 45 are held out (seeded). A held-out prompt can share its question
+  with a training prompt, never its length request.
+- **Rule**: :func:`gold_score`. Files: ``python -m rlhf_lightning.tasks.generate lengths``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+
+from rlhf_lightning.tasks.base import Task, coverage, ends_sentence, repeated_share, words
+
+QUESTIONS = (
+    "Why do cats purr?", "How does a bicycle stay upright?", "What makes bread rise?", "Why is the sky blue?",
+    "How do bees make honey?", "What causes the seasons?", "Why do leaves change colour in autumn?",
+    "How does a refrigerator keep food cold?", "What is a rainbow?", "Why do we need sleep?",
+    "How do plants get water from the soil?", "What does a compass point to?", "Why does ice float on water?",
+    "How does a vaccine work?", "What is compound interest?", "Why do onions make you cry?",
+    "How do birds know where to migrate?", "What is the difference between weather and climate?",
+    "Why does bread go stale?", "How does a microwave heat food?", "What is a budget and why keep one?",
+    "Why do we have tides?", "How does recycling paper work?", "What makes a good night's sleep?",
+    "Why should you stretch before exercise?", "How do solar panels make electricity?", "What is a fever?",
+    "Why do dogs wag their tails?", "How does soap clean your hands?", "What is photosynthesis?",
+    "Why do we get hiccups?", "How do you know when pasta is cooked?", "What is an earthquake?",
+    "Why do stars twinkle?", "How does a savings account earn money?", "What is the purpose of a resume?",
+    "Why is exercise good for the heart?", "How do you care for a cactus?", "What causes thunder?",
+    "Why do we yawn?", "How does a thermometer work?", "What is a healthy breakfast?",
+    "Why do cities feel warmer than the countryside?", "How do fish breathe under water?",
+    "What is the best way to learn a new word?",
+)  # fmt: skip
+LENGTHS = (
+    ("sentences", 1, "in one sentence"),
+    ("sentences", 2, "in two sentences"),
+    ("sentences", 3, "in three sentences"),
+    ("under", 15, "in under 15 words"),
+    ("about", 50, "in about 50 words"),
+)
+"""``(kind, target, words of the request)``: a number of sentences, a word limit, or a word count to aim for."""
+_SENTENCE_END = re.compile(r"(?<!\d)[.!?]+(?=\s|$)")
+_NUMBERS = {"one": 1, "two": 2, "three": 3}
+
+
+def make_prompts(seed: int = 0) -> tuple[str, ...]:
+    """Each question with each length request, the request before it ("In two sentences, why ...?") or after it
+    ("... Answer in two sentences."), drawn with ``seed``; in question order."""
+    rng = random.Random(seed)
+    prompts = []
+    for question in QUESTIONS:
+        for _, _, request in LENGTHS:
+            if rng.random() < 0.5:
+                prompts.append(f"{request.capitalize()}, {question[0].lower()}{question[1:]}")
+            else:
+                prompts.append(f"{question} Answer {request}.")
+    return tuple(prompts)
+
+
+def asked_length(prompt: str) -> tuple[str, int, str]:
+    """The length request in the prompt: ``(kind, target, the question without the request)``."""
+    lowered = prompt.lower()
+    for kind, target, request in LENGTHS:
+        if request in lowered:
+            start = lowered.index(request)
+            question = (prompt[:start] + prompt[start + len(request) :]).replace("Answer .", "").strip(" ,")
+            return kind, target, question
+    raise ValueError(f"no length request ({', '.join(r for _, _, r in LENGTHS)}) in the prompt {prompt!r}")
+
+
+def sentence_count(text: str) -> int:
+    """Sentences in the text: runs of ``.``, ``!`` or ``?`` before a space or the end (not a list number's ``1.``),
+    plus one for trailing words with no end mark."""
+    ends = list(_SENTENCE_END.finditer(text.strip()))
+    trailing = text.strip()[ends[-1].end() :] if ends else text.strip()
+    return len(ends) + (1 if words(trailing) else 0)
+
+
+def gold_parts(prompt: str, response: str) -> dict[str, float]:
+    """The parts of :func:`gold_score` for one answer (each documented there)."""
+    tokens = words(response)
+    if not tokens:
+        return {"empty": -3.0}
+    kind, target, question = asked_length(prompt)
+    if kind == "sentences":
+        length = 2.0 - 1.0 * abs(sentence_count(response) - target)
+    elif kind == "under":
+        length = 2.0 - 2.0 * max(0, len(tokens) - target) / target
+    else:
+        length = 2.0 - 2.0 * abs(len(tokens) - target) / target
+    return {
+        "length": max(-2.0, length),
+        "relevance": 1.0 * coverage(question, response),
+        "finished": 0.5 if ends_sentence(response) else -0.5,
+        "repetition": -3.0 * repeated_share(tokens),
+        "too_short": -1.0 if len(tokens) < 3 else 0.0,
+    }
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """The task's true preference: an answer of the length the prompt asks for, on its question, finished. The sum of:
+
+    - ``length``: for "in N sentences", 2 minus 1 per sentence more or fewer; for "in under 15 words", 2 up to
+      15 words, then 2 less per 15 words beyond; for "in about 50 words", 2 minus 2 x the relative distance
+      from 50 words; down to -2 in each case;
+    - ``relevance``: the share of the question's content words (stop words removed, 5-letter stems) the answer
+      uses, in [0, 1];
+    - ``finished``: +0.5 when the answer ends a sentence, else -0.5;
+    - ``repetition``: -3 x the share of repeated word bigrams;
+    - ``too_short``: -1 under 3 words.
+
+    An empty answer scores -3. Range about [-6.5, 3.5].
+    """
+    return round(sum(gold_parts(prompt, response).values()), 4)
+
+
+def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """:func:`gold_score` per (prompt, response), as a PPO reward or gold function
+    (``rlhf_lightning.tasks.lengths:gold_reward``)."""
+    return [gold_score(p, r) for p, r in zip(prompts, responses)]
+
+
+TASK = Task("lengths", "length: as long as asked", make_prompts(), 45, gold_parts)

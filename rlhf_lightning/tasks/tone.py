@@ -1,0 +1,111 @@
+"""A development task whose rule is about tone: a message that is polite, warm and speaks to the person, never harsh.
+
+- **Prompts**: 45 situations that call for a message, many of them awkward ("a neighbour whose dog barks every
+  night", "a customer whose order arrived broken"), each asked five ways ("Write a short message to ...",
+  "What should I say to ...?", ...). 225 prompts; 45 are held out (seeded). A held-out prompt can share its
+  situation with a training prompt, never its wording.
+- **Rule**: :func:`gold_score`. Files: ``python -m rlhf_lightning.tasks.generate tone``.
+"""
+
+from __future__ import annotations
+
+import re
+
+from rlhf_lightning.tasks.base import Task, ends_sentence, repeated_share, words
+
+SITUATIONS = (
+    "my neighbour whose dog barks every night", "a coworker who missed our project deadline",
+    "a customer whose order arrived broken", "my landlord about a heater that has been broken for a week",
+    "a friend who cancelled dinner at the last minute", "my manager to ask for a day off",
+    "a teacher about my son's missing homework", "a team after our project failed",
+    "a neighbour who parks in front of my garage", "a friend who forgot my birthday",
+    "a client who has not paid an invoice for two months", "a new colleague on their first day",
+    "a restaurant that got my order wrong", "my sister after we had an argument",
+    "a volunteer who helped at our school fair", "a flatmate who leaves dishes in the sink",
+    "a plumber who came late and left a mess", "a student who failed an exam",
+    "a friend who lent me money last month", "a hotel about a noisy room",
+    "a colleague who keeps interrupting me in meetings", "a neighbour who plays loud music late",
+    "a customer who wants a refund after thirty days", "an old friend I have not spoken to in years",
+    "a doctor's office to move my appointment", "a coach whose team lost the final",
+    "a shop that sent me the wrong size", "my team to announce a delay",
+    "a parent whose child was rude to mine", "a friend whose cat died",
+    "a seller who never replied to my questions", "my boss after I made a mistake in a report",
+    "a guest who broke a glass at my party", "a colleague who took credit for my work",
+    "a tenant who pays the rent late every month", "a friend who did not invite me to a wedding",
+    "a delivery driver who left a parcel in the rain", "a new neighbour who just moved in",
+    "a group chat that keeps messaging late at night", "a café owner who was kind to my grandmother",
+    "a classmate who copied my homework", "an airline that lost my suitcase",
+    "a mentor who helped me find a job", "a cyclist who nearly hit me on the pavement",
+    "a partner who forgot to pick me up",
+)  # fmt: skip
+TEMPLATES = (
+    "Write a short message to {s}.",
+    "Help me reply to {s}.",
+    "What should I say to {s}?",
+    "Draft a note to {s}.",
+    "Write a text message to {s}.",
+)
+COURTESY = ("please", "thank", "thanks", "appreciate", "sorry", "understand", "hope", "glad", "happy to",
+            "grateful", "kindly", "would you mind", "could you", "let me know", "no worries")  # fmt: skip
+"""Courtesy markers (lowercase; each counts once per message, however often it appears)."""
+HARSH = ("unacceptable", "ridiculous", "stupid", "lazy", "useless", "your fault", "immediately", "demand",
+         "annoying", "terrible", "disgusting", "incompetent", "shut up", "never again", "how dare", "idiot",
+         "fed up", "disappointed in you", "or else")  # fmt: skip
+"""Harsh markers (lowercase; each counts once per message)."""
+REFUSAL = ("as an ai", "i cannot", "i can't help", "i'm not able to", "i am not able to")
+_SHOUTED = re.compile(r"\b[A-Z]{3,}\b|!!")
+
+
+def _markers(text: str, markers: tuple[str, ...]) -> int:
+    lowered = text.lower()
+    return sum(bool(re.search(rf"\b{re.escape(m)}", lowered)) for m in markers)
+
+
+def gold_parts(prompt: str, response: str) -> dict[str, float]:
+    """The parts of :func:`gold_score` for one answer (each documented there)."""
+    tokens = words(response)
+    if not tokens:
+        return {"empty": -3.0}
+    lowered = response.lower()
+    return {
+        "courtesy": min(1.5, 0.5 * _markers(response, COURTESY)),
+        "harsh": -min(2.0, 1.0 * _markers(response, HARSH)),
+        "shouting": -1.0 if _SHOUTED.search(response) else 0.0,
+        "addressed": 0.5 if {"you", "your"} & set(tokens) else 0.0,
+        "length": -min(1.5, max(0, len(tokens) - 80) / 60),
+        "finished": 0.5 if ends_sentence(response) else -0.5,
+        "repetition": -3.0 * repeated_share(tokens),
+        "refusal": -1.0 if any(p in lowered for p in REFUSAL) else 0.0,
+        "too_short": -1.0 if len(tokens) < 3 else 0.0,
+    }
+
+
+def gold_score(prompt: str, response: str) -> float:
+    """The task's true preference: a short message that is courteous, speaks to the person and is never harsh.
+    The sum of:
+
+    - ``courtesy``: +0.5 per distinct courtesy marker (:data:`COURTESY`: "please", "thank", "sorry",
+      "understand", "hope", ...), up to +1.5;
+    - ``harsh``: -1 per distinct harsh marker (:data:`HARSH`: "unacceptable", "your fault", "immediately", ...),
+      down to -2;
+    - ``shouting``: -1 for a word of three or more capital letters, or ``!!``;
+    - ``addressed``: +0.5 when the message says "you" or "your";
+    - ``length``: 0 up to 80 words, then -1 per 60 words beyond, down to -1.5;
+    - ``finished``: +0.5 when the message ends a sentence, else -0.5;
+    - ``repetition``: -3 x the share of repeated word bigrams;
+    - ``refusal``: -1 for "As an AI", "I cannot", ...;
+    - ``too_short``: -1 under 3 words.
+
+    An empty answer scores -3. Range about [-10, 2.5].
+    """
+    return round(sum(gold_parts(prompt, response).values()), 4)
+
+
+def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    """:func:`gold_score` per (prompt, response), as a PPO reward or gold function
+    (``rlhf_lightning.tasks.tone:gold_reward``)."""
+    return [gold_score(p, r) for p, r in zip(prompts, responses)]
+
+
+TASK = Task("tone", "tone: courteous, never harsh", tuple(t.format(s=s) for s in SITUATIONS for t in TEMPLATES), 45,
+            gold_parts)  # fmt: skip

@@ -1,0 +1,135 @@
+"""The development tasks: each rule by hand on answers a person can check, the generator's rows, and the shipped
+files agree with their rule and keep the held-out prompts apart."""
+
+import pytest
+
+from rlhf_lightning.data.readers import read_rows
+from rlhf_lightning.tasks import TASKS, lengths, lists, tone
+from rlhf_lightning.tasks.generate import build_rows, describe, split_prompts, write_jsonl
+
+
+def rows(name: str) -> list[dict]:
+    return [row for _, row in read_rows(f"builtin:{name}.jsonl")]
+
+
+def test_lists_rule_by_hand():
+    prompt = "Give me 3 fruits that are high in vitamin C, as a numbered list."
+    assert lists.asked_count(prompt) == 3 and lists.asked_count("Name four birds.") == 4
+    exact = "Here you go:\n1. Oranges\n2. Kiwis\n3. Strawberries"
+    assert lists.gold_parts(prompt, exact) == {"count": 2.0, "numbered": 0.5, "concise": 0.0, "length": 0.0,
+                                               "repetition": 0.0}  # fmt: skip
+    # one item too many, as bullets: 2 - 0.75, no numbering credit
+    bullets = "- Oranges\n- Kiwis\n- Strawberries\n- Lemons"
+    assert lists.gold_parts(prompt, bullets)["count"] == 1.25 and lists.gold_parts(prompt, bullets)["numbered"] == 0.0
+    # sub-items (indented deeper than the first level) are not items
+    nested = "1. Oranges\n   - navel\n   - blood\n2. Kiwis\n3. Lemons"
+    assert lists.list_items(nested) == [(1, "1. Oranges"), (2, "2. Kiwis"), (3, "3. Lemons")]
+    # bullets under numbered items are their points, at any indentation
+    points = "1. Oranges:\n- sweet\n- juicy\n2. Kiwis\n3. Lemons"
+    assert [n for n, _ in lists.list_items(points)] == [1, 2, 3] and lists.gold_parts(prompt, points)["count"] == 2.0
+    assert lists.gold_parts(prompt, "Oranges, kiwis and strawberries are high in vitamin C.")["count"] == -1.5
+    long_item = "1. " + " ".join(["word"] * 30) + "\n2. Kiwis\n3. Lemons"
+    assert lists.gold_parts(prompt, long_item)["concise"] == pytest.approx(-1 / 3)
+    # 85 words (9 + 76; the item numbers count) against a budget of 15 x 3 + 20 = 65: -20/40
+    padded = exact + "\n" + " ".join(f"w{i}" for i in range(76))
+    assert lists.gold_parts(prompt, padded)["length"] == pytest.approx(-0.5)
+    assert lists.gold_score(prompt, "") == -3.0
+    assert lists.gold_score(prompt, exact) > lists.gold_score(prompt, bullets) > lists.gold_score(prompt, "No list.")
+    with pytest.raises(ValueError, match="no count"):
+        lists.asked_count("List some fruits.")
+
+
+def test_lengths_rule_by_hand():
+    two = "In two sentences, why do cats purr?"
+    assert lengths.asked_length(two) == ("sentences", 2, "why do cats purr?")
+    assert lengths.asked_length("Why do cats purr? Answer in about 50 words.") == ("about", 50, "Why do cats purr?")
+    answer = "Cats purr when they are content. Purring may also soothe them."
+    assert lengths.sentence_count(answer) == 2 and lengths.sentence_count("1. Cats purr. And then") == 2
+    parts = lengths.gold_parts(two, answer)
+    assert parts["length"] == 2.0 and parts["relevance"] == 1.0 and parts["finished"] == 0.5  # cats, purr: 2 of 2
+    assert lengths.gold_parts(two, "Cats purr.")["length"] == 1.0  # one sentence short
+    assert lengths.gold_parts(two, "A. B c. D e. F g. H i.")["length"] == -1.0  # 5 sentences: 2 - 3
+    short = "In under 15 words, why do cats purr?"
+    assert lengths.gold_parts(short, " ".join(["purr"] * 15) + ".")["length"] == 2.0
+    assert lengths.gold_parts(short, " ".join(f"w{i}" for i in range(21)) + ".")["length"] == pytest.approx(
+        2 - 2 * 6 / 15
+    )  # fmt: skip
+    about = "Why do cats purr? Answer in about 50 words."
+    assert lengths.gold_parts(about, " ".join(f"w{i}" for i in range(40)) + ".")["length"] == pytest.approx(1.6)
+    assert lengths.gold_parts(about, "Cats purr.")["length"] == pytest.approx(2 - 2 * 48 / 50)  # too short too
+    assert lengths.gold_parts(about, " ".join(f"w{i}" for i in range(200)))["length"] == -2.0  # the floor
+    assert lengths.gold_score(two, "") == -3.0
+    with pytest.raises(ValueError, match="no length request"):
+        lengths.asked_length("Why do cats purr?")
+
+
+def test_tone_rule_by_hand():
+    prompt = "Write a short message to a coworker who missed our project deadline."
+    kind = "Hi Sam, thank you for your work so far. I understand things got busy; could you send it by Friday?"
+    parts = tone.gold_parts(prompt, kind)
+    # thank, understand, could you: 3 markers -> 1.5 (the cap); speaks to the person; ends a sentence
+    assert parts["courtesy"] == 1.5 and parts["harsh"] == 0.0 and parts["addressed"] == 0.5
+    assert parts["finished"] == 0.5 and parts["shouting"] == 0.0
+    harsh = "Sam, missing the deadline was unacceptable and your fault. Send it immediately."
+    assert tone.gold_parts(prompt, harsh)["harsh"] == -2.0  # three markers, floor -2
+    assert tone.gold_parts(prompt, "Send it NOW please.")["shouting"] == -1.0
+    assert tone.gold_parts(prompt, "Please send it!!")["shouting"] == -1.0
+    assert tone.gold_parts(prompt, "As an AI I cannot write messages.")["refusal"] == -1.0
+    assert tone.gold_parts(prompt, " ".join(f"w{i}" for i in range(140)) + ".")["length"] == -1.0  # 60 over 80
+    assert tone.gold_score(prompt, kind) > tone.gold_score(prompt, harsh) and tone.gold_score(prompt, "") == -3.0
+
+
+def test_generated_rows_pair_the_best_and_worst_answer_and_leave_close_calls_out(tmp_path):
+    task = TASKS["lists"]
+    prompts = ["List two birds.", "List three birds."]
+    answers = [
+        [{"text": "1. Robin\n2. Wren", "finished": True}, {"text": "Birds are nice", "finished": False},
+         {"text": "", "finished": True}],
+        [{"text": "1. Robin\n2. Wren\n3. Tit", "finished": False}, {"text": "1. Robin\n2. Wren\n3. Owl",
+                                                                    "finished": True}],
+    ]  # fmt: skip
+    built = build_rows(task, prompts, answers)
+    # the empty answer scores lowest (-3) but never enters a pair; the two equal lists are too close to call
+    assert built["comparisons"] == [{"prompt": prompts[0], "chosen": "1. Robin\n2. Wren", "rejected": "Birds are nice"}]
+    # the first *finished* answer is the demonstration, whatever its score
+    assert built["demonstrations"] == [{"prompt": prompts[0], "completion": "1. Robin\n2. Wren"},
+                                       {"prompt": prompts[1], "completion": "1. Robin\n2. Wren\n3. Owl"}]  # fmt: skip
+    assert [s["gold"] for s in built["samples"]] == [task.gold_score(p, a["text"]) for p, g in zip(prompts, answers)
+                                                    for a in g]  # fmt: skip
+    # the description quoted in docs/development-task.md, from the written files
+    for kind, key in (("demonstrations", "demonstrations"), ("comparisons", "comparisons"), ("prompts", "prompts"),
+                      ("samples", "samples"), ("comparisons_heldout", None), ("prompts_heldout", None)):  # fmt: skip
+        write_jsonl(built[key] if key else [], tmp_path / f"lists_{kind}.jsonl")
+    lines = describe(task, tmp_path).splitlines()
+    assert lines[0].endswith("2 training and 0 held-out prompts, 1 training and 0 held-out pairs, 2 demonstrations")
+    assert lines[1] == "  answers: 60% finished, 4 words on average"  # 3 of 5 finished; (4 + 3 + 0 + 6 + 6) / 5 = 3.8
+    # one pair: the chosen list (2 items of 2 asked, numbered) against no list; the chosen one is longer (4 > 3)
+    assert (
+        lines[2]
+        == "  training pairs: the chosen answer is the shorter in 0%; it leads on count +3.50, numbered +0.50, "
+        "concise +0.00, length +0.00, repetition +0.00"
+    )
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_shipped_files_follow_the_rule_and_keep_held_out_prompts_apart(name):
+    task = TASKS[name]
+    assert len(task.prompts) == len(set(task.prompts))
+    train, held = rows(f"{name}_prompts"), rows(f"{name}_prompts_heldout")
+    expected_train, expected_held = split_prompts(task)
+    assert [r["prompt"] for r in train] == expected_train and [r["prompt"] for r in held] == expected_held
+    assert len(held) == task.heldout and not set(expected_train) & set(expected_held)
+    pairs, held_pairs = rows(f"{name}_comparisons"), rows(f"{name}_comparisons_heldout")
+    assert {p["prompt"] for p in pairs} <= set(expected_train) and {p["prompt"] for p in held_pairs} <= set(
+        expected_held
+    )
+    assert len(pairs) >= 0.7 * len(train) and len(held_pairs) >= 0.7 * len(held)
+    for pair in pairs + held_pairs:  # every label is the rule's, by at least 0.5
+        assert (
+            task.gold_score(pair["prompt"], pair["chosen"]) - task.gold_score(pair["prompt"], pair["rejected"]) >= 0.5
+        )
+    demonstrations = rows(f"{name}_demonstrations")
+    assert {d["prompt"] for d in demonstrations} <= set(expected_train) and len(demonstrations) >= 0.5 * len(train)
+    samples = rows(f"{name}_samples")
+    assert len(samples) == 4 * len(task.prompts)
+    assert all(s["gold"] == task.gold_score(s["prompt"], s["text"]) for s in samples)
