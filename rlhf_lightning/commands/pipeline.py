@@ -54,7 +54,7 @@ from rlhf_lightning.data.prompts import PromptsDataModule
 from rlhf_lightning.data.readers import read_rows
 from rlhf_lightning.data.split import prompt_group
 from rlhf_lightning.evaluation.config import EvalConfig
-from rlhf_lightning.evaluation.report import markdown_table, read_scalars
+from rlhf_lightning.evaluation.report import alignment_verdict, markdown_table, read_curve, read_scalars
 from rlhf_lightning.models.run_folder import DEGENERATE_FILE, FINAL_FOLDER, HELDOUT_FILE
 
 STAGES = ("sft", "reward", "ppo")
@@ -618,6 +618,7 @@ class Pipeline:
         }
         if self.labelling:
             summary["rounds"] = [self.round_summary(n) for n in range(1, self.rounds + 1)]
+        summary["verdict"] = alignment_verdict(evaluation, read_curve(ppo))
         return summary
 
     def round_summary(self, n: int) -> dict[str, Any]:
@@ -723,7 +724,7 @@ class Pipeline:
         summary = self.summary()
         table = self.summary_table(summary)
         (self.root / SUMMARY_JSON).write_text(json.dumps(summary, indent=2) + "\n")
-        lines = [f"# Pipeline summary: {self.root}", "", table, ""]
+        lines = [f"# Pipeline summary: {self.root}", "", table, "", f"**In words:** {summary['verdict']}", ""]
         if summary.get("rounds"):
             lines += ["## Rounds", "", self.rounds_table(summary["rounds"]), ""]
             lines += [f"- labelling database: `{self.database}`"]

@@ -79,6 +79,70 @@ def overoptimization_table(points: list[dict]) -> str:
     return markdown_table(headers, rows, numbered=False)
 
 
+def alignment_verdict(summary: dict[str, float], curve: list[dict] | None = None) -> str:
+    """In words: did the policy improve the true preference, or only the reward model's score?
+
+    Args:
+        summary: an evaluation's means (:func:`~rlhf_lightning.evaluation.compare.summarize` of the policy
+            against the SFT baseline, keys without the ``eval/`` prefix): ``policy_score``, ``baseline_score``
+            (reward model), and with a gold function ``gold_policy``, ``gold_baseline``, ``gold_win_rate``;
+            ``policy_kl`` (nats), ``policy_length``/``baseline_length`` (tokens) and ``policy_empty`` (share)
+            when measured.
+        curve: the points of the over-optimisation curve during training (:func:`overoptimization_point`), to
+            tell a gold score that peaked and fell from one that kept rising.
+
+    Returns:
+        One or more sentences: the proxy rose and the truth did not (the policy exploits the reward model);
+        the truth rose but peaked at a smaller KL (over-optimisation, Gao et al. 2022); the truth rose; or, with
+        no gold function, that only a person or a gold rule can tell. Answers at most half SFT's length, and
+        any empty answers, are named in each case.
+    """
+    proxy = f"{summary['baseline_score']:.2f} for SFT to {summary['policy_score']:.2f}"
+    kl = f" at a KL of {summary['policy_kl']:.2f} nats" if "policy_kl" in summary else ""
+    sentences = []
+    if "gold_policy" not in summary:
+        moved = "rose" if summary["policy_score"] > summary["baseline_score"] else "did not rise"
+        sentences.append(
+            f"The reward-model score {moved} ({proxy}){kl}; with no gold function, whether the true preference "
+            "improved is for a person to judge: read the held-out samples, or give evaluation.gold_function."
+        )
+    else:
+        gold, baseline, win = summary["gold_policy"], summary["gold_baseline"], summary["gold_win_rate"]
+        truth = f"{baseline:.2f} for SFT, {gold:.2f} for the policy, gold win rate {win:.2f}"
+        peak = max((p for p in curve or [] if "gold" in p), key=lambda p: p["gold"], default=None)
+        if summary["policy_score"] > summary["baseline_score"] and (gold <= baseline or win < 0.5):
+            sentences.append(
+                f"The reward-model score rose ({proxy}) but the true preference did not ({truth}){kl}: the policy "
+                "learned what the reward model rewards, not the preference. Check the reward model (held-out "
+                "accuracy, the degenerate-answer check) before training the policy longer."
+            )
+        elif gold <= baseline or win < 0.5:
+            sentences.append(f"Neither the reward-model score ({proxy}) nor the true preference ({truth}) rose{kl}.")
+        elif (
+            peak is not None
+            and peak["gold"] - gold > 0.5 * (peak["gold"] - baseline)
+            and peak["kl"] < summary.get("policy_kl", float("inf"))
+        ):
+            sentences.append(
+                f"The true preference rose ({truth}){kl}, but it peaked at {peak['gold']:.2f} at a KL of "
+                f"{peak['kl']:.2f} nats and fell since while the reward-model score ({proxy}) kept rising: "
+                "over-optimisation. Fewer iterations or a larger KL coefficient keep the peak."
+            )
+        else:
+            sentences.append(
+                f"The true preference rose with the reward-model score ({truth}; reward model {proxy}){kl}."
+            )
+    length, baseline_length = summary.get("policy_length"), summary.get("baseline_length")
+    if length is not None and baseline_length and length <= 0.5 * baseline_length:
+        sentences.append(
+            f"The policy's answers are {length:.0f} tokens against SFT's {baseline_length:.0f}: look for a length "
+            "exploit in the samples."
+        )
+    if summary.get("policy_empty"):
+        sentences.append(f"{summary['policy_empty']:.0%} of the policy's answers are empty.")
+    return " ".join(sentences)
+
+
 def report_markdown(
     summary: dict[str, float],
     records: list[dict],
@@ -117,3 +181,17 @@ def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
         if tag in acc.Tags()["scalars"]:
             values.update({e.step: e.value for e in acc.Scalars(tag)})
     return dict(sorted(values.items()))
+
+
+def read_curve(run_dir: str | Path) -> list[dict]:
+    """The over-optimisation curve of a PPO run folder from its TensorBoard ``eval/*`` scalars: one
+    :func:`overoptimization_point` per evaluation during training (``at`` is the logged step), in step order."""
+    tags = {"kl": "eval/policy_kl", "score": "eval/policy_score", "baseline_score": "eval/baseline_score",
+            "gold": "eval/gold_policy", "baseline_gold": "eval/gold_baseline"}  # fmt: skip
+    series = {key: read_scalars(run_dir, tag) for key, tag in tags.items()}
+    points = []
+    for step in series["kl"]:
+        point = {"at": step, **{key: values[step] for key, values in series.items() if step in values}}
+        if "score" in point and "baseline_score" in point:
+            points.append(point)
+    return points

@@ -112,6 +112,9 @@ def test_pipeline_runs_every_step_into_one_root(pipeline_run):
     assert 0.0 <= summary["reward/empty_above_median_real"] <= 1.0  # the reward stage's degenerate check
     assert "Gold win rate of PPO over SFT" in (out / "summary.md").read_text()
     assert "Held-out empty answers: PPO vs SFT" in (out / "summary.md").read_text()
+    # the verdict in words, from the final evaluation (its gold figures quoted) and the run's gold curve
+    gold = f"{evaluation['summary']['gold_baseline']:.2f} for SFT, {evaluation['summary']['gold_policy']:.2f}"
+    assert gold in summary["verdict"] and f"**In words:** {summary['verdict']}" in (out / "summary.md").read_text()
 
 
 def test_pipeline_evaluation_gives_ppo_own_numbers_on_exactly_its_held_out_prompts(pipeline_run):
