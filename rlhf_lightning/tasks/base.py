@@ -53,6 +53,11 @@ class Task:
         """The rule's score of one answer: the sum of :attr:`gold_parts`, rounded to 4 decimals."""
         return round(sum(self.gold_parts(prompt, response).values()), 4)
 
+    def gold_reward(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """:meth:`gold_score` per ``(prompt, response)``: a PPO reward or gold function
+        (``rlhf_lightning.tasks.NAME:gold_reward``)."""
+        return [self.gold_score(p, r) for p, r in zip(prompts, responses)]
+
 
 def words(text: str) -> list[str]:
     """The words of ``text`` (:data:`WORD`), lowercased."""

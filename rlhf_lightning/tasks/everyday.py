@@ -10,7 +10,7 @@ that learns the wrong thing, or a policy that pleases the reward model while get
 - **Answers**: SmolLM2-135M-Instruct (the embedded model) samples ``samples`` answers per request through
   its chat template (temperature 0.7, the rollout default; at most ``max_new_tokens`` tokens): real model
   text with real faults (rambling, answers cut at the length limit, repetition, drifting off the question).
-- **Labels**: :func:`gold_score`, a fixed rule a person can check on any answer (below). For each request
+- **Labels**: :func:`gold_parts`, a fixed rule a person can check on any answer (below). For each request
   the best and the worst answer by the rule form a ``{prompt, chosen, rejected}`` pair in the standard text
   format (pairs whose scores differ by less than 0.5 are left out as too close to call).
 
@@ -32,25 +32,8 @@ _BREVITY = re.compile(r"\b(brief|briefly|short|quick|one sentence|a sentence|sin
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
-    """The parts of :func:`gold_score` for one answer (each documented there)."""
-    tokens = words(response)
-    if not tokens:
-        return {"empty": -3.0}
-    target = 30 if _BREVITY.search(prompt) else 60
-    return {
-        "relevance": 2.0 * coverage(prompt, response),
-        "echo": -3.0 if echoed_share(prompt, response) > 0.5 else 0.0,
-        "length": -min(2.0, max(0, len(tokens) - target) / target),
-        "finished": 0.5 if ends_sentence(response) else -0.5,
-        "repetition": -3.0 * repeated_share(tokens),
-        "evasive": -1.0 if evasive(response) else 0.0,
-        "too_short": -1.0 if len(tokens) < 3 else 0.0,
-    }
-
-
-def gold_score(prompt: str, response: str) -> float:
-    """The task's true preference: an answer that addresses the request's specifics, at the length asked for,
-    finished, without repeating itself or evading. The sum of:
+    """The task's true preference: an answer that addresses the request's specifics, at the length asked for, finished,
+    without repeating itself or evading. Each part of one answer's score (:func:`gold_score` is their sum):
 
     - ``relevance``: 2 x the fraction of the request's content words (stop words removed, 5-character stems)
       that the answer uses, in [0, 2];
@@ -66,13 +49,19 @@ def gold_score(prompt: str, response: str) -> float:
 
     An empty answer scores -3. Range about [-10, 2.5].
     """
-    return round(sum(gold_parts(prompt, response).values()), 4)
-
-
-def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """:func:`gold_score` per (prompt, response), as a PPO reward or gold function
-    (``rlhf_lightning.tasks.everyday:gold_reward``)."""
-    return [gold_score(p, r) for p, r in zip(prompts, responses)]
+    tokens = words(response)
+    if not tokens:
+        return {"empty": -3.0}
+    target = 30 if _BREVITY.search(prompt) else 60
+    return {
+        "relevance": 2.0 * coverage(prompt, response),
+        "echo": -3.0 if echoed_share(prompt, response) > 0.5 else 0.0,
+        "length": -min(2.0, max(0, len(tokens) - target) / target),
+        "finished": 0.5 if ends_sentence(response) else -0.5,
+        "repetition": -3.0 * repeated_share(tokens),
+        "evasive": -1.0 if evasive(response) else 0.0,
+        "too_short": -1.0 if len(tokens) < 3 else 0.0,
+    }
 
 
 def read_requests(path: Path = REQUESTS_FILE) -> list[str]:
@@ -80,3 +69,8 @@ def read_requests(path: Path = REQUESTS_FILE) -> list[str]:
 
 
 TASK = Task("everyday", "relevance and specifics", tuple(read_requests()), HELDOUT_REQUESTS, gold_parts)
+gold_score = TASK.gold_score
+"""``(prompt, response) -> float``: the rule's score of one answer (the sum of :func:`gold_parts`)."""
+gold_reward = TASK.gold_reward
+"""``(prompts, responses) -> scores``: the rule per answer, PPO's gold function
+(``rlhf_lightning.tasks.everyday:gold_reward``)."""

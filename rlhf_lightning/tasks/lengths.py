@@ -4,7 +4,7 @@
   with a different length request: one, two or three sentences, under 15 words, or about 50 words; the request
   before or after the question. 225 prompts; 45 are held out (seeded). A held-out prompt can share its question
   with a training prompt, never its length request.
-- **Rule**: :func:`gold_score`. Files: ``python -m rlhf_lightning.tasks.generate lengths``.
+- **Rule**: :func:`gold_parts`. Files: ``python -m rlhf_lightning.tasks.generate lengths``.
 """
 
 from __future__ import annotations
@@ -78,7 +78,20 @@ def sentence_count(text: str) -> int:
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
-    """The parts of :func:`gold_score` for one answer (each documented there)."""
+    """The task's true preference: an answer of the length the prompt asks for, on its question, finished. Each part of
+    one answer's score (:func:`gold_score` is their sum):
+
+    - ``length``: for "in N sentences", 2 minus 1 per sentence more or fewer; for "in under 15 words", 2 up to
+      15 words, then 2 less per 15 words beyond; for "in about 50 words", 2 minus 2 x the relative distance
+      from 50 words; down to -2 in each case;
+    - ``relevance``: the share of the question's content words (stop words removed, 5-letter stems) the answer
+      uses, in [0, 1];
+    - ``finished``: +0.5 when the answer ends a sentence, else -0.5;
+    - ``repetition``: -3 x the share of repeated word bigrams;
+    - ``too_short``: -1 under 3 words.
+
+    An empty answer scores -3. Range about [-6.5, 3.5].
+    """
     tokens = words(response)
     if not tokens:
         return {"empty": -3.0}
@@ -98,27 +111,9 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     }
 
 
-def gold_score(prompt: str, response: str) -> float:
-    """The task's true preference: an answer of the length the prompt asks for, on its question, finished. The sum of:
-
-    - ``length``: for "in N sentences", 2 minus 1 per sentence more or fewer; for "in under 15 words", 2 up to
-      15 words, then 2 less per 15 words beyond; for "in about 50 words", 2 minus 2 x the relative distance
-      from 50 words; down to -2 in each case;
-    - ``relevance``: the share of the question's content words (stop words removed, 5-letter stems) the answer
-      uses, in [0, 1];
-    - ``finished``: +0.5 when the answer ends a sentence, else -0.5;
-    - ``repetition``: -3 x the share of repeated word bigrams;
-    - ``too_short``: -1 under 3 words.
-
-    An empty answer scores -3. Range about [-6.5, 3.5].
-    """
-    return round(sum(gold_parts(prompt, response).values()), 4)
-
-
-def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """:func:`gold_score` per (prompt, response), as a PPO reward or gold function
-    (``rlhf_lightning.tasks.lengths:gold_reward``)."""
-    return [gold_score(p, r) for p, r in zip(prompts, responses)]
-
-
 TASK = Task("lengths", "length: as long as asked", make_prompts(), 45, gold_parts)
+gold_score = TASK.gold_score
+"""``(prompt, response) -> float``: the rule's score of one answer (the sum of :func:`gold_parts`)."""
+gold_reward = TASK.gold_reward
+"""``(prompts, responses) -> scores``: the rule per answer, PPO's gold function
+(``rlhf_lightning.tasks.lengths:gold_reward``)."""

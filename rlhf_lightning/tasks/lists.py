@@ -4,7 +4,7 @@
   times with a different template ("List three ...", "Give me 4 ..., as a numbered list.", "What are five ...?")
   and a different count from two to five, 225 prompts in all; 45 are held out (seeded). A held-out prompt can
   share its subject with a training prompt, never its wording and count.
-- **Rule**: :func:`gold_score`. Files: ``python -m rlhf_lightning.tasks.generate lists``.
+- **Rule**: :func:`gold_parts`. Files: ``python -m rlhf_lightning.tasks.generate lists``.
 """
 
 from __future__ import annotations
@@ -92,7 +92,19 @@ def list_items(response: str) -> list[tuple[int | None, str]]:
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
-    """The parts of :func:`gold_score` for one answer (each documented there)."""
+    """The task's true preference: a list with exactly the number of items asked for, numbered, each item short, with
+    little text around it. Each part of one answer's score (:func:`gold_score` is their sum):
+
+    - ``count``: 2 when the answer's top-level list items (:func:`list_items`: the numbered lines, or the
+      bulleted ones when none is numbered) number exactly what the prompt asks for, 0.75 less per item too
+      many or too few, down to -1.5; -1.5 when the answer has no list at all;
+    - ``numbered``: +0.5 when the items are numbered 1, 2, 3, ... in order;
+    - ``concise``: -1 x the share of items longer than 25 words;
+    - ``length``: 0 up to ``15 x asked + 20`` words, then -1 per 40 words beyond, down to -1.5;
+    - ``repetition``: -3 x the share of repeated word bigrams.
+
+    An empty answer scores -3. Range about [-6, 2.5].
+    """
     tokens = words(response)
     if not tokens:
         return {"empty": -3.0}
@@ -109,27 +121,9 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     }
 
 
-def gold_score(prompt: str, response: str) -> float:
-    """The task's true preference: a list with exactly the number of items asked for, numbered, each item short,
-    with little text around it. The sum of:
-
-    - ``count``: 2 when the answer's top-level list items (:func:`list_items`: the numbered lines, or the
-      bulleted ones when none is numbered) number exactly what the prompt asks for, 0.75 less per item too
-      many or too few, down to -1.5; -1.5 when the answer has no list at all;
-    - ``numbered``: +0.5 when the items are numbered 1, 2, 3, ... in order;
-    - ``concise``: -1 x the share of items longer than 25 words;
-    - ``length``: 0 up to ``15 x asked + 20`` words, then -1 per 40 words beyond, down to -1.5;
-    - ``repetition``: -3 x the share of repeated word bigrams.
-
-    An empty answer scores -3. Range about [-6, 2.5].
-    """
-    return round(sum(gold_parts(prompt, response).values()), 4)
-
-
-def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """:func:`gold_score` per (prompt, response), as a PPO reward or gold function
-    (``rlhf_lightning.tasks.lists:gold_reward``)."""
-    return [gold_score(p, r) for p, r in zip(prompts, responses)]
-
-
 TASK = Task("lists", "format: the list asked for", make_prompts(), 45, gold_parts)
+gold_score = TASK.gold_score
+"""``(prompt, response) -> float``: the rule's score of one answer (the sum of :func:`gold_parts`)."""
+gold_reward = TASK.gold_reward
+"""``(prompts, responses) -> scores``: the rule per answer, PPO's gold function
+(``rlhf_lightning.tasks.lists:gold_reward``)."""

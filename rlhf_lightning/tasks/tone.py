@@ -4,7 +4,7 @@
   night", "a customer whose order arrived broken"), each asked five ways ("Write a short message to ...",
   "What should I say to ...?", ...). 225 prompts; 45 are held out (seeded). A held-out prompt can share its
   situation with a training prompt, never its wording.
-- **Rule**: :func:`gold_score`. Files: ``python -m rlhf_lightning.tasks.generate tone``.
+- **Rule**: :func:`gold_parts`. Files: ``python -m rlhf_lightning.tasks.generate tone``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,23 @@ def _markers(text: str, markers: tuple[str, ...]) -> int:
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
-    """The parts of :func:`gold_score` for one answer (each documented there)."""
+    """The task's true preference: a short message that is courteous, speaks to the person and is never harsh. Each part
+    of one answer's score (:func:`gold_score` is their sum):
+
+    - ``courtesy``: +0.5 per distinct courtesy marker (:data:`COURTESY`: "please", "thank", "sorry",
+      "understand", "hope", ...), up to +1.5;
+    - ``harsh``: -1 per distinct harsh marker (:data:`HARSH`: "unacceptable", "your fault", "immediately", ...),
+      down to -2;
+    - ``shouting``: -1 for a word of three or more capital letters, or ``!!``;
+    - ``addressed``: +0.5 when the message says "you" or "your";
+    - ``length``: 0 up to 80 words, then -1 per 60 words beyond, down to -1.5;
+    - ``finished``: +0.5 when the message ends a sentence, else -0.5;
+    - ``repetition``: -3 x the share of repeated word bigrams;
+    - ``refusal``: -1 for "As an AI", "I cannot", ...;
+    - ``too_short``: -1 under 3 words.
+
+    An empty answer scores -3. Range about [-10, 2.5].
+    """
     tokens = words(response)
     if not tokens:
         return {"empty": -3.0}
@@ -80,32 +96,10 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     }
 
 
-def gold_score(prompt: str, response: str) -> float:
-    """The task's true preference: a short message that is courteous, speaks to the person and is never harsh.
-    The sum of:
-
-    - ``courtesy``: +0.5 per distinct courtesy marker (:data:`COURTESY`: "please", "thank", "sorry",
-      "understand", "hope", ...), up to +1.5;
-    - ``harsh``: -1 per distinct harsh marker (:data:`HARSH`: "unacceptable", "your fault", "immediately", ...),
-      down to -2;
-    - ``shouting``: -1 for a word of three or more capital letters, or ``!!``;
-    - ``addressed``: +0.5 when the message says "you" or "your";
-    - ``length``: 0 up to 80 words, then -1 per 60 words beyond, down to -1.5;
-    - ``finished``: +0.5 when the message ends a sentence, else -0.5;
-    - ``repetition``: -3 x the share of repeated word bigrams;
-    - ``refusal``: -1 for "As an AI", "I cannot", ...;
-    - ``too_short``: -1 under 3 words.
-
-    An empty answer scores -3. Range about [-10, 2.5].
-    """
-    return round(sum(gold_parts(prompt, response).values()), 4)
-
-
-def gold_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """:func:`gold_score` per (prompt, response), as a PPO reward or gold function
-    (``rlhf_lightning.tasks.tone:gold_reward``)."""
-    return [gold_score(p, r) for p, r in zip(prompts, responses)]
-
-
 TASK = Task("tone", "tone: courteous, never harsh", tuple(t.format(s=s) for s in SITUATIONS for t in TEMPLATES), 45,
             gold_parts)  # fmt: skip
+gold_score = TASK.gold_score
+"""``(prompt, response) -> float``: the rule's score of one answer (the sum of :func:`gold_parts`)."""
+gold_reward = TASK.gold_reward
+"""``(prompts, responses) -> scores``: the rule per answer, PPO's gold function
+(``rlhf_lightning.tasks.tone:gold_reward``)."""
