@@ -1,4 +1,8 @@
-"""Reward model held-out accuracy: the project's reward stage against a minimal recipe, on the development task.
+"""Reward model held-out accuracy: the project's reward stage against a minimal recipe, on a development task.
+
+``--task`` picks the development task (docs/development-task.md: everyday, lists, lengths, tone); its training
+and held-out pairs are ``builtin:TASK_comparisons.jsonl`` and ``builtin:TASK_comparisons_heldout.jsonl``, and
+the record goes to ``results/reward_baseline_TASK.json``.
 
 The minimal recipe is what a user writes in forty lines with transformers and peft:
 ``AutoModelForSequenceClassification`` (one label) on the embedded SmolLM2-135M-Instruct, from the base model;
@@ -43,8 +47,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-TRAIN = "builtin:everyday_comparisons.jsonl"
-HELDOUT = "builtin:everyday_comparisons_heldout.jsonl"
 
 
 def read_pairs(source: str) -> list[dict]:
@@ -53,12 +55,12 @@ def read_pairs(source: str) -> list[dict]:
     return [row for _, row in read_rows(source)]
 
 
-def heldout_samples(heldout: str) -> list[dict]:
-    """The sampled answers to the held-out requests (``{prompt, response, gold}``), from the task's samples."""
-    from rlhf_lightning.data.everyday import ASSETS
+def heldout_samples(task: str, heldout: str) -> list[dict]:
+    """The sampled answers to the held-out prompts (``{prompt, response, gold}``), from the task's samples."""
+    from rlhf_lightning.tasks import ASSETS
 
     requests = {row["prompt"] for row in read_pairs(heldout)}
-    rows = [json.loads(line) for line in (ASSETS / "everyday_samples.jsonl").read_text().splitlines() if line]
+    rows = [json.loads(line) for line in (ASSETS / f"{task}_samples.jsonl").read_text().splitlines() if line]
     return [{"prompt": r["prompt"], "response": r["text"], "gold": r["gold"]} for r in rows if r["prompt"] in requests]
 
 
@@ -138,7 +140,7 @@ def run_recipe(args: argparse.Namespace) -> dict:
         accuracies.append(wins / len(heldout))
         print(f"recipe: epoch {epoch + 1} held-out accuracy {accuracies[-1]:.3f}", flush=True)
     seconds = time.perf_counter() - start
-    samples = heldout_samples(args.heldout)
+    samples = heldout_samples(args.task, args.heldout)
     with torch.no_grad():
         texts_all = [chat(s["prompt"], s["response"]) for s in samples]
         all_scores = [float(x) for i in range(0, len(samples), 16) for x in scores(texts_all[i : i + 16])]
@@ -163,7 +165,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict
         f"--data.init_args.batch_size={args.batch_size}",
         f"--data.init_args.max_length={args.max_length}",
         f"--model.init_args.model.adapter={args.sft}" if args.sft else '--model.init_args.model={"adapter": null}',
-        "--model.init_args.calibration_files=[builtin:everyday_demonstrations.jsonl]",
+        f"--model.init_args.calibration_files=[builtin:{args.task}_demonstrations.jsonl]",
         *overrides,
     ]  # fmt: skip
     start = time.perf_counter()
@@ -179,7 +181,7 @@ def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict
     degenerate = json.loads(report.read_text())["kinds"] if report else None
     from rlhf_lightning.commands.score import score_file
 
-    samples = heldout_samples(args.heldout)
+    samples = heldout_samples(args.task, args.heldout)
     answers, scored = run_dir / "heldout_samples.jsonl", run_dir / "heldout_scored.jsonl"
     answers.write_text("".join(json.dumps(s) + "\n" for s in samples))
     score_file(str(report.parent if report else run_dir / "final"), str(answers), str(scored))
@@ -210,18 +212,23 @@ def main() -> None:
         "the end-of-turn token for SmolLM2), or at the end-of-turn token itself, where ours reads it",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="every run is repeated at each seed")
-    p.add_argument("--train", default=TRAIN)
-    p.add_argument("--heldout", default=HELDOUT)
+    p.add_argument("--task", default="everyday", help="the development task (docs/development-task.md)")
+    p.add_argument("--train", default=None, help="training pairs (default: the task's)")
+    p.add_argument("--heldout", default=None, help="held-out pairs (default: the task's)")
     p.add_argument("--sft", default=None, help="ours starts from this SFT run's final adapter (default: base model)")
     p.add_argument("--only", choices=["recipe", "ours", "variants"], default=None, help="run only these")
     p.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDE;OVERRIDE... (more runs of ours)")
-    p.add_argument("--out", type=Path, default=HERE / "results" / "reward_baseline.json")
+    p.add_argument("--out", type=Path, default=None, help="default: results/reward_baseline_TASK.json")
     args = p.parse_args()
+    args.train = args.train or f"builtin:{args.task}_comparisons.jsonl"
+    args.heldout = args.heldout or f"builtin:{args.task}_comparisons_heldout.jsonl"
+    args.out = args.out or HERE / "results" / f"reward_baseline_{args.task}.json"
     work = Path(tempfile.mkdtemp(prefix="reward-baseline-"))
     recipe = "minimal recipe" + (", score read at the end-of-turn token" if args.recipe_score_at == "eos" else "")
     jobs = [(recipe, None)] if args.only in (None, "recipe") else []
     if args.only in (None, "ours"):
-        jobs.append(("ours (configs/reward.yaml)", []))
+        start = "from the SFT adapter" if args.sft else "from the base model"
+        jobs.append((f"ours (configs/reward.yaml, {start})", []))
     if args.only != "recipe":
         for variant in args.variant:
             name, _, overrides = variant.partition("=")
@@ -240,23 +247,29 @@ def print_table(runs: dict) -> None:
     settings: dict[str, list[dict]] = {}
     for name, run in runs.items():
         settings.setdefault(name.rpartition(", seed ")[0] or name, []).append(run)
-    print("\n| run | seeds | 59 held-out pairs, last epoch | mean | all 242 held-out pairs | mean | minutes |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| run | seeds | held-out pairs, epoch 1 | mean | last epoch | mean | all held-out pairs, last epoch "
+          "| mean | minutes |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+
+    def cells(values: list[float]) -> str:
+        return f"{' / '.join(f'{a:.3f}' for a in values)} | {sum(values) / len(values):.3f}" if values else "- | -"
+
     for name, group in settings.items():
         group.sort(key=lambda run: run["settings"]["seed"])
+        first = [run["accuracy_per_epoch"][0] for run in group]
         last = [run["accuracy_per_epoch"][-1] for run in group]
         every = [run["all_pairs_accuracy"] for run in group if "all_pairs_accuracy" in run]
+        epochs = group[0]["settings"]["epochs"]
         minutes = sum(run["seconds"] for run in group) / len(group) / 60
-        mean_every = f"{sum(every) / len(every):.3f}" if every else "-"
-        print(f"| {name} | {len(group)} | {' / '.join(f'{a:.3f}' for a in last)} | {sum(last) / len(last):.3f} "
-              f"| {' / '.join(f'{a:.3f}' for a in every) or '-'} | {mean_every} | {minutes:.1f} |")  # fmt: skip
+        print(f"| {name} ({epochs} epochs) | {len(group)} | {cells(first)} | {cells(last)} | {cells(every)} "
+              f"| {minutes:.1f} |")  # fmt: skip
 
 
 def save(args: argparse.Namespace, name: str, result: dict) -> None:
     """Add one run to the JSON record (runs of earlier invocations with other names are kept)."""
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     record = {
-        "benchmark": "reward-model held-out accuracy on the development task (everyday requests)",
+        "benchmark": f"reward-model held-out accuracy on the {args.task} development task",
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         "pairs": {"train": len(read_pairs(args.train)), "heldout": len(read_pairs(args.heldout))},
