@@ -124,9 +124,15 @@ def describe(task: Task, folder: Path = ASSETS) -> str:
     chosen answer leads the rejected one on each part of the rule, on average over the training pairs."""
 
     def read(kind: str) -> list[dict]:
-        return [json.loads(line) for line in (folder / f"{task.name}_{kind}.jsonl").read_text("utf-8").splitlines()]
+        path = folder / f"{task.name}_{kind}.jsonl"
+        if not path.exists():
+            raise FileNotFoundError(f"no {path}: write the task's files first (python -m {__spec__.name} {task.name} "
+                                    f"{folder})")  # fmt: skip
+        return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
 
     samples, pairs = read("samples"), read("comparisons")
+    if not pairs or not samples:
+        return f"{task.name}: {len(samples)} sampled answers and no training pairs in {folder}"
     lead: dict[str, float] = {}
     for pair in pairs:
         chosen, rejected = (
@@ -147,6 +153,13 @@ def describe(task: Task, folder: Path = ASSETS) -> str:
     )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def write_jsonl(rows: list[dict], path: Path) -> None:
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
@@ -156,28 +169,36 @@ def write_jsonl(rows: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("task", choices=sorted(TASKS))
-    parser.add_argument("out_dir", nargs="?", default=str(ASSETS))
+    parser.add_argument("out_dir", nargs="?", default=None, help=f"where the files go (default: {ASSETS}, the "
+                        "shipped files; required with --limit)")  # fmt: skip
     parser.add_argument("--samples", type=int, default=4, help="answers sampled per prompt")
     parser.add_argument("--max_new_tokens", type=int, default=96)
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="only the first N prompts, none held out (a try)")
-    parser.add_argument("--relabel", action="store_true", help="label the stored samples again with the current "
-                        "rule (after changing it), without sampling")  # fmt: skip
+    parser.add_argument("--limit", type=_positive, default=None, help="only the first N prompts, none held out (a "
+                        "try; give an out_dir)")  # fmt: skip
+    parser.add_argument("--relabel", action="store_true", help="label the answers in out_dir's samples file again "
+                        "with the current rule (after changing it), without sampling")  # fmt: skip
     parser.add_argument("--describe", action="store_true", help="describe the files in out_dir; write nothing")
     args = parser.parse_args(argv)
     task = TASKS[args.task]
-    if args.describe:
-        print(describe(task, Path(args.out_dir)))
-        return
-    out = Path(args.out_dir)
+    if args.limit is not None and args.out_dir is None:
+        parser.error(f"--limit writes a trial of {args.limit} prompts: give an out_dir, not to overwrite the "
+                     f"shipped files in {ASSETS}")  # fmt: skip
+    out = Path(args.out_dir) if args.out_dir is not None else ASSETS
+    if args.describe or args.relabel:
+        if not (out / f"{task.name}_samples.jsonl").exists():
+            parser.error(f"no {out / f'{task.name}_samples.jsonl'}: write the task's files there first")
+        if args.describe:
+            print(describe(task, out))
+            return
     out.mkdir(parents=True, exist_ok=True)
     if args.limit is None:
         train, held_out = split_prompts(task, args.seed)
     else:
         train, held_out = list(task.prompts[: args.limit]), []
     if args.relabel:
-        answers = stored_answers(task)
+        answers = stored_answers(task, out)
     else:
         prompts = list(task.prompts[: args.limit])
         print(f"{task.name}: sampling {args.samples} answers to {len(prompts)} prompts with the embedded model")

@@ -4,8 +4,8 @@ files agree with their rule and keep the held-out prompts apart."""
 import pytest
 
 from rlhf_lightning.data.readers import read_rows
-from rlhf_lightning.tasks import TASKS, lengths, lists, tone
-from rlhf_lightning.tasks.generate import build_rows, describe, split_prompts, write_jsonl
+from rlhf_lightning.tasks import ASSETS, TASKS, lengths, lists, tone
+from rlhf_lightning.tasks.generate import build_rows, describe, main, split_prompts, write_jsonl
 
 
 def rows(name: str) -> list[dict]:
@@ -133,3 +133,23 @@ def test_shipped_files_follow_the_rule_and_keep_held_out_prompts_apart(name):
     samples = rows(f"{name}_samples")
     assert len(samples) == 4 * len(task.prompts)
     assert all(s["gold"] == task.gold_score(s["prompt"], s["text"]) for s in samples)
+
+
+def test_generate_relabels_the_samples_in_its_folder_and_refuses_what_would_lose_files(tmp_path, capsys):
+    shipped = ASSETS / "lists_samples.jsonl"
+    (tmp_path / "lists_samples.jsonl").write_text(shipped.read_text("utf-8"), "utf-8")
+    main(["lists", str(tmp_path), "--relabel"])  # labels the copy again: the shipped files, to the byte
+    for kind in ("comparisons", "comparisons_heldout", "demonstrations", "prompts", "prompts_heldout", "samples"):
+        assert (tmp_path / f"lists_{kind}.jsonl").read_bytes() == (ASSETS / f"lists_{kind}.jsonl").read_bytes(), kind
+    capsys.readouterr()
+    for argv, message in (
+        (["lists", "--limit", "2"], "--limit writes a trial of 2 prompts: give an out_dir"),  # not into the assets
+        (["lists", "--limit", "0", str(tmp_path)], "argument --limit: must be at least 1, got 0"),
+        (["lists", str(tmp_path / "empty"), "--describe"], "lists_samples.jsonl: write the task's files there first"),
+        (["lists", str(tmp_path / "empty"), "--relabel"], "lists_samples.jsonl: write the task's files there first"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+    write_jsonl([], tmp_path / "lists_comparisons.jsonl")  # no pairs at all: said, not a division by zero
+    assert describe(TASKS["lists"], tmp_path).startswith("lists: 900 sampled answers and no training pairs in")
