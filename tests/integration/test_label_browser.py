@@ -499,6 +499,9 @@ def test_a_skip_can_be_undone(browser, make_server):
     page.locator("#skip").click()
     expect(page.locator("#done")).to_be_visible()
     page.locator("#undo-skip").click()
+    # The done page hides the last prompt without clearing it: wait for the answer to the undo, not the text.
+    expect(page.locator("#message")).to_contain_text("Item 2 is back")
+    expect(page.locator("#done")).to_be_hidden()
     expect(page.locator("#prompt")).to_have_text(FRUITS)
     you = store.progress("alice")["you"]
     assert (you["ranked"], you["skipped"]) == (1, 0)
