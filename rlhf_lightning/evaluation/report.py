@@ -93,7 +93,8 @@ def alignment_verdict(summary: dict[str, float], curve: list[dict] | None = None
 
     Returns:
         One or more sentences: the proxy rose and the truth did not (the policy exploits the reward model);
-        the truth rose but peaked at a smaller KL (over-optimisation, Gao et al. 2022); the truth rose; or, with
+        neither rose; the truth rose but peaked at a smaller KL (over-optimisation, Gao et al. 2022); the truth
+        rose with the proxy; the truth rose while the proxy did not (the reward model does not track it); or, with
         no gold function, that only a person or a gold rule can tell. Answers at most half SFT's length, and
         any empty answers, are named in each case.
     """
@@ -125,12 +126,18 @@ def alignment_verdict(summary: dict[str, float], curve: list[dict] | None = None
         ):
             sentences.append(
                 f"The true preference rose ({truth}){kl}, but it peaked at {peak['gold']:.2f} at a KL of "
-                f"{peak['kl']:.2f} nats and fell since while the reward-model score ({proxy}) kept rising: "
-                "over-optimisation. Fewer iterations or a larger KL coefficient keep the peak."
+                f"{peak['kl']:.2f} nats and fell since (reward model {proxy}): over-optimisation. Fewer "
+                "iterations or a larger KL coefficient keep the peak."
+            )
+        elif summary["policy_score"] > summary["baseline_score"]:
+            sentences.append(
+                f"The true preference rose with the reward-model score ({truth}; reward model {proxy}){kl}."
             )
         else:
             sentences.append(
-                f"The true preference rose with the reward-model score ({truth}; reward model {proxy}){kl}."
+                f"The true preference rose ({truth}){kl} while the reward-model score did not ({proxy}): the "
+                "reward model does not track what improved (the KL penalty or a shaping term may have done the "
+                "work). Check its held-out accuracy before relying on it for longer training."
             )
     length, baseline_length = summary.get("policy_length"), summary.get("baseline_length")
     if length is not None and baseline_length and length <= 0.5 * baseline_length:

@@ -11,8 +11,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-WORD = re.compile(r"[a-z0-9']+")
-"""A word: lowercase letters, digits and apostrophes (the text is lowercased first)."""
+WORD = re.compile(r"\d+(?:[.,]\d+)+|[a-z0-9']+")
+"""A word: a number with its decimal point or thousands separators (``5.5``, ``1,000``), or a run of lowercase
+letters, digits and apostrophes (the text is lowercased first)."""
 
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
@@ -25,9 +26,16 @@ STOPWORDS = frozenset(
     sentence sentences word words few idea ideas tip tips way ways thing things good best make need want
     something really much many well""".split()
 )
-EVASIVE = ("as an ai", "i'm sorry", "i am sorry", "i cannot", "i can't help", "i don't have personal",
-           "i do not have personal", "i'm not able to", "i am not able to")  # fmt: skip
-"""Phrases of a refusal or a disclaimer (lowercase)."""
+REFUSAL = re.compile(
+    r"\bas an ai\b|\bas a language model\b|\bi (?:do not|don't) have (?:personal|feelings|opinions)\b"
+    r"|\bi(?: cannot|'m unable to| am unable to| can't| can not|'m not able to| am not able to)"
+    r" (?:help|assist|provide|answer|write|do that|comply|fulfil|fulfill|create|generate|give|offer)\b"
+)
+"""A refusal or an AI disclaimer ("As an AI", "I cannot help with", "I'm not able to provide", "I don't have
+personal opinions"), lowercase. A plain "I'm sorry" (sympathy) or "I cannot sleep" (the person's own words) is none."""
+NEGATION = re.compile(r"\b(?:not|never|no|don't|do not|doesn't|didn't|isn't|wasn't|aren't|won't)(?:\s+[a-z']+)?\s+$")
+"""A negation just before a marker, or one word before it ("not happy to", "don't really appreciate"). "Can't" is
+none ("I can't thank you enough"), and two words away is too far ("don't hesitate to let me know")."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,17 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
+def stem(word: str) -> str:
+    """A word cut to its first 5 characters after dropping a plural ``s`` (not ``ss``, ``us``, ``is``), so that
+    ``water``/``watering``, ``plant``/``plants`` and ``egg``/``eggs`` match."""
+    if len(word) >= 4 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        word = word[:-1]
+    return word[:5]
+
+
 def stems(text: str) -> set[str]:
-    """Content words of ``text`` (lowercase, 3+ letters, not a stop word), cut to 5 characters so that
-    ``water``/``watering`` and ``plant``/``plants`` match."""
-    return {w[:5] for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
+    """Content words of ``text`` (lowercase, 3+ letters, not a stop word) as :func:`stem`\\ s."""
+    return {stem(w) for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
 
 
 def coverage(prompt: str, response: str) -> float:
@@ -98,6 +113,20 @@ def ends_sentence(text: str) -> bool:
 
 
 def evasive(text: str) -> bool:
-    """Whether the text holds a refusal or disclaimer phrase (:data:`EVASIVE`)."""
-    lowered = text.lower()
-    return any(p in lowered for p in EVASIVE)
+    """Whether the text holds a refusal or an AI disclaimer (:data:`REFUSAL`)."""
+    return REFUSAL.search(text.lower().replace("\u2019", "'")) is not None
+
+
+def markers(text: str, phrases: tuple[str, ...]) -> int:
+    """How many of ``phrases`` (lowercase words or phrases, each form written out: ``"thanks"``, ``"thank you"``)
+    the text uses as whole words, each counted once, and not negated: an occurrence with "not", "never", "don't",
+    ... just before it or one word before it (:data:`NEGATION`) does not count. ``"hope"`` does not match "hopeless";
+    ``"appreciate"`` does not count in "I don't appreciate"; ``"your fault"`` does not in "it's not your fault"."""
+    lowered = text.lower().replace("\u2019", "'")
+    found = 0
+    for phrase in phrases:
+        for match in re.finditer(rf"\b{re.escape(phrase)}\b", lowered):
+            if not NEGATION.search(lowered[: match.start()]):
+                found += 1
+                break
+    return found

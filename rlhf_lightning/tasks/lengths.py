@@ -40,7 +40,12 @@ LENGTHS = (
     ("about", 50, "in about 50 words"),
 )
 """``(kind, target, words of the request)``: a number of sentences, a word limit, or a word count to aim for."""
-_SENTENCE_END = re.compile(r"(?<!\d)[.!?]+(?=\s|$)")
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+_LIST_MARKER = re.compile(r"^\s*(?:\d+|[a-zA-Z])[.)]\s+", re.MULTILINE)
+_LAST_WORD = re.compile(r"[\w.]*$")
+ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "vs", "approx", "st", "cf", "fig"})
+"""Words whose full stop does not end a sentence (lowercase, without the stop); so do initials and dotted
+abbreviations (``J.``, ``e.g.``, ``U.S.``)."""
 _NUMBERS = {"one": 1, "two": 2, "three": 3}
 
 
@@ -70,11 +75,19 @@ def asked_length(prompt: str) -> tuple[str, int, str]:
 
 
 def sentence_count(text: str) -> int:
-    """Sentences in the text: runs of ``.``, ``!`` or ``?`` before a space or the end (not a list number's ``1.``),
-    plus one for trailing words with no end mark."""
-    ends = list(_SENTENCE_END.finditer(text.strip()))
-    trailing = text.strip()[ends[-1].end() :] if ends else text.strip()
-    return len(ends) + (1 if words(trailing) else 0)
+    """Sentences in the text: runs of ``.``, ``!`` or ``?`` before a space or the end, plus one for trailing words
+    with no end mark. A list marker at the start of a line (``1.``, ``b)``) is not a sentence end, nor is the stop
+    of an abbreviation, an initial or a dotted abbreviation before more text (:data:`ABBREVIATIONS`, ``J.``,
+    ``e.g.``); a number's stop is (``... in 1990.``), a decimal point is not (``5.5``)."""
+    text = _LIST_MARKER.sub("", text.strip())
+    count, last = 0, 0
+    for end in _SENTENCE_END.finditer(text):
+        before = _LAST_WORD.search(text, 0, end.start()).group(0).lower()
+        abbreviation = before in ABBREVIATIONS or "." in before or (len(before) == 1 and before.isalpha())
+        if end.group(0) == "." and abbreviation and text[end.end() :].strip():
+            continue
+        count, last = count + 1, end.end()
+    return count + (1 if words(text[last:]) else 0)
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:

@@ -53,7 +53,14 @@ TEMPLATES = (
     "Suggest {n} {subject}. Keep each one short.",
 )
 _ASKED = re.compile(r"\b(two|three|four|five|[2-5])\b")
-_ITEM = re.compile(r"^(\s*)(?:(\d+)[.)]|[-*\u2022])\s+\S")
+_ITEM = re.compile(
+    r"^(\s*)(?:#{1,6}\s*)?(?:\*\*|__)?"  # indentation, a Markdown heading or bold around the marker
+    r"(?:(?P<number>\d+)[.)](?!\d)(?:\*\*|__)?\s*"  # 1. 1) **1.** 1.x (not 1.5)
+    r"|(?P<roman>[ivx]+|[IVX]+)[.)](?:\*\*|__)?\s+"  # i. II)
+    r"|(?P<letter>[a-zA-Z])[.)](?:\*\*|__)?\s+"  # a) B.
+    r"|[-*\u2022]\s+)\S"  # - * •
+)
+_ROMAN = {"i": 1, "ii": 2, "iii": 3, "iv": 4, "v": 5, "vi": 6, "vii": 7, "viii": 8, "ix": 9, "x": 10}
 
 
 def make_prompts(seed: int = 0) -> tuple[str, ...]:
@@ -77,18 +84,34 @@ def asked_count(prompt: str) -> int:
     return int(token) if token.isdigit() else {v: k for k, v in NUMBER_WORDS.items()}[token]
 
 
+def _marker(match: re.Match) -> tuple[str, int | None]:
+    """``(kind, position)`` of a list marker: ``("number", 3)`` for ``3.``, ``("letter", 2)`` for ``b)`` and
+    ``("letter", 2)`` for ``II.`` (a Roman numeral, when it is one), ``("bullet", None)`` for ``-``."""
+    if match.group("number"):
+        return "number", int(match.group("number"))
+    if match.group("roman") and match.group("roman").lower() in _ROMAN:
+        return "letter", _ROMAN[match.group("roman").lower()]
+    if match.group("letter") or match.group("roman"):
+        return "letter", ord((match.group("letter") or match.group("roman")[0]).lower()) - ord("a") + 1
+    return "bullet", None
+
+
 def list_items(response: str) -> list[tuple[int | None, str]]:
-    """The top-level list items of the response: ``(number, line)`` for each line that starts with ``1.`` or
-    ``1)`` at the smallest indentation of such lines; when no line is numbered, ``(None, line)`` for each line
-    that starts with ``-``, ``*`` or ``•`` at the smallest indentation of those. Bullets under numbered items
-    (the model's usual sub-points, indented or not) and deeper lines are not items."""
-    found = [(len(m.group(1)), m.group(2), line) for line in response.splitlines() if (m := _ITEM.match(line))]
-    numbered = [item for item in found if item[1] is not None]
-    found = numbered or found
-    if not found:
+    """The top-level list items of the response, ``(position, line)``: the lines numbered ``1.``, ``1)``,
+    ``**1.**``, ``1.x`` at the smallest indentation of such lines; when no line is numbered, the lines marked with
+    a letter or a Roman numeral (``a)``, ``B.``, ``ii.``; position 2 for ``b`` and ``ii``); when neither, the
+    lines that start with ``-``, ``*`` or ``•`` (position ``None``). Points under numbered items (bullets or
+    letters, indented or not) and deeper lines are not items."""
+    found = {"number": [], "letter": [], "bullet": []}
+    for line in response.splitlines():
+        if match := _ITEM.match(line):
+            kind, position = _marker(match)
+            found[kind].append((len(match.group(1)), position, line))
+    items = found["number"] or found["letter"] or found["bullet"]
+    if not items:
         return []
-    top = min(indent for indent, _, _ in found)
-    return [(int(number) if number else None, line) for indent, number, line in found if indent == top]
+    top = min(indent for indent, _, _ in items)
+    return [(position, line) for indent, position, line in items if indent == top]
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
@@ -98,7 +121,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     - ``count``: 2 when the answer's top-level list items (:func:`list_items`: the numbered lines, or the
       bulleted ones when none is numbered) number exactly what the prompt asks for, 0.75 less per item too
       many or too few, down to -1.5; -1.5 when the answer has no list at all;
-    - ``numbered``: +0.5 when the items are numbered 1, 2, 3, ... in order;
+    - ``numbered``: +0.5 when the items are numbered (or lettered) 1, 2, 3, ... in order;
     - ``concise``: -1 x the share of items longer than 25 words;
     - ``length``: 0 up to ``15 x asked + 20`` words, then -1 per 40 words beyond, down to -1.5;
     - ``repetition``: -3 x the share of repeated word bigrams.

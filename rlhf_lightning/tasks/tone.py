@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf_lightning.tasks.base import Task, ends_sentence, repeated_share, words
+from rlhf_lightning.tasks.base import Task, ends_sentence, evasive, markers, repeated_share, words
 
 SITUATIONS = (
     "my neighbour whose dog barks every night", "a coworker who missed our project deadline",
@@ -45,20 +45,19 @@ TEMPLATES = (
     "Draft a note to {s}.",
     "Write a text message to {s}.",
 )
-COURTESY = ("please", "thank", "thanks", "appreciate", "sorry", "understand", "hope", "glad", "happy to",
-            "grateful", "kindly", "would you mind", "could you", "let me know", "no worries")  # fmt: skip
-"""Courtesy markers (lowercase; each counts once per message, however often it appears)."""
+COURTESY = ("please", "thank you", "thanks", "thankful", "appreciate", "appreciated", "sorry", "apologise",
+            "apologize", "apologies", "understand", "hope", "hoping", "glad", "happy to", "grateful", "kindly",
+            "would you mind", "could you", "let me know", "no worries")  # fmt: skip
+"""Courtesy markers (lowercase; whole words, each counted once per message, not when negated: :func:`markers`)."""
 HARSH = ("unacceptable", "ridiculous", "stupid", "lazy", "useless", "your fault", "immediately", "demand",
-         "annoying", "terrible", "disgusting", "incompetent", "shut up", "never again", "how dare", "idiot",
-         "fed up", "disappointed in you", "or else")  # fmt: skip
-"""Harsh markers (lowercase; each counts once per message)."""
-REFUSAL = ("as an ai", "i cannot", "i can't help", "i'm not able to", "i am not able to")
-_SHOUTED = re.compile(r"\b[A-Z]{3,}\b|!!")
-
-
-def _markers(text: str, markers: tuple[str, ...]) -> int:
-    lowered = text.lower()
-    return sum(bool(re.search(rf"\b{re.escape(m)}", lowered)) for m in markers)
+         "annoying", "terrible", "disgusting", "incompetent", "shut up", "how dare", "idiot", "fed up",
+         "disappointed in you", "or else")  # fmt: skip
+"""Harsh markers (lowercase; whole words, each counted once per message, not when negated: "it's not your
+fault" is kind)."""
+_SHOUTED = re.compile(r"\b[A-Z]{2,}(?:[\s,.!?]+[A-Z]{2,})+\b|!!")
+"""Shouting: two or more words in capitals in a row ("PLEASE STOP", "SEND IT NOW"), or ``!!``. One capitalised
+word is usually an acronym (SPCA, ASAP, CEO), not a raised voice; two acronyms in a row ("the CEO ASAP") count
+as shouting, a known limit of the rule."""
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
@@ -69,12 +68,13 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
       "understand", "hope", ...), up to +1.5;
     - ``harsh``: -1 per distinct harsh marker (:data:`HARSH`: "unacceptable", "your fault", "immediately", ...),
       down to -2;
-    - ``shouting``: -1 for a word of three or more capital letters, or ``!!``;
+    - ``shouting``: -1 for two or more words in capitals in a row, or ``!!`` (:data:`_SHOUTED`);
     - ``addressed``: +0.5 when the message says "you" or "your";
     - ``length``: 0 up to 80 words, then -1 per 60 words beyond, down to -1.5;
     - ``finished``: +0.5 when the message ends a sentence, else -0.5;
     - ``repetition``: -3 x the share of repeated word bigrams;
-    - ``refusal``: -1 for "As an AI", "I cannot", ...;
+    - ``refusal``: -1 for a refusal or an AI disclaimer ("As an AI", "I cannot help with", ...:
+      :func:`~rlhf_lightning.tasks.base.evasive`);
     - ``too_short``: -1 under 3 words.
 
     An empty answer scores -3. Range about [-10, 2.5].
@@ -82,16 +82,15 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     tokens = words(response)
     if not tokens:
         return {"empty": -3.0}
-    lowered = response.lower()
     return {
-        "courtesy": min(1.5, 0.5 * _markers(response, COURTESY)),
-        "harsh": -min(2.0, 1.0 * _markers(response, HARSH)),
+        "courtesy": min(1.5, 0.5 * markers(response, COURTESY)),
+        "harsh": -min(2.0, 1.0 * markers(response, HARSH)),
         "shouting": -1.0 if _SHOUTED.search(response) else 0.0,
         "addressed": 0.5 if {"you", "your"} & set(tokens) else 0.0,
         "length": -min(1.5, max(0, len(tokens) - 80) / 60),
         "finished": 0.5 if ends_sentence(response) else -0.5,
         "repetition": -3.0 * repeated_share(tokens),
-        "refusal": -1.0 if any(p in lowered for p in REFUSAL) else 0.0,
+        "refusal": -1.0 if evasive(response) else 0.0,
         "too_short": -1.0 if len(tokens) < 3 else 0.0,
     }
 

@@ -48,6 +48,12 @@ def test_the_verdict_says_in_words_when_the_proxy_rises_and_the_truth_does_not()
     assert "did not" in alignment_verdict(base | {"gold_policy": 0.4, "gold_baseline": 0.35, "gold_win_rate": 0.45})
     improved = base | {"gold_policy": 0.95, "gold_baseline": 0.55, "gold_win_rate": 0.68}
     assert alignment_verdict(improved).startswith("The true preference rose with the reward-model score")
+    # the truth rose while the reward model's score fell: said so, never "with the reward-model score"
+    untracked = alignment_verdict(improved | {"policy_score": -0.9})
+    assert untracked.startswith(
+        "The true preference rose (0.55 for SFT, 0.95 for the policy, gold win rate 0.68) at a KL of 2.10 nats "
+        "while the reward-model score did not (-0.75 for SFT to -0.90)"
+    )
     # the curve: gold peaked at KL 1 and lost more than half its gain while the reward-model score kept rising
     curve = [{"at": 4, "kl": 1.0, "score": -0.5, "gold": 1.5}, {"at": 8, "kl": 2.1, "score": -0.06, "gold": 0.95}]
     peaked = alignment_verdict(improved, curve)

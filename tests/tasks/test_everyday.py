@@ -22,6 +22,11 @@ def test_the_rule_by_hand():
     assert gold_parts(BASIL, rambling)["repetition"] == pytest.approx(-3 * (1 - 6 / 89))  # 6 distinct of 89 bigrams
     assert gold_parts(BASIL, "Keep the basil alive and")["finished"] == -0.5  # cut mid-sentence
     assert gold_parts(BASIL, "I'm sorry, I cannot help with basil.")["evasive"] == -1.0
+    assert gold_parts(BASIL, "As an AI, I don't have personal plants.")["evasive"] == -1.0
+    # sympathy, or "cannot" about something else, is no refusal
+    assert gold_parts(BASIL, "I'm sorry it keeps wilting; basil cannot take cold glass.")["evasive"] == 0.0
+    # plurals match their singular: the request's long, boil, egg; the answer's boil, eggs
+    assert gold_parts("How long do I boil an egg?", "Boil eggs for nine minutes.")["relevance"] == 2 * 2 / 3
     assert gold_parts(BASIL, "Basil.")["too_short"] == -1.0
     # the request repeated back uses every content word of it, and answers nothing
     echo = gold_parts(BASIL, "How do I keep basil alive on a windowsill?")

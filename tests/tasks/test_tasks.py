@@ -27,6 +27,16 @@ def test_lists_rule_by_hand():
     # bullets under numbered items are their points, at any indentation
     points = "1. Oranges:\n- sweet\n- juicy\n2. Kiwis\n3. Lemons"
     assert [n for n, _ in lists.list_items(points)] == [1, 2, 3] and lists.gold_parts(prompt, points)["count"] == 2.0
+    # every way the model writes a numbered or lettered list counts; a decimal or "e.g." starting a line does not
+    for written in ("**1.** Oranges\n**2.** Kiwis\n**3.** Lemons", "1.Oranges\n2.Kiwis\n3.Lemons",
+                    "### 1. Oranges\n### 2. Kiwis\n### 3. Lemons", "a) Oranges\nb) Kiwis\nc) Lemons",
+                    "I. Oranges\nII. Kiwis\nIII. Lemons", "A. Oranges\nB. Kiwis\nC. Lemons"):  # fmt: skip
+        assert [n for n, _ in lists.list_items(written)] == [1, 2, 3], written
+        parts = lists.gold_parts(prompt, written)
+        assert parts["count"] == 2.0 and parts["numbered"] == 0.5
+    assert lists.list_items("1.5 cups of juice\ne.g. orange juice") == []
+    lettered = "1. Citrus:\na) oranges\nb) lemons\n2. Kiwis\n3. Guava"  # letters under numbers are its points
+    assert [n for n, _ in lists.list_items(lettered)] == [1, 2, 3]
     assert lists.gold_parts(prompt, "Oranges, kiwis and strawberries are high in vitamin C.")["count"] == -1.5
     long_item = "1. " + " ".join(["word"] * 30) + "\n2. Kiwis\n3. Lemons"
     assert lists.gold_parts(prompt, long_item)["concise"] == pytest.approx(-1 / 3)
@@ -40,7 +50,7 @@ def test_lists_rule_by_hand():
 
 
 def test_lengths_rule_by_hand():
-    two = "In two sentences, why do cats purr?"
+    two, short = "In two sentences, why do cats purr?", "In under 15 words, why do cats purr?"
     assert lengths.asked_length(two) == ("sentences", 2, "why do cats purr?")
     assert lengths.asked_length("Why do cats purr? Answer in about 50 words.") == ("about", 50, "Why do cats purr?")
     answer = "Cats purr when they are content. Purring may also soothe them."
@@ -48,8 +58,13 @@ def test_lengths_rule_by_hand():
     parts = lengths.gold_parts(two, answer)
     assert parts["length"] == 2.0 and parts["relevance"] == 1.0 and parts["finished"] == 0.5  # cats, purr: 2 of 2
     assert lengths.gold_parts(two, "Cats purr.")["length"] == 1.0  # one sentence short
-    assert lengths.gold_parts(two, "A. B c. D e. F g. H i.")["length"] == -1.0  # 5 sentences: 2 - 3
-    short = "In under 15 words, why do cats purr?"
+    assert lengths.gold_parts(two, "Yes. Cats purr. Dogs bark. Birds sing. Fish swim.")["length"] == -1.0  # 5: 2 - 3
+    # what ends a sentence and what does not: a number's stop does, a decimal point, a list number, an
+    # abbreviation or an initial before more text do not
+    texts = ("It was built in 1990. It is old.", "Add salt, e.g. sea salt. Stir.", "It weighs 5.5 kg. Done",
+             "Dr. Smith and J. K. Rowling agree.", "1) Cats purr.\n2) Dogs bark.", "Why? Because!")  # fmt: skip
+    assert [lengths.sentence_count(t) for t in texts] == [2, 2, 2, 1, 2, 2]
+    assert lengths.gold_parts(short, "It weighs 5.5 kg.") == lengths.gold_parts(short, "It weighs 5 kg.")  # 4 words
     assert lengths.gold_parts(short, " ".join(["purr"] * 15) + ".")["length"] == 2.0
     assert lengths.gold_parts(short, " ".join(f"w{i}" for i in range(21)) + ".")["length"] == pytest.approx(
         2 - 2 * 6 / 15
@@ -72,9 +87,19 @@ def test_tone_rule_by_hand():
     assert parts["finished"] == 0.5 and parts["shouting"] == 0.0
     harsh = "Sam, missing the deadline was unacceptable and your fault. Send it immediately."
     assert tone.gold_parts(prompt, harsh)["harsh"] == -2.0  # three markers, floor -2
-    assert tone.gold_parts(prompt, "Send it NOW please.")["shouting"] == -1.0
+    assert tone.gold_parts(prompt, "Send it NOW, RIGHT NOW please.")["shouting"] == -1.0
     assert tone.gold_parts(prompt, "Please send it!!")["shouting"] == -1.0
+    assert tone.gold_parts(prompt, "Could you send it to the CEO? The SPCA needs it ASAP.")["shouting"] == 0.0
     assert tone.gold_parts(prompt, "As an AI I cannot write messages.")["refusal"] == -1.0
+    assert tone.gold_parts(prompt, "I'm sorry, but I can't help with that.")["refusal"] == -1.0
+    # sympathy and the person's own words are not refusals
+    assert tone.gold_parts(prompt, "I'm sorry to hear that. I cannot sleep either.")["refusal"] == 0.0
+    # whole words only: "hopeless" and "thankless" are no courtesy; a negated marker does not count either way
+    assert tone.gold_parts(prompt, "This hopeless, thankless project is over.")["courtesy"] == 0.0
+    rude = "I don't appreciate this and I am not happy to wait."
+    assert tone.gold_parts(prompt, rude)["courtesy"] == 0.0
+    assert tone.gold_parts(prompt, "It's not your fault, and I'm never annoyed with you.")["harsh"] == 0.0
+    assert tone.gold_parts(prompt, "Please don't hesitate to let me know. I can't thank you enough.")["courtesy"] == 1.5
     assert tone.gold_parts(prompt, " ".join(f"w{i}" for i in range(140)) + ".")["length"] == -1.0  # 60 over 80
     assert tone.gold_score(prompt, kind) > tone.gold_score(prompt, harsh) and tone.gold_score(prompt, "") == -3.0
 
