@@ -11,6 +11,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import snowballstemmer
+
 WORD = re.compile(r"\d+(?:[.,]\d+)+|[a-z0-9']+")
 """A word: a number with its decimal point or thousands separators (``5.5``, ``1,000``), or a run of lowercase
 letters, digits and apostrophes (the text is lowercased first)."""
@@ -27,15 +29,25 @@ STOPWORDS = frozenset(
     something really much many well""".split()
 )
 REFUSAL = re.compile(
-    r"\bas an ai\b|\bas a language model\b|\bi (?:do not|don't) have (?:personal|feelings|opinions)\b"
+    r"\bas an? (?:[a-z'-]+ ){0,3}(?:ai|chatbot|language model|assistant)\b"
+    r"|\bi(?:'m| am) (?:just |only )?an? (?:[a-z'-]+ ){0,3}(?:ai|chatbot|language model)\b"
+    r"|\bi(?:'m| am) not (?:designed|equipped|programmed) to\b"
+    r"|\bi (?:do not|don't) have (?:personal|feelings|opinions)\b"
     r"|\bi(?: cannot|'m unable to| am unable to| can't| can not|'m not able to| am not able to)"
-    r" (?:help|assist|provide|answer|write|do that|comply|fulfil|fulfill|create|generate|give|offer)\b"
+    r" (?:help(?! but)|assist|provide|answer|write|do that|comply|fulfil|fulfill|create|generate|give|offer)\b"
 )
-"""A refusal or an AI disclaimer ("As an AI", "I cannot help with", "I'm not able to provide", "I don't have
-personal opinions"), lowercase. A plain "I'm sorry" (sympathy) or "I cannot sleep" (the person's own words) is none."""
-NEGATION = re.compile(r"\b(?:not|never|no|don't|do not|doesn't|didn't|isn't|wasn't|aren't|won't)(?:\s+[a-z']+)?\s+$")
+"""A refusal or an AI disclaimer ("As an AI", "as a text-based AI", "I'm a helpful AI", "I cannot help with",
+"I'm not equipped to", "I don't have personal opinions"), lowercase. A plain "I'm sorry" (sympathy), "I cannot
+sleep" (the person's own words) or "I can't help but smile" is none."""
+NEGATION = re.compile(
+    r"\b(?:not|never|no|don't|do not|doesn't|didn't|isn't|wasn't|aren't|won't)(?:\s+(?!be\b)[a-z']+)?\s+$"
+)
 """A negation just before a marker, or one word before it ("not happy to", "don't really appreciate"). "Can't" is
-none ("I can't thank you enough"), and two words away is too far ("don't hesitate to let me know")."""
+none ("I can't thank you enough"), two words away is too far ("don't hesitate to let me know"), and a negated
+command still says the word ("don't be lazy")."""
+_OPENING_QUOTE = re.compile(r'(?:^|[\s(\[])"$')
+_STEMMER = snowballstemmer.stemmer("english")
+_UNDOUBLE = re.compile(r"(bb|dd|ff|gg|mm|nn|pp|rr|tt)$")
 
 
 @dataclass(frozen=True)
@@ -73,16 +85,26 @@ def words(text: str) -> list[str]:
 
 
 def stem(word: str) -> str:
-    """A word cut to its first 5 characters after dropping a plural ``s`` (not ``ss``, ``us``, ``is``), so that
-    ``water``/``watering``, ``plant``/``plants`` and ``egg``/``eggs`` match."""
-    if len(word) >= 4 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        word = word[:-1]
-    return word[:5]
+    """A word's Snowball (Porter2) English stem with a final double consonant made single, cut to 5 characters:
+    ``water``/``watering``, ``plant``/``plants``, ``egg``/``eggs``, ``yawn``/``yawning``, ``purr``/``purring``,
+    ``dry``/``dries`` match. (Snowball: https://snowballstem.org/algorithms/english/stemmer.html.)"""
+    return _UNDOUBLE.sub(lambda m: m.group(1)[0], _STEMMER.stemWord(word))[:5]
 
 
 def stems(text: str) -> set[str]:
-    """Content words of ``text`` (lowercase, 3+ letters, not a stop word) as :func:`stem`\\ s."""
-    return {stem(w) for w in words(text) if len(w) >= 3 and w not in STOPWORDS}
+    """Content words of ``text`` as :func:`stem`\\ s: lowercase, 3+ letters, not a stop word; a possessive
+    counts as its word (``dog's`` is ``dog``), and a contraction of function words is none (``what's``,
+    ``don't``, ``i'm``)."""
+    found = set()
+    for w in words(text):
+        if "'" in w:
+            base, _, rest = w.partition("'")
+            if rest != "s":
+                continue
+            w = base
+        if len(w) >= 3 and w not in STOPWORDS:
+            found.add(stem(w))
+    return found
 
 
 def coverage(prompt: str, response: str) -> float:
@@ -108,8 +130,10 @@ def echoed_share(prompt: str, response: str) -> float:
 
 def ends_sentence(text: str) -> bool:
     """Whether the text ends a sentence: ``.``, ``!``, ``?``, a closing bracket or quote (trailing space
-    ignored). An answer cut at the length limit usually does not."""
-    return text.rstrip().endswith((".", "!", "?", ")", '"'))
+    ignored); a quote that opens (after a space, at the start, after a bracket) is cut off, not closed. An
+    answer cut at the length limit usually does not end a sentence."""
+    text = text.rstrip()
+    return text.endswith((".", "!", "?", ")", '"')) and _OPENING_QUOTE.search(text) is None
 
 
 def evasive(text: str) -> bool:

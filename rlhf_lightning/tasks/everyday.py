@@ -22,13 +22,23 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from rlhf_lightning.tasks.base import Task, coverage, echoed_share, ends_sentence, evasive, repeated_share, words
+from rlhf_lightning.tasks.base import (
+    Task,
+    coverage,
+    echoed_share,
+    ends_sentence,
+    evasive,
+    repeated_share,
+    stems,
+    words,
+)
 
 REQUESTS_FILE = Path(__file__).resolve().parents[1] / "data" / "assets" / "everyday_requests.txt"
 HELDOUT_REQUESTS = 60
 
-_BREVITY = re.compile(r"\b(brief|briefly|short|quick|one sentence|a sentence|single sentence|one line|few words|"
-                      r"one idea|one tip|one word|in a word|concise|sentence or two)\b", re.IGNORECASE)  # fmt: skip
+_BREVITY = re.compile(r"\b(brief|briefly|short(?! story)|quick(?! question)|one sentence|a sentence|"
+                      r"single sentence|one line|few words|one idea|one tip|one word|in a word|concise|"
+                      r"sentence or two)\b", re.IGNORECASE)  # fmt: skip
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
@@ -42,9 +52,11 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     - ``finished``: +0.5 when the answer ends a sentence (``.``, ``!``, ``?``, a closing bracket or quote),
       else -0.5 (cut off at the length limit or mid-thought);
     - ``repetition``: -3 x the share of repeated word bigrams;
-    - ``echo``: -3 when more than half of the answer's word bigrams are the request's own (the question
-      repeated back: it uses every content word of the request, and answers nothing);
-    - ``evasive``: -1 for a refusal or disclaimer ("As an AI", "I'm sorry", "I cannot", ...);
+    - ``echo``: -3 when more than half of the answer's word bigrams are the request's own and it adds no content
+      word of its own (the question repeated back: it uses every content word of the request, and answers
+      nothing);
+    - ``evasive``: -1 for a refusal or an AI disclaimer ("As an AI", "I cannot help with", ...:
+      :func:`~rlhf_lightning.tasks.base.evasive`; a plain "I'm sorry" is none);
     - ``too_short``: -1 under 3 words.
 
     An empty answer scores -3. Range about [-10, 2.5].
@@ -55,7 +67,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     target = 30 if _BREVITY.search(prompt) else 60
     return {
         "relevance": 2.0 * coverage(prompt, response),
-        "echo": -3.0 if echoed_share(prompt, response) > 0.5 else 0.0,
+        "echo": -3.0 if echoed_share(prompt, response) > 0.5 and stems(response) <= stems(prompt) else 0.0,
         "length": -min(2.0, max(0, len(tokens) - target) / target),
         "finished": 0.5 if ends_sentence(response) else -0.5,
         "repetition": -3.0 * repeated_share(tokens),

@@ -40,12 +40,14 @@ LENGTHS = (
     ("about", 50, "in about 50 words"),
 )
 """``(kind, target, words of the request)``: a number of sentences, a word limit, or a word count to aim for."""
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+_SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|$)")
 _LIST_MARKER = re.compile(r"^\s*(?:\d+|[a-zA-Z])[.)]\s+", re.MULTILINE)
 _LAST_WORD = re.compile(r"[\w.]*$")
+_NEXT_INITIAL = re.compile(r"\s+[A-Z]\.")
+_PREVIOUS_INITIAL = re.compile(r"(?:^|\s)[A-Z]\.\s+$")
 ABBREVIATIONS = frozenset({"mr", "mrs", "ms", "dr", "vs", "approx", "st", "cf", "fig"})
-"""Words whose full stop does not end a sentence (lowercase, without the stop); so do initials and dotted
-abbreviations (``J.``, ``e.g.``, ``U.S.``)."""
+"""Words whose full stop does not end a sentence (lowercase, without the stop); nor do dotted abbreviations
+(``e.g.``, ``U.S.``) or initials (``J. K.``)."""
 _NUMBERS = {"one": 1, "two": 2, "three": 3}
 
 
@@ -75,15 +77,22 @@ def asked_length(prompt: str) -> tuple[str, int, str]:
 
 
 def sentence_count(text: str) -> int:
-    """Sentences in the text: runs of ``.``, ``!`` or ``?`` before a space or the end, plus one for trailing words
-    with no end mark. A list marker at the start of a line (``1.``, ``b)``) is not a sentence end, nor is the stop
-    of an abbreviation, an initial or a dotted abbreviation before more text (:data:`ABBREVIATIONS`, ``J.``,
-    ``e.g.``); a number's stop is (``... in 1990.``), a decimal point is not (``5.5``)."""
+    """Sentences in the text: runs of ``.``, ``!`` or ``?`` (with any closing quote or bracket) before a space or
+    the end, plus one for trailing words with no end mark. A list marker at the start of a line (``1.``, ``b)``)
+    is not a sentence end, nor, before more text, is the stop of an abbreviation (:data:`ABBREVIATIONS`), of a
+    dotted abbreviation (``e.g.``) or of an initial next to another (``J. K. Rowling``); a number's stop is
+    (``... in 1990.``, ``38.5.``), and so is a capital's (``vitamin C.``); a decimal point is not (``5.5``)."""
     text = _LIST_MARKER.sub("", text.strip())
     count, last = 0, 0
     for end in _SENTENCE_END.finditer(text):
-        before = _LAST_WORD.search(text, 0, end.start()).group(0).lower()
-        abbreviation = before in ABBREVIATIONS or "." in before or (len(before) == 1 and before.isalpha())
+        before = _LAST_WORD.search(text, 0, end.start()).group(0)
+        dotted = "." in before and any(c.isalpha() for c in before)
+        initial = (
+            len(before) == 1
+            and before.isupper()
+            and (_NEXT_INITIAL.match(text, end.end()) is not None or _PREVIOUS_INITIAL.search(text, 0, end.start() - 1))
+        )
+        abbreviation = before.lower() in ABBREVIATIONS or dotted or initial
         if end.group(0) == "." and abbreviation and text[end.end() :].strip():
             continue
         count, last = count + 1, end.end()

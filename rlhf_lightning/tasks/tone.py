@@ -49,15 +49,28 @@ COURTESY = ("please", "thank you", "thanks", "thankful", "appreciate", "apprecia
             "apologize", "apologies", "understand", "hope", "hoping", "glad", "happy to", "grateful", "kindly",
             "would you mind", "could you", "let me know", "no worries")  # fmt: skip
 """Courtesy markers (lowercase; whole words, each counted once per message, not when negated: :func:`markers`)."""
-HARSH = ("unacceptable", "ridiculous", "stupid", "lazy", "useless", "your fault", "immediately", "demand",
+HARSH = ("unacceptable", "ridiculous", "stupid", "lazy", "useless", "your fault", "demand",
          "annoying", "terrible", "disgusting", "incompetent", "shut up", "how dare", "idiot", "fed up",
          "disappointed in you", "or else")  # fmt: skip
 """Harsh markers (lowercase; whole words, each counted once per message, not when negated: "it's not your
-fault" is kind)."""
+fault" is kind). "Immediately" is none: in the model's messages it is mostly "I immediately checked"."""
 _SHOUTED = re.compile(r"\b[A-Z]{2,}(?:[\s,.!?]+[A-Z]{2,})+\b|!!")
 """Shouting: two or more words in capitals in a row ("PLEASE STOP", "SEND IT NOW"), or ``!!``. One capitalised
-word is usually an acronym (SPCA, ASAP, CEO), not a raised voice; two acronyms in a row ("the CEO ASAP") count
-as shouting, a known limit of the rule."""
+word is usually an acronym (SPCA, ASAP, CEO), not a raised voice; a placeholder in brackets ("[YOUR NAME]") and a
+time ("9 AM EST") are none. Two acronyms in a row ("the CEO ASAP") count, a known limit of the rule."""
+_PLACEHOLDER = re.compile(r"\[[^\]]*\]")
+_NOT_SHOUTED = re.compile(r"\[[^\]]*\]|\b\d{1,2}(?::\d\d)?\s*[AP]M(?:\s+[A-Z]{2,4}T)?\b")
+ADDRESS = frozenset({"you", "your", "yours", "yourself", "you're", "you'll", "you've", "you'd"})
+_SIGN_OFF = re.compile(r"^\[[^\]]*\]$")
+
+
+def signed_off(text: str) -> bool:
+    """Whether the message ends with a sign-off: a last line of at most 4 words (a name) after a line of at most
+    4 words ending in a comma ("Best regards,"), or a placeholder in brackets ("[Your Name]")."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if lines and _SIGN_OFF.match(lines[-1]):
+        return True
+    return len(lines) >= 2 and len(lines[-1].split()) <= 4 and lines[-2].endswith(",") and len(lines[-2].split()) <= 4
 
 
 def gold_parts(prompt: str, response: str) -> dict[str, float]:
@@ -68,10 +81,12 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
       "understand", "hope", ...), up to +1.5;
     - ``harsh``: -1 per distinct harsh marker (:data:`HARSH`: "unacceptable", "your fault", "immediately", ...),
       down to -2;
-    - ``shouting``: -1 for two or more words in capitals in a row, or ``!!`` (:data:`_SHOUTED`);
-    - ``addressed``: +0.5 when the message says "you" or "your";
+    - ``shouting``: -1 for two or more words in capitals in a row, or ``!!`` (:data:`_SHOUTED`; not in
+      brackets or a time);
+    - ``addressed``: +0.5 when the message says "you", "your", "you're", ... (:data:`ADDRESS`; not in a
+      placeholder such as "[Your Name]");
     - ``length``: 0 up to 80 words, then -1 per 60 words beyond, down to -1.5;
-    - ``finished``: +0.5 when the message ends a sentence, else -0.5;
+    - ``finished``: +0.5 when the message ends a sentence or a sign-off (:func:`signed_off`), else -0.5;
     - ``repetition``: -3 x the share of repeated word bigrams;
     - ``refusal``: -1 for a refusal or an AI disclaimer ("As an AI", "I cannot help with", ...:
       :func:`~rlhf_lightning.tasks.base.evasive`);
@@ -85,10 +100,10 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     return {
         "courtesy": min(1.5, 0.5 * markers(response, COURTESY)),
         "harsh": -min(2.0, 1.0 * markers(response, HARSH)),
-        "shouting": -1.0 if _SHOUTED.search(response) else 0.0,
-        "addressed": 0.5 if {"you", "your"} & set(tokens) else 0.0,
+        "shouting": -1.0 if _SHOUTED.search(_NOT_SHOUTED.sub(" ", response)) else 0.0,
+        "addressed": 0.5 if ADDRESS & set(words(_PLACEHOLDER.sub(" ", response))) else 0.0,
         "length": -min(1.5, max(0, len(tokens) - 80) / 60),
-        "finished": 0.5 if ends_sentence(response) else -0.5,
+        "finished": 0.5 if ends_sentence(response) or signed_off(response) else -0.5,
         "repetition": -3.0 * repeated_share(tokens),
         "refusal": -1.0 if evasive(response) else 0.0,
         "too_short": -1.0 if len(tokens) < 3 else 0.0,

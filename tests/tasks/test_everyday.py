@@ -31,6 +31,14 @@ def test_the_rule_by_hand():
     # the request repeated back uses every content word of it, and answers nothing
     echo = gold_parts(BASIL, "How do I keep basil alive on a windowsill?")
     assert echo["relevance"] == 2.0 and echo["echo"] == -3.0 and gold_score(BASIL, BASIL) < gold_score(BASIL, on_topic)
+    # an answer that repeats the question's words and adds its own is an answer, not an echo
+    opposite = "What is the opposite of generous, in one word?"
+    assert gold_parts(opposite, "The opposite of generous, in one word, is selfish.")["echo"] == 0.0
+    assert gold_parts(opposite, "The opposite of generous, in one word?")["echo"] == -3.0
+    # "short story" and "quick question" ask for no short answer
+    story = " ".join(["word"] * 50) + "."
+    assert gold_parts("Suggest a title for my short story about a lighthouse.", story)["length"] == 0.0
+    assert gold_parts("Suggest a title, briefly.", story)["length"] < 0
     assert gold_score(BASIL, "") == gold_score(BASIL, "  ") == -3.0  # an empty answer is the worst
     # without a brevity request the target is 60 words
     assert gold_parts("Describe how a windowsill herb garden works.", " ".join(["word"] * 60) + ".")["length"] == 0.0

@@ -5,11 +5,38 @@ import pytest
 
 from rlhf_lightning.data.readers import read_rows
 from rlhf_lightning.tasks import ASSETS, TASKS, lengths, lists, tone
+from rlhf_lightning.tasks.base import ends_sentence, evasive, markers, stems
 from rlhf_lightning.tasks.generate import build_rows, describe, main, split_prompts, write_jsonl
 
 
 def rows(name: str) -> list[dict]:
     return [row for _, row in read_rows(f"builtin:{name}.jsonl")]
+
+
+def test_the_shared_measures_by_hand():
+    # stems: inflections and plurals meet their word; a possessive is its word; a contraction of function words
+    # is no content word
+    assert stems("Why do we yawn? Cats purr; dry eggs") == stems("Yawning cats purring, the egg dries")
+    assert stems("What's the best way to store fresh herbs?") == {"store", "fresh", "herb"}
+    assert stems("my dog's bed, I don't know") == stems("dog bed know")
+    # refusals and AI disclaimers, not sympathy or the person's own words
+    said = [
+        "As a text-based AI, I'm designed to inform.",
+        "I'm a helpful AI named Sam.",
+        "I'm not equipped to cook.",
+        "I cannot help with that.",
+        "I'm sorry to hear it.",
+        "I cannot sleep.",
+        "I can't help but smile.",
+    ]
+    assert [evasive(t) for t in said] == [True, True, True, True, False, False, False]
+    # whole words, not negated just before; a negated command still says the word
+    assert markers("hopeless, thankless", ("hope", "thank you")) == 0
+    assert markers("I don't appreciate it. Don't be lazy.", ("appreciate", "lazy")) == 1  # lazy
+    # a quote that opens at the end is a cut answer, a closing one ends the sentence
+    assert [ends_sentence(t) for t in ('the best word is the "', 'He said "hi."', "See above (p. 2)")] == [
+        False, True, True,
+    ]  # fmt: skip
 
 
 def test_lists_rule_by_hand():
@@ -62,8 +89,12 @@ def test_lengths_rule_by_hand():
     # what ends a sentence and what does not: a number's stop does, a decimal point, a list number, an
     # abbreviation or an initial before more text do not
     texts = ("It was built in 1990. It is old.", "Add salt, e.g. sea salt. Stir.", "It weighs 5.5 kg. Done",
-             "Dr. Smith and J. K. Rowling agree.", "1) Cats purr.\n2) Dogs bark.", "Why? Because!")  # fmt: skip
-    assert [lengths.sentence_count(t) for t in texts] == [2, 2, 2, 1, 2, 2]
+             "Dr. Smith and J. K. Rowling agree.", "1) Cats purr.\n2) Dogs bark.", "Why? Because!",
+             'It is called "photosynthesis." Plants use light.', "The fever was 38.5. Rest helps.",
+             "Oranges have vitamin C. They help.")  # fmt: skip
+    assert [lengths.sentence_count(t) for t in texts] == [2, 2, 2, 1, 2, 2, 2, 2, 2]
+    assert lengths.gold_parts(two, "Yawning cools the brain.")["relevance"] == 0.0  # "why do cats purr": no word
+    assert lengths.gold_parts("In one sentence, why do we yawn?", "Yawning cools the brain.")["relevance"] == 1.0
     assert lengths.gold_parts(short, "It weighs 5.5 kg.") == lengths.gold_parts(short, "It weighs 5 kg.")  # 4 words
     assert lengths.gold_parts(short, " ".join(["purr"] * 15) + ".")["length"] == 2.0
     assert lengths.gold_parts(short, " ".join(f"w{i}" for i in range(21)) + ".")["length"] == pytest.approx(
@@ -100,6 +131,16 @@ def test_tone_rule_by_hand():
     assert tone.gold_parts(prompt, rude)["courtesy"] == 0.0
     assert tone.gold_parts(prompt, "It's not your fault, and I'm never annoyed with you.")["harsh"] == 0.0
     assert tone.gold_parts(prompt, "Please don't hesitate to let me know. I can't thank you enough.")["courtesy"] == 1.5
+    assert tone.gold_parts(prompt, "I immediately checked my notes.")["harsh"] == 0.0
+    assert tone.gold_parts(prompt, "See you at 9 AM EST.\n[YOUR NAME]")["shouting"] == 0.0  # a time, a placeholder
+    assert tone.gold_parts(prompt, "As a text-based AI, I'm designed to inform.")["refusal"] == -1.0
+    # a message that ends with a sign-off is finished; "you're" speaks to the person, "[Your Name]" does not
+    for signed in ("I know you're busy.\n\nBest regards,\nDr. Emma Taylor", "I know you're busy.\n[Your Name]"):
+        assert (
+            tone.gold_parts(prompt, signed)["finished"] == 0.5 and tone.gold_parts(prompt, signed)["addressed"] == 0.5
+        )
+    assert tone.gold_parts(prompt, "Hello there.\n[Your Name]")["addressed"] == 0.0
+    assert tone.gold_parts(prompt, "Hello, I wanted to say that")["finished"] == -0.5
     assert tone.gold_parts(prompt, " ".join(f"w{i}" for i in range(140)) + ".")["length"] == -1.0  # 60 over 80
     assert tone.gold_score(prompt, kind) > tone.gold_score(prompt, harsh) and tone.gold_score(prompt, "") == -3.0
 
