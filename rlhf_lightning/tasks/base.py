@@ -128,6 +128,13 @@ def echoed_share(prompt: str, response: str) -> float:
     return sum(b in own for b in bigrams) / len(bigrams) if bigrams else 0.0
 
 
+def echoes(prompt: str, response: str) -> bool:
+    """Whether the response is the request repeated back: more than half of its word bigrams are the prompt's
+    own (:func:`echoed_share`) and it adds no content word of its own (:func:`stems`). It answers nothing, on any
+    task; a policy finds it quickly when a reward model scores it well."""
+    return echoed_share(prompt, response) > 0.5 and stems(response) <= stems(prompt)
+
+
 def ends_sentence(text: str) -> bool:
     """Whether the text ends a sentence: ``.``, ``!``, ``?``, a closing bracket or quote (trailing space
     ignored); a quote that opens (after a space, at the start, after a bracket) is cut off, not closed. An

@@ -25,11 +25,10 @@ from pathlib import Path
 from rlhf_lightning.tasks.base import (
     Task,
     coverage,
-    echoed_share,
+    echoes,
     ends_sentence,
     evasive,
     repeated_share,
-    stems,
     words,
 )
 
@@ -53,8 +52,8 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
       else -0.5 (cut off at the length limit or mid-thought);
     - ``repetition``: -3 x the share of repeated word bigrams;
     - ``echo``: -3 when more than half of the answer's word bigrams are the request's own and it adds no content
-      word of its own (the question repeated back: it uses every content word of the request, and answers
-      nothing);
+      word of its own (:func:`~rlhf_lightning.tasks.base.echoes`: the question repeated back uses every content
+      word of the request, and answers nothing);
     - ``evasive``: -1 for a refusal or an AI disclaimer ("As an AI", "I cannot help with", ...:
       :func:`~rlhf_lightning.tasks.base.evasive`; a plain "I'm sorry" is none);
     - ``too_short``: -1 under 3 words.
@@ -67,7 +66,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     target = 30 if _BREVITY.search(prompt) else 60
     return {
         "relevance": 2.0 * coverage(prompt, response),
-        "echo": -3.0 if echoed_share(prompt, response) > 0.5 and stems(response) <= stems(prompt) else 0.0,
+        "echo": -3.0 if echoes(prompt, response) else 0.0,
         "length": -min(2.0, max(0, len(tokens) - target) / target),
         "finished": 0.5 if ends_sentence(response) else -0.5,
         "repetition": -3.0 * repeated_share(tokens),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from rlhf_lightning.tasks.base import Task, coverage, ends_sentence, repeated_share, words
+from rlhf_lightning.tasks.base import Task, coverage, echoes, ends_sentence, repeated_share, words
 
 QUESTIONS = (
     "Why do cats purr?", "How does a bicycle stay upright?", "What makes bread rise?", "Why is the sky blue?",
@@ -110,6 +110,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
       uses, in [0, 1];
     - ``finished``: +0.5 when the answer ends a sentence, else -0.5;
     - ``repetition``: -3 x the share of repeated word bigrams;
+    - ``echo``: -3 for the request repeated back (:func:`~rlhf_lightning.tasks.base.echoes`), as in every task;
     - ``too_short``: -1 under 3 words.
 
     An empty answer scores -3. Range about [-6.5, 3.5].
@@ -129,6 +130,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
         "relevance": 1.0 * coverage(question, response),
         "finished": 0.5 if ends_sentence(response) else -0.5,
         "repetition": -3.0 * repeated_share(tokens),
+        "echo": -3.0 if echoes(prompt, response) else 0.0,
         "too_short": -1.0 if len(tokens) < 3 else 0.0,
     }
 

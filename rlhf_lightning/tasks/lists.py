@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from rlhf_lightning.tasks.base import Task, repeated_share, words
+from rlhf_lightning.tasks.base import Task, echoes, repeated_share, words
 
 SUBJECTS = (
     "ways to save water at home", "fruits that are high in vitamin C", "tips for a first job interview",
@@ -141,6 +141,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
         "concise": -1.0 * long_items / len(items) if items else 0.0,
         "length": -min(1.5, max(0, len(tokens) - 15 * asked - 20) / 40),
         "repetition": -3.0 * repeated_share(tokens),
+        "echo": -3.0 if echoes(prompt, response) else 0.0,
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from rlhf_lightning.tasks.base import Task, ends_sentence, evasive, markers, repeated_share, words
+from rlhf_lightning.tasks.base import Task, echoes, ends_sentence, evasive, markers, repeated_share, words
 
 SITUATIONS = (
     "my neighbour whose dog barks every night", "a coworker who missed our project deadline",
@@ -88,6 +88,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
     - ``length``: 0 up to 80 words, then -1 per 60 words beyond, down to -1.5;
     - ``finished``: +0.5 when the message ends a sentence or a sign-off (:func:`signed_off`), else -0.5;
     - ``repetition``: -3 x the share of repeated word bigrams;
+    - ``echo``: -3 for the request repeated back (:func:`~rlhf_lightning.tasks.base.echoes`), as in every task;
     - ``refusal``: -1 for a refusal or an AI disclaimer ("As an AI", "I cannot help with", ...:
       :func:`~rlhf_lightning.tasks.base.evasive`);
     - ``too_short``: -1 under 3 words.
@@ -105,6 +106,7 @@ def gold_parts(prompt: str, response: str) -> dict[str, float]:
         "length": -min(1.5, max(0, len(tokens) - 80) / 60),
         "finished": 0.5 if ends_sentence(response) or signed_off(response) else -0.5,
         "repetition": -3.0 * repeated_share(tokens),
+        "echo": -3.0 if echoes(prompt, response) else 0.0,
         "refusal": -1.0 if evasive(response) else 0.0,
         "too_short": -1.0 if len(tokens) < 3 else 0.0,
     }

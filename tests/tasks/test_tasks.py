@@ -39,12 +39,30 @@ def test_the_shared_measures_by_hand():
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_rule_scores_the_request_repeated_back_below_most_real_answers(name):
+    """The request repeated back answers nothing: every rule takes 3 points from it, and it scores above the
+    median real answer on few prompts (the reward stage's degenerate check flags more than half). The first
+    lengths and tone rules had no such part: the echo beat the median real answer on 54% and 39% of prompts,
+    and one lengths pair chose it."""
+    task = TASKS[name]
+    answers: dict[str, list[float]] = {}
+    for r in rows(f"{name}_samples"):
+        if r["text"].strip():
+            answers.setdefault(r["prompt"], []).append(r["gold"])
+    above = 0
+    for prompt, scores in answers.items():
+        assert task.gold_parts(prompt, prompt)["echo"] == -3.0, prompt
+        above += task.gold_score(prompt, prompt) > sorted(scores)[len(scores) // 2]
+    assert above / len(answers) < 0.2
+
+
 def test_lists_rule_by_hand():
     prompt = "Give me 3 fruits that are high in vitamin C, as a numbered list."
     assert lists.asked_count(prompt) == 3 and lists.asked_count("Name four birds.") == 4
     exact = "Here you go:\n1. Oranges\n2. Kiwis\n3. Strawberries"
     assert lists.gold_parts(prompt, exact) == {"count": 2.0, "numbered": 0.5, "concise": 0.0, "length": 0.0,
-                                               "repetition": 0.0}  # fmt: skip
+                                               "repetition": 0.0, "echo": 0.0}  # fmt: skip
     # one item too many, as bullets: 2 - 0.75, no numbering credit
     bullets = "- Oranges\n- Kiwis\n- Strawberries\n- Lemons"
     assert lists.gold_parts(prompt, bullets)["count"] == 1.25 and lists.gold_parts(prompt, bullets)["numbered"] == 0.0
@@ -173,7 +191,7 @@ def test_generated_rows_pair_the_best_and_worst_answer_and_leave_close_calls_out
     assert (
         lines[2]
         == "  training pairs: the chosen answer is the shorter in 0%; it leads on count +3.50, numbered +0.50, "
-        "concise +0.00, length +0.00, repetition +0.00"
+        "concise +0.00, length +0.00, repetition +0.00, echo +0.00"
     )
 
 
