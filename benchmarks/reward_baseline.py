@@ -27,6 +27,7 @@ another; ``--seeds`` repeats every run at each seed (the seed of the LoRA and he
 the batch order), so a factor's effect can be told from seed noise:
 
     .venv/bin/python benchmarks/reward_baseline.py --epochs 1 --seeds 0 1 2
+    .venv/bin/python benchmarks/reward_baseline.py --summary      # the table across every task's record
     .venv/bin/python benchmarks/reward_baseline.py --epochs 2 --only ours \\
         --variant "previous defaults=--model.init_args.optim.lr=1e-4;--model.init_args.optim.schedule=cosine;\\
 --model.init_args.optim.warmup_ratio=0.03;--model.init_args.head_init_std=null"
@@ -219,7 +220,11 @@ def main() -> None:
     p.add_argument("--only", choices=["recipe", "ours", "variants"], default=None, help="run only these")
     p.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDE;OVERRIDE... (more runs of ours)")
     p.add_argument("--out", type=Path, default=None, help="default: results/reward_baseline_TASK.json")
+    p.add_argument("--summary", action="store_true", help="print the table across every task's record; run nothing")
     args = p.parse_args()
+    if args.summary:
+        print_summary(sorted((HERE / "results").glob("reward_baseline_*.json")))
+        return
     args.train = args.train or f"builtin:{args.task}_comparisons.jsonl"
     args.heldout = args.heldout or f"builtin:{args.task}_comparisons_heldout.jsonl"
     args.out = args.out or HERE / "results" / f"reward_baseline_{args.task}.json"
@@ -263,6 +268,44 @@ def print_table(runs: dict) -> None:
         minutes = sum(run["seconds"] for run in group) / len(group) / 60
         print(f"| {name} ({epochs} epochs) | {len(group)} | {cells(first)} | {cells(last)} | {cells(every)} "
               f"| {minutes:.1f} |")  # fmt: skip
+
+
+def print_summary(records: list[Path]) -> None:
+    """One row per task and setting: the mean over seeds of held-out accuracy after the first and the last epoch,
+    on all held-out pairs, and the degenerate check (share of held-out prompts where an empty answer and the
+    request repeated back score above the median real answer); then the mean over the tasks of each setting
+    measured on every task."""
+    print("| task | run | seeds | epochs | held-out pairs, epoch 1 | last epoch | all pairs | empty above median "
+          "| request repeated above median |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    means: dict[str, list[tuple[float, float, float]]] = {}
+    tasks = 0
+    for record in records:
+        runs = json.loads(record.read_text())["runs"]
+        task = record.stem.removeprefix("reward_baseline_")
+        if task == "single_seed":
+            continue
+        tasks += 1
+        settings: dict[str, list[dict]] = {}
+        for name, run in runs.items():
+            settings.setdefault(name.rpartition(", seed ")[0] or name, []).append(run)
+        for name, group in settings.items():
+            first = sum(r["accuracy_per_epoch"][0] for r in group) / len(group)
+            last = sum(r["accuracy_per_epoch"][-1] for r in group) / len(group)
+            every = sum(r.get("all_pairs_accuracy", float("nan")) for r in group) / len(group)
+            checks = [r["degenerate"] for r in group if r.get("degenerate")]
+            shares = {
+                kind: " / ".join(f"{c[kind]['above_median_real']:.2f}" for c in checks if kind in c) or "-"
+                for kind in ("empty", "prompt_repeated")
+            }
+            epochs = group[0]["settings"]["epochs"]
+            print(f"| {task} | {name} | {len(group)} | {epochs} | {first:.3f} | {last:.3f} | {every:.3f} "
+                  f"| {shares['empty']} | {shares['prompt_repeated']} |")  # fmt: skip
+            means.setdefault(f"{name} ({epochs} epochs)", []).append((first, last, every))
+    for name, values in means.items():
+        if len(values) == tasks and tasks > 1:
+            first, last, every = (sum(v[i] for v in values) / tasks for i in range(3))
+            print(f"| mean of {tasks} tasks | {name} | | | {first:.3f} | {last:.3f} | {every:.3f} | | |")
 
 
 def save(args: argparse.Namespace, name: str, result: dict) -> None:
