@@ -59,16 +59,15 @@ _SHOUTED = re.compile(r"\b[A-Z]{2,}(?:[\s,.!?]+[A-Z]{2,})+\b|!!")
 word is usually an acronym (SPCA, ASAP, CEO), not a raised voice; a placeholder in brackets ("[YOUR NAME]") and a
 time ("9 AM EST") are none. Two acronyms in a row ("the CEO ASAP") count, a known limit of the rule."""
 _PLACEHOLDER = re.compile(r"\[[^\]]*\]")
-_NOT_SHOUTED = re.compile(r"\[[^\]]*\]|\b\d{1,2}(?::\d\d)?\s*[AP]M(?:\s+[A-Z]{2,4}T)?\b")
+_NOT_SHOUTED = re.compile(rf"{_PLACEHOLDER.pattern}|\b\d{{1,2}}(?::\d\d)?\s*[AP]M(?:\s+[A-Z]{{2,4}}T)?\b")
 ADDRESS = frozenset({"you", "your", "yours", "yourself", "you're", "you'll", "you've", "you'd"})
-_SIGN_OFF = re.compile(r"^\[[^\]]*\]$")
 
 
 def signed_off(text: str) -> bool:
     """Whether the message ends with a sign-off: a last line of at most 4 words (a name) after a line of at most
     4 words ending in a comma ("Best regards,"), or a placeholder in brackets ("[Your Name]")."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if lines and _SIGN_OFF.match(lines[-1]):
+    if lines and _PLACEHOLDER.fullmatch(lines[-1]):
         return True
     return len(lines) >= 2 and len(lines[-1].split()) <= 4 and lines[-2].endswith(",") and len(lines[-2].split()) <= 4
 
