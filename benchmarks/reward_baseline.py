@@ -17,17 +17,20 @@ Ours is ``rlhf-lightning fit --config configs/reward.yaml`` with the task's file
 batch, every other setting as shipped (pass ``--sft`` to start from a dev-task SFT run's adapter, as the
 shipped config does; without it ours starts from the base model, as the recipe does). ``--variant
 NAME=OVERRIDES`` adds runs of ours with command-line overrides (``;``-separated), one per factor of the
-table in docs/reward.md.
+table in docs/reward.md. ``--check-objective`` starts ours from the recipe's initial weights and feeds both the
+same batches: the losses and gradients of the first steps show whether the two compute the same objective, so
+that what is left between them is the random draws (initial weights, batch order) that ``--seeds`` varies.
 
-Held-out accuracy (pairs whose chosen answer scores higher; ties count half) on two sets: the task's 59
-held-out pairs (each held-out request's best answer against its worst) after every epoch, and, after the
-last epoch, every pair of the held-out requests' sampled answers whose gold scores differ by at least 0.5
-(242 pairs, harder ones included: one pair is 0.4 points, not 1.7). Every run in its own process, one after
+Held-out accuracy (pairs whose chosen answer scores higher; ties count half) on two sets: the task's
+held-out pairs (each held-out request's best answer against its worst; 35 to 58 per task) after every epoch,
+and, after the last epoch, every pair of the held-out requests' sampled answers whose gold scores differ by at
+least 0.5 (several per request, harder ones included). Every run in its own process, one after
 another; ``--seeds`` repeats every run at each seed (the seed of the LoRA and head initialisation and of
 the batch order), so a factor's effect can be told from seed noise:
 
     .venv/bin/python benchmarks/reward_baseline.py --epochs 1 --seeds 0 1 2
     .venv/bin/python benchmarks/reward_baseline.py --summary      # the table across every task's record
+    .venv/bin/python benchmarks/reward_baseline.py --task lengths --check-objective  # same weights, same batches
     .venv/bin/python benchmarks/reward_baseline.py --epochs 2 --only ours \\
         --variant "previous defaults=--model.init_args.optim.lr=1e-4;--model.init_args.optim.schedule=cosine;\\
 --model.init_args.optim.warmup_ratio=0.03;--model.init_args.head_init_std=null"
@@ -81,8 +84,9 @@ def pair_accuracy(scores: list[float], pairs: list[tuple[int, int]]) -> float:
     return wins / len(pairs)
 
 
-def run_recipe(args: argparse.Namespace) -> dict:
-    """The minimal recipe, in this process. Returns held-out accuracy per epoch and on all held-out pairs."""
+def recipe_model(args: argparse.Namespace):
+    """The recipe's ``(model, tokenizer, chat)``: the LoRA sequence classifier, seeded with ``args.seed``, and
+    ``chat(prompt, answer)``, the chat-formatted text it scores (:func:`run_recipe`)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -98,7 +102,6 @@ def run_recipe(args: argparse.Namespace) -> dict:
     model.config.pad_token_id = tokenizer.pad_token_id
     lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="SEQ_CLS")
     model = get_peft_model(model, lora)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.recipe_lr)
 
     def chat(prompt: str, answer: str) -> str:
         text = tokenizer.apply_chat_template(
@@ -107,6 +110,16 @@ def run_recipe(args: argparse.Namespace) -> dict:
         if args.recipe_score_at == "eos":  # drop what the template writes after the answer's end-of-turn token
             text = text[: text.rindex(tokenizer.eos_token) + len(tokenizer.eos_token)]
         return text
+
+    return model, tokenizer, chat
+
+
+def run_recipe(args: argparse.Namespace) -> dict:
+    """The minimal recipe, in this process. Returns held-out accuracy per epoch and on all held-out pairs."""
+    import torch
+
+    model, tokenizer, chat = recipe_model(args)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.recipe_lr)
 
     def texts(rows: list[dict], key: str) -> list[str]:
         return [chat(r["prompt"], r[key]) for r in rows]
@@ -148,6 +161,85 @@ def run_recipe(args: argparse.Namespace) -> dict:
     all_pairs = pair_accuracy(all_scores, gold_pairs(samples))
     print(f"recipe: all held-out pairs {all_pairs:.3f}", flush=True)
     return {"accuracy_per_epoch": accuracies, "all_pairs_accuracy": all_pairs, "seconds": seconds}
+
+
+def check_objective(args: argparse.Namespace) -> dict:
+    """Ours and the recipe on the same weights and the same batches: do they compute the same loss and gradients?
+
+    Ours is :class:`~rlhf_lightning.RewardModule` with its defaults from the base model (the shipped config's
+    settings), its batches built by :class:`~rlhf_lightning.ComparisonsDataModule` (shared-prompt packing
+    included) and its optimizer by its own ``optim`` settings; its LoRA and head weights are copied from the
+    recipe's initial ones. Both then take ``args.check_steps`` steps on the first batches of the training pairs,
+    in file order (gradient clipping 1.0 on both). The recipe's text is cut at the end-of-turn token, where ours
+    reads the score. Returns each step's loss on both sides and the relative gap of the gradients."""
+    import torch
+
+    from rlhf_lightning import ComparisonsDataModule, RewardModule
+    from rlhf_lightning.models.config import ModelConfig
+    from rlhf_lightning.modules.optim import build_optimizer
+    from rlhf_lightning.ops import preference_loss
+
+    args = argparse.Namespace(**{**vars(args), "recipe_score_at": "eos"})
+    recipe, tokenizer, chat = recipe_model(args)
+    ours = RewardModule(model=ModelConfig(name_or_path="embedded", adapter=None))
+    ours.configure_model()
+    ours.train()
+    theirs = {n.split(".layers.", 1)[1]: p for n, p in recipe.named_parameters() if "lora_" in n}
+    mine = {n.split(".layers.", 1)[1]: p for n, p in ours.named_parameters() if "lora_" in n}
+    if theirs.keys() != mine.keys():
+        raise RuntimeError("the recipe's LoRA weights and ours do not correspond one to one")
+    (score,) = [p for n, p in recipe.named_parameters() if "score" in n and p.requires_grad]
+    with torch.no_grad():
+        for key, weight in theirs.items():
+            mine[key].copy_(weight)
+        ours.score_head.linear.weight.copy_(score)
+        ours.score_head.linear.bias.zero_()  # transformers' classification head has no bias
+    data = ComparisonsDataModule(
+        train_files=args.train,
+        val_files=args.heldout,
+        tokenizer="embedded",
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+    )
+    data.setup("fit")
+    rows = read_pairs(args.train)
+    if len(data.train_examples) != len(rows):
+        raise RuntimeError(f"ours kept {len(data.train_examples)} of the {len(rows)} training pairs")
+    recipe_optimizer = torch.optim.AdamW([p for p in recipe.parameters() if p.requires_grad], lr=args.recipe_lr)
+    ours_optimizer = build_optimizer(ours.parameters(), ours.optim_config)
+    collate, b, steps = data.collate_fn(), args.batch_size, []
+    for step in range(args.check_steps):
+        chunk = rows[step * b : (step + 1) * b]
+        texts = [chat(r["prompt"], r["chosen"]) for r in chunk] + [chat(r["prompt"], r["rejected"]) for r in chunk]
+        both = recipe(**tokenizer(texts, return_tensors="pt", padding=True)).logits.squeeze(-1)
+        recipe_loss = -torch.nn.functional.logsigmoid(both[: len(chunk)] - both[len(chunk) :]).mean()
+        batch = collate(data.train_examples[step * b : (step + 1) * b])
+        scores = ours.batch_scores(batch)
+        ours_loss = preference_loss(scores, batch["better"], batch["worse"], batch["group"], batch["margin"]).loss
+        recipe_loss.backward()
+        ours_loss.backward()
+        g_recipe = torch.cat([theirs[k].grad.flatten() for k in sorted(theirs)] + [score.grad.flatten()])
+        g_ours = torch.cat(
+            [mine[k].grad.flatten() for k in sorted(mine)] + [ours.score_head.linear.weight.grad.flatten()]
+        )
+        steps.append({
+            "recipe_loss": recipe_loss.item(),
+            "ours_loss": ours_loss.item(),
+            "gradient_relative_gap": ((g_recipe - g_ours).norm() / g_recipe.norm()).item(),
+        })  # fmt: skip
+        print(f"step {step + 1}: loss recipe {recipe_loss.item():.7f} ours {ours_loss.item():.7f}, "
+              f"gradients differ by {steps[-1]['gradient_relative_gap']:.1e} of their norm", flush=True)  # fmt: skip
+        for optimizer, model in ((recipe_optimizer, recipe), (ours_optimizer, ours)):
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+    return {
+        "steps": steps,
+        "max_loss_gap": max(abs(s["recipe_loss"] - s["ours_loss"]) for s in steps),
+        "optimizer": {"recipe": "AdamW lr 3e-4, weight decay 0.01 (torch's default)",
+                      "ours": f"{ours.optim_config.optimizer} lr {ours.optim_config.lr}, weight decay "
+                              f"{ours.optim_config.weight_decay}, {ours.optim_config.schedule}"},
+    }  # fmt: skip
 
 
 def run_ours(args: argparse.Namespace, overrides: list[str], work: Path) -> dict:
@@ -221,6 +313,13 @@ def main() -> None:
     p.add_argument("--variant", action="append", default=[], help="NAME=OVERRIDE;OVERRIDE... (more runs of ours)")
     p.add_argument("--out", type=Path, default=None, help="default: results/reward_baseline_TASK.json")
     p.add_argument("--summary", action="store_true", help="print the table across every task's record; run nothing")
+    p.add_argument(
+        "--check-objective",
+        action="store_true",
+        help="run ours and the recipe from the same weights on the same batches and compare loss and gradients; "
+        "the result goes into the record under objective_check",
+    )
+    p.add_argument("--check-steps", type=int, default=6, help="steps of --check-objective")
     args = p.parse_args()
     if args.summary:
         print_summary(sorted((HERE / "results").glob("reward_baseline_*.json")))
@@ -228,6 +327,14 @@ def main() -> None:
     args.train = args.train or f"builtin:{args.task}_comparisons.jsonl"
     args.heldout = args.heldout or f"builtin:{args.task}_comparisons_heldout.jsonl"
     args.out = args.out or HERE / "results" / f"reward_baseline_{args.task}.json"
+    if args.check_objective:
+        args.seed = args.seeds[0]
+        result = check_objective(args)
+        record = json.loads(args.out.read_text()) if args.out.exists() else {}
+        record["objective_check"] = {**result, "seed": args.seed, "date": time.strftime("%Y-%m-%d")}
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"largest loss gap {result['max_loss_gap']:.1e} -> {args.out} (objective_check)")
+        return
     work = Path(tempfile.mkdtemp(prefix="reward-baseline-"))
     recipe = "minimal recipe" + (", score read at the end-of-turn token" if args.recipe_score_at == "eos" else "")
     jobs = [(recipe, None)] if args.only in (None, "recipe") else []
@@ -257,7 +364,7 @@ def print_table(runs: dict) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
 
     def cells(values: list[float]) -> str:
-        return f"{' / '.join(f'{a:.3f}' for a in values)} | {sum(values) / len(values):.3f}" if values else "- | -"
+        return f"{' / '.join(f'{a:.3f}' for a in values)} | {mean_and_error(values)}" if values else "- | -"
 
     for name, group in settings.items():
         group.sort(key=lambda run: run["settings"]["seed"])
@@ -268,6 +375,15 @@ def print_table(runs: dict) -> None:
         minutes = sum(run["seconds"] for run in group) / len(group) / 60
         print(f"| {name} ({epochs} epochs) | {len(group)} | {cells(first)} | {cells(last)} | {cells(every)} "
               f"| {minutes:.1f} |")  # fmt: skip
+
+
+def mean_and_error(values: list[float]) -> str:
+    """``mean ± standard error`` (the sample standard deviation over sqrt(n)); the mean alone for one value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.3f}"
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.3f} ± {sd / len(values) ** 0.5:.3f}"
 
 
 def print_summary(records: list[Path]) -> None:
