@@ -171,7 +171,8 @@ def check_objective(args: argparse.Namespace) -> dict:
     included) and its optimizer by its own ``optim`` settings; its LoRA and head weights are copied from the
     recipe's initial ones. Both then take ``args.check_steps`` steps on the first batches of the training pairs,
     in file order (gradient clipping 1.0 on both). The recipe's text is cut at the end-of-turn token, where ours
-    reads the score. Returns each step's loss on both sides and the relative gap of the gradients."""
+    reads the score. Returns each step's loss on both sides, the relative gap of the gradients, and the training
+    pairs whose token ids differ between the two (chosen, rejected)."""
     import torch
 
     from rlhf_lightning import ComparisonsDataModule, RewardModule
@@ -205,6 +206,13 @@ def check_objective(args: argparse.Namespace) -> dict:
     rows = read_pairs(args.train)
     if len(data.train_examples) != len(rows):
         raise RuntimeError(f"ours kept {len(data.train_examples)} of the {len(rows)} training pairs")
+    differ = [  # the token ids each side scores, for every training pair
+        i + 1
+        for i, (row, example) in enumerate(zip(rows, data.train_examples))
+        if [tokenizer(chat(row["prompt"], row[key]))["input_ids"] for key in ("chosen", "rejected")]
+        != [example.sequences[b] for b in example.pairs[0]]
+    ]
+    print(f"token ids: {len(rows) - len(differ)} of {len(rows)} training pairs identical on both sides", flush=True)
     recipe_optimizer = torch.optim.AdamW([p for p in recipe.parameters() if p.requires_grad], lr=args.recipe_lr)
     ours_optimizer = build_optimizer(ours.parameters(), ours.optim_config)
     collate, b, steps = data.collate_fn(), args.batch_size, []
@@ -236,6 +244,7 @@ def check_objective(args: argparse.Namespace) -> dict:
     return {
         "steps": steps,
         "max_loss_gap": max(abs(s["recipe_loss"] - s["ours_loss"]) for s in steps),
+        "pairs_with_other_token_ids": {"count": len(differ), "of": len(rows), "rows": differ[:20]},
         "optimizer": {"recipe": "AdamW lr 3e-4, weight decay 0.01 (torch's default)",
                       "ours": f"{ours.optim_config.optimizer} lr {ours.optim_config.lr}, weight decay "
                               f"{ours.optim_config.weight_decay}, {ours.optim_config.schedule}"},
