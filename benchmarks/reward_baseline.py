@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import subprocess
 import tempfile
 import time
@@ -245,7 +246,7 @@ def check_objective(args: argparse.Namespace) -> dict:
         "steps": steps,
         "max_loss_gap": max(abs(s["recipe_loss"] - s["ours_loss"]) for s in steps),
         "pairs_with_other_token_ids": {"count": len(differ), "of": len(rows), "rows": differ[:20]},
-        "optimizer": {"recipe": "AdamW lr 3e-4, weight decay 0.01 (torch's default)",
+        "optimizer": {"recipe": f"AdamW lr {args.recipe_lr}, weight decay 0.01 (torch's default), constant",
                       "ours": f"{ours.optim_config.optimizer} lr {ours.optim_config.lr}, weight decay "
                               f"{ours.optim_config.weight_decay}, {ours.optim_config.schedule}"},
     }  # fmt: skip
@@ -388,11 +389,10 @@ def print_table(runs: dict) -> None:
 
 def mean_and_error(values: list[float]) -> str:
     """``mean ± standard error`` (the sample standard deviation over sqrt(n)); the mean alone for one value."""
-    mean = sum(values) / len(values)
+    mean = statistics.fmean(values)
     if len(values) < 2:
         return f"{mean:.3f}"
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.3f} ± {sd / len(values) ** 0.5:.3f}"
+    return f"{mean:.3f} ± {statistics.stdev(values) / len(values) ** 0.5:.3f}"
 
 
 def print_summary(records: list[Path]) -> None:
